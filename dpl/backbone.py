@@ -1,0 +1,121 @@
+"""The frozen CLIP backbone: an open_clip model by name, weights from a hub tag or a local file.
+
+OpenAI's CLIP weights were trained with QuickGELU; loading them into a standard-GELU model runs but
+silently loses accuracy. `load_clip` decides the activation from the weights, never from luck:
+hub tags carry the flag in open_clip's registry, OpenAI JIT archives and files whose sha256 matches an
+OpenAI release are QuickGELU, and any other local file must say which it is (`quick_gelu=`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import re
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import open_clip
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+MODEL_CONFIG_DIR = Path(__file__).parent / "model_configs"
+_registered = False
+
+
+def register_model_configs() -> None:
+    """Make the tiny test architectures (open_clip JSON configs) known to open_clip."""
+    global _registered
+    if not _registered:
+        open_clip.add_model_config(MODEL_CONFIG_DIR)
+        _registered = True
+
+
+@dataclass(frozen=True)
+class BackboneConfig:
+    """Which CLIP to load (METHOD.md §1: the frozen branch and the base of the learnable one)."""
+
+    model: str = "ViT-B-16"  # open_clip architecture name
+    pretrained: str | None = "openai"  # hub tag, local .pt/.bin/.safetensors path, or None (random)
+    quick_gelu: bool | None = None  # None: decided from the weights (see module docstring)
+    cache_dir: str | None = None  # hub cache, when a tag is downloaded
+
+
+def _openai_sha256s() -> set[str]:
+    """The sha256 of every OpenAI release file, as embedded in open_clip's download URLs."""
+    hashes = set()
+    for model in open_clip.list_models():
+        url = open_clip.get_pretrained_url(model, "openai")
+        m = re.search(r"/([0-9a-f]{64})/", url or "")
+        if m:
+            hashes.add(m.group(1))
+    return hashes
+
+
+def _is_torchscript_archive(path: str) -> bool:
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as z:
+        return any(n.endswith("constants.pkl") or "/code/" in n for n in z.namelist())
+
+
+def _sha256(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def resolve_quick_gelu(cfg: BackboneConfig) -> bool:
+    """Whether the model must use QuickGELU for these weights (raises when it cannot tell)."""
+    if cfg.quick_gelu is not None:
+        return cfg.quick_gelu
+    if cfg.model.endswith("-quickgelu") or cfg.pretrained is None:
+        return False  # the name already selects QuickGELU, or random init has nothing to match
+    tag_cfg = open_clip.get_pretrained_cfg(cfg.model, cfg.pretrained)
+    if tag_cfg:
+        return bool(tag_cfg.get("quick_gelu", False))
+    if os.path.isfile(cfg.pretrained):
+        if _is_torchscript_archive(cfg.pretrained) or _sha256(cfg.pretrained) in _openai_sha256s():
+            return True
+        raise ValueError(
+            f"backbone.pretrained={cfg.pretrained}: cannot tell whether these weights use QuickGELU; "
+            "set backbone.quick_gelu=true (OpenAI-trained weights) or backbone.quick_gelu=false"
+        )
+    raise ValueError(
+        f"backbone.pretrained={cfg.pretrained!r} is neither a file nor a tag of {cfg.model}; "
+        f"known tags: {', '.join(open_clip.list_pretrained_tags_by_model(cfg.model)) or 'none'}"
+    )
+
+
+def freeze(module: nn.Module) -> nn.Module:
+    module.requires_grad_(False)
+    module.eval()
+    return module
+
+
+def load_clip(cfg: BackboneConfig) -> open_clip.CLIP:
+    """Build the CLIP model on CPU in fp32 with all weights frozen; the caller moves it."""
+    register_model_configs()
+    quick_gelu = resolve_quick_gelu(cfg)
+    pretrained = cfg.pretrained
+    if pretrained and os.path.isfile(pretrained) and _is_torchscript_archive(pretrained):
+        # OpenAI's original JIT archive (what the Dassl forks download): rebuilt from its state dict.
+        model = open_clip.load_openai_model(pretrained, precision="fp32", device="cpu")
+    else:
+        model = open_clip.create_model(
+            cfg.model,
+            pretrained=pretrained,
+            force_quick_gelu=quick_gelu,
+            cache_dir=cfg.cache_dir,
+            require_pretrained=bool(pretrained),
+        )
+    if not isinstance(model, open_clip.CLIP):
+        raise ValueError(
+            f"backbone.model={cfg.model}: only open_clip CLIP models with built-in towers are "
+            "supported (not CustomTextCLIP/CoCa/timm towers)"
+        )
+    return freeze(model)

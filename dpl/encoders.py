@@ -1,0 +1,257 @@
+"""Prompted text and vision forwards over open_clip's own blocks.
+
+The loops below reproduce `CLIP.encode_image` / `CLIP.encode_text` exactly when no prompts, LoRA or
+hooks are given (tests check this). They add: deep prompts (METHOD.md §2), LoRA on q/v, and a
+per-layer hook where IWTD and MAG act. Per-head attention maps are computed only in layers whose hook
+asks for them; every other layer, and every layer in eval, keeps open_clip's fused attention.
+
+Text runs on sequences truncated to the longest [EOT] + 1 of the class list: the mask is causal, so
+later (padding) positions cannot change any token up to [EOT], and dropping them saves ~4x compute.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+import torch.nn.functional as F
+from open_clip.transformer import ResidualAttentionBlock
+from torch import nn
+
+from dpl.lora import QVLoRA
+
+Modality = str  # "vision" | "text"
+
+
+@dataclass
+class TokenLayout:
+    """Which positions of a sequence play which role (METHOD.md §3), for one forward."""
+
+    global_index: torch.Tensor  # [B] position of [CLS] (vision) or [EOT] (text)
+    valid: torch.Tensor  # [B,S] bool: real tokens (text: up to and including [EOT])
+    content: torch.Tensor  # [B,S] bool: valid and not the global token
+    target: torch.Tensor  # [B,S] bool: the tokens IWTD may drop
+
+
+class LayerHook(Protocol):
+    """Acts on a layer's output inside the learnable branch (IWTD, MAG capture)."""
+
+    def wants_attention(self, modality: Modality, layer: int) -> bool: ...
+
+    def __call__(
+        self,
+        x: torch.Tensor,
+        attn: torch.Tensor | None,
+        modality: Modality,
+        layer: int,
+        layout: TokenLayout,
+    ) -> torch.Tensor: ...
+
+
+def _attention(
+    mha: nn.MultiheadAttention,
+    h: torch.Tensor,
+    attn_mask: torch.Tensor | None,
+    lora: QVLoRA | None,
+    need_weights: bool,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Self-attention with the block's weights, optionally LoRA'd and returning per-head maps."""
+    B, S, D = h.shape
+    H = mha.num_heads
+    if lora is not None and not lora.training:
+        qkv = F.linear(h, lora.merged(mha.in_proj_weight), mha.in_proj_bias)
+    else:
+        qkv = F.linear(h, mha.in_proj_weight, mha.in_proj_bias)  # [B,S,3D]
+    q, k, v = qkv.chunk(3, dim=-1)
+    if lora is not None and lora.training:
+        dq, dv = lora.delta(h)
+        q, v = q + dq, v + dv
+    q, k, v = (t.reshape(B, S, H, D // H).transpose(1, 2) for t in (q, k, v))  # [B,H,S,hd]
+    mask = attn_mask.to(q.dtype) if attn_mask is not None else None
+    if need_weights:
+        scores = (q * (D // H) ** -0.5) @ k.transpose(-1, -2)  # [B,H,S,S]
+        if mask is not None:
+            scores = scores + mask
+        attn = scores.softmax(dim=-1)
+        out = attn @ v
+    else:
+        attn = None
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    out = out.transpose(1, 2).reshape(B, S, D)
+    return F.linear(out, mha.out_proj.weight, mha.out_proj.bias), attn
+
+
+def block_forward(
+    blk: ResidualAttentionBlock,
+    x: torch.Tensor,
+    attn_mask: torch.Tensor | None = None,
+    lora: QVLoRA | None = None,
+    need_weights: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """One open_clip residual block; x [B,S,D] batch-first. Returns (x, per-head attention or None)."""
+    h = blk.ln_1(x)
+    if lora is None and not need_weights:
+        a, attn = blk.attention(q_x=h, attn_mask=attn_mask), None  # open_clip's fused path
+    else:
+        a, attn = _attention(blk.attn, h, attn_mask, lora, need_weights)
+    x = x + blk.ls_1(a)
+    x = x + blk.ls_2(blk.mlp(blk.ln_2(x)))
+    return x, attn
+
+
+def _check_blocks(blocks: nn.ModuleList, batch_first: bool) -> None:
+    if not batch_first or not all(type(b) is ResidualAttentionBlock for b in blocks):
+        raise ValueError(
+            "prompted encoders need open_clip's batch-first ResidualAttentionBlock towers "
+            "(standard CLIP ViT configs); this model uses another block type"
+        )
+
+
+def _run_blocks(
+    blocks: nn.ModuleList,
+    x: torch.Tensor,
+    attn_mask: torch.Tensor | None,
+    prompts: list[torch.Tensor],
+    prompt_start: int,
+    lora: dict[int, QVLoRA],
+    hook: LayerHook | None,
+    modality: Modality,
+    layout: TokenLayout | None,
+) -> torch.Tensor:
+    """Blocks with deep prompts replaced at layers 1..len(prompts)-1 (layer 0's are already in x)."""
+    for i, blk in enumerate(blocks):
+        if 0 < i < len(prompts):
+            p = prompts[i]  # [n,D] shared or [B,n,D] per sample
+            p = p.expand(x.shape[0], -1, -1) if p.dim() == 2 else p
+            x = torch.cat(
+                [x[:, :prompt_start], p.to(x.dtype), x[:, prompt_start + p.shape[1] :]], 1
+            )
+        need = hook is not None and hook.wants_attention(modality, i)
+        x, attn = block_forward(blk, x, attn_mask, lora.get(i), need)
+        if hook is not None:
+            x = hook(x, attn, modality, i, layout)
+    return x
+
+
+class VisionEncoder(nn.Module):
+    """The image tower of a frozen open_clip CLIP with appended deep prompts and optional LoRA."""
+
+    def __init__(self, visual: nn.Module, lora: dict[int, QVLoRA] | None = None) -> None:
+        super().__init__()
+        _check_blocks(visual.transformer.resblocks, visual.transformer.batch_first)
+        self._visual = [visual]  # not a submodule: the CLIP is owned (and moved) by the method
+        self.lora = nn.ModuleDict({str(k): v for k, v in (lora or {}).items()})
+        self.width = visual.transformer.width
+        self.layers = len(visual.transformer.resblocks)
+
+    def forward(
+        self,
+        images: torch.Tensor,
+        prompts: list[torch.Tensor] | None = None,
+        hook: LayerHook | None = None,
+    ) -> torch.Tensor:
+        """images [B,3,H,W] -> features [B,E] (not normalised)."""
+        visual = self._visual[0]
+        x = visual._embeds(images)  # [B,1+N,D], ln_pre applied
+        n_seq = x.shape[1]
+        prompts = prompts or []
+        if prompts:
+            # Appended after [CLS]+patches, no positional embedding, through ln_pre like the
+            # rest (LayerNorm is per token, so normalising them apart is the same thing).
+            p = prompts[0]
+            p = p.expand(x.shape[0], -1, -1) if p.dim() == 2 else p
+            x = torch.cat([x, visual.ln_pre(p.to(x.dtype))], 1)
+        layout = self.layout(x.shape[0], x.shape[1], x.device) if hook is not None else None
+        lora = {int(k): v for k, v in self.lora.items()}
+        x = _run_blocks(
+            visual.transformer.resblocks, x, None, prompts, n_seq, lora, hook, "vision", layout
+        )
+        pooled, _ = visual._pool(x[:, :n_seq])
+        return pooled @ visual.proj if visual.proj is not None else pooled
+
+    @staticmethod
+    def layout(batch: int, seq: int, device: torch.device) -> TokenLayout:
+        valid = torch.ones(batch, seq, dtype=torch.bool, device=device)
+        content = valid.clone()
+        content[:, 0] = False  # [CLS] is the global token and never dropped
+        return TokenLayout(
+            torch.zeros(batch, dtype=torch.long, device=device), valid, content, content
+        )
+
+
+class TextEncoder(nn.Module):
+    """The text tower of a frozen open_clip CLIP over pre-embedded prompts with deep context."""
+
+    def __init__(self, clip: nn.Module) -> None:
+        super().__init__()
+        _check_blocks(clip.transformer.resblocks, clip.transformer.batch_first)
+        if clip.text_pool_type != "argmax":
+            raise ValueError("text tower must pool at [EOT] (text_pool_type='argmax')")
+        self.clip = [clip]  # not a submodule: the CLIP is owned (and moved) by the method
+        self.width = clip.transformer.width
+        self.layers = len(clip.transformer.resblocks)
+
+    def embed(self, token_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Token ids [C,L] -> (frozen token embeddings [C,L',D] truncated after the last [EOT],
+        [EOT] positions [C])."""
+        eot = token_ids.argmax(dim=-1)
+        length = int(eot.max()) + 1
+        clip = self.clip[0]
+        return clip.token_embedding(token_ids[:, :length]), eot
+
+    def forward(
+        self,
+        embedded: torch.Tensor,
+        eot: torch.Tensor,
+        prompts: list[torch.Tensor] | None = None,
+        prompt_start: int = 1,
+        hook: LayerHook | None = None,
+    ) -> torch.Tensor:
+        """embedded [C,L,D] (from `embed`), eot [C] -> features [C,E] (not normalised).
+
+        prompts[i] ([n,D] shared or [C,n,D]) replace positions prompt_start..prompt_start+n at
+        layer i; layer 0's replace the token embeddings of the context words."""
+        clip = self.clip[0]
+        C, L, _ = embedded.shape
+        prompts = prompts or []
+        x = embedded
+        if prompts:
+            p = prompts[0]
+            p = p.expand(C, -1, -1) if p.dim() == 2 else p
+            x = torch.cat(
+                [x[:, :prompt_start], p.to(x.dtype), x[:, prompt_start + p.shape[1] :]], 1
+            )
+        cast = clip.transformer.get_cast_dtype()
+        x = x.to(cast) + clip.positional_embedding[:L].to(cast)
+        mask = clip.attn_mask[:L, :L] if clip.attn_mask is not None else None
+        layout = self.layout(eot, L, prompt_start, len(prompts) and prompts[0].shape[-2], x.device)
+        x = _run_blocks(
+            clip.transformer.resblocks,
+            x,
+            mask,
+            prompts,
+            prompt_start,
+            {},
+            hook,
+            "text",
+            layout if hook is not None else None,
+        )
+        x = clip.ln_final(x)
+        x = x[torch.arange(C, device=x.device), eot]
+        proj = clip.text_projection
+        if proj is None:
+            return x
+        return proj(x) if isinstance(proj, nn.Linear) else x @ proj
+
+    @staticmethod
+    def layout(
+        eot: torch.Tensor, length: int, prompt_start: int, n_ctx: int, device: torch.device
+    ) -> TokenLayout:
+        pos = torch.arange(length, device=device)[None, :]  # [1,L]
+        eot = eot.to(device)[:, None]
+        valid = pos <= eot  # padding after [EOT] is no token of the prompt
+        content = pos < eot
+        # SOT and the learnable context; never class-name tokens, [EOT] or padding.
+        target = pos < prompt_start + n_ctx
+        return TokenLayout(eot[:, 0], valid, content, target & content)

@@ -1,0 +1,359 @@
+"""`PromptedCLIP`: frozen CLIP + learnable prompts, with DPL's pieces as switchable plug-ins.
+
+Every method is this module (or a short subclass) built from a `MethodConfig`. The harness sees one
+interface: `set_classes`, `logits`, `losses` (named, weighted terms; the total is their sum),
+`trainable_state` / `load_trainable_state`, `param_groups`, `on_epoch_end`.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+
+import open_clip
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from dpl.backbone import load_clip
+from dpl.encoders import TextEncoder, VisionEncoder
+from dpl.lora import QVLoRA
+from dpl.mag import MAGBridge, alignment_loss
+from dpl.methods.config import MethodConfig
+from dpl.prompts import CoupledPrompts, DeepPrompts
+from dpl.residual_entropy import rer_lambda, residual_entropies
+from dpl.templates import template_set
+from dpl.token_dropout import IWTDHook
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ClassSet:
+    """Everything constant about one class list: prompt tokens and frozen text features."""
+
+    names: tuple[str, ...]
+    embedded: torch.Tensor  # [C,L,D] frozen token embeddings of "<ctx words> <name>."
+    eot: torch.Tensor  # [C]
+    frozen_text: torch.Tensor  # [C,E] t^o, normalised template mean
+
+
+class PromptedCLIP(nn.Module):
+    def __init__(self, cfg: MethodConfig, clip: open_clip.CLIP | None = None) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.clip = clip if clip is not None else load_clip(cfg.backbone)
+        self.tokenizer = open_clip.get_tokenizer(cfg.backbone.model)
+        self.text = TextEncoder(self.clip)
+        n_vis = len(self.clip.visual.transformer.resblocks)
+
+        lora = {}
+        if cfg.lora.rank > 0:
+            layers = [i for i in cfg.lora.layers if i < n_vis]
+            if len(layers) < len(cfg.lora.layers):
+                log.warning(
+                    "lora.layers %s clipped to the model's %d layers", cfg.lora.layers, n_vis
+                )
+            w = self.clip.visual.transformer.width
+            lora = {i: QVLoRA(w, cfg.lora.rank, cfg.lora.alpha, cfg.lora.dropout) for i in layers}
+        self.vision = VisionEncoder(self.clip.visual, lora)
+
+        pc = cfg.prompts
+        self.depth_text = min(pc.depth_text, self.text.layers) if pc.n_ctx_text else 0
+        self.depth_vision = min(pc.depth_vision, n_vis) if pc.n_ctx_vision else 0
+        self.prompt_prefix, first = self._context_words(pc.n_ctx_text, pc.ctx_init)
+        self.text_prompts = (
+            DeepPrompts(pc.n_ctx_text, self.text.width, self.depth_text, first, pc.init_std)
+            if self.depth_text
+            else None
+        )
+        self.vision_prompts: nn.Module | None = None
+        if self.depth_vision and pc.coupling == "maple":
+            if pc.n_ctx_vision != pc.n_ctx_text or self.depth_vision > self.depth_text:
+                raise ValueError(
+                    "prompts.coupling=maple needs n_ctx_vision == n_ctx_text and "
+                    "depth_vision <= depth_text"
+                )
+            self.vision_prompts = CoupledPrompts(
+                self.text.width, self.vision.width, self.depth_vision
+            )
+        elif self.depth_vision:
+            self.vision_prompts = DeepPrompts(
+                pc.n_ctx_vision, self.vision.width, self.depth_vision, None, pc.init_std
+            )
+
+        iw = cfg.iwtd
+        self.iwtd_layers = {
+            "text": min(
+                iw.text_layers if iw.text_layers is not None else self.depth_text, self.text.layers
+            ),
+            "vision": min(
+                iw.vision_layers if iw.vision_layers is not None else self.depth_vision, n_vis
+            ),
+        }
+        if not iw.text:
+            self.iwtd_layers["text"] = 0
+        if not iw.vision:
+            self.iwtd_layers["vision"] = 0
+        self.mag_layers = min(self.iwtd_layers["text"], self.iwtd_layers["vision"])
+        if cfg.mag.enabled and self.mag_layers == 0:
+            raise ValueError("mag.enabled needs IWTD layers in both encoders (text and vision)")
+        needs_bridge = cfg.mag.enabled or (iw.enabled and iw.needs_cross)
+        self.mag = MAGBridge(self.vision.width, self.text.width, cfg.mag) if needs_bridge else None
+
+        self._classes: dict[tuple, ClassSet] = {}
+        self._current: tuple | None = None
+        self._eval_text: torch.Tensor | None = None
+        self._frozen_images: dict[str, torch.Tensor] = {}
+        self._gpa_sum: dict[str, torch.Tensor] = {}
+
+    # --- construction helpers ---------------------------------------------------------------
+
+    def _context_words(self, n_ctx: int, ctx_init: str) -> tuple[str, torch.Tensor | None]:
+        """The words before the class name, and layer-0 context initialised from them.
+
+        With ctx_init of at least n_ctx tokens the prompt reads "<ctx_init> <name>." and its first
+        n_ctx tokens are learnable (CoOp, MaPLe); otherwise n_ctx placeholders, random init."""
+        if n_ctx == 0:
+            return ctx_init, None
+        if ctx_init:
+            ids = self.tokenizer([ctx_init])[0]
+            n_words = int(ids.argmax()) - 1  # tokens between SOT and EOT
+            if n_words >= n_ctx:
+                with torch.no_grad():
+                    emb = self.clip.token_embedding(ids[None])[0, 1 : 1 + n_ctx]
+                return ctx_init, emb
+        return " ".join(["X"] * n_ctx), None
+
+    # --- classes and cached text --------------------------------------------------------------
+
+    def set_classes(
+        self, classnames: list[str], dataset_template: str = "a photo of a {}."
+    ) -> None:
+        """Select the class list; its frozen text features are computed once and cached."""
+        names = tuple(n.replace("_", " ") for n in classnames)
+        templates = template_set(self.cfg.templates, dataset_template)
+        key = (names, templates)
+        if key not in self._classes:
+            self._classes[key] = self._build_class_set(names, templates)
+        self._current = key
+        self._eval_text = None
+
+    @property
+    def classes(self) -> ClassSet:
+        if self._current is None:
+            raise RuntimeError("call set_classes(classnames, template) before using the model")
+        return self._classes[self._current]
+
+    @torch.no_grad()
+    def _build_class_set(self, names: tuple[str, ...], templates: tuple[str, ...]) -> ClassSet:
+        device = self.clip.logit_scale.device
+        ids = self.tokenizer([f"{self.prompt_prefix} {n}." for n in names]).to(device)
+        embedded, eot = self.text.embed(ids)
+        feats = []
+        for tpl in templates:
+            t_ids = self.tokenizer([tpl.format(n) for n in names]).to(device)
+            e, p = self.text.embed(t_ids)
+            feats.append(F.normalize(self.text(e, p).float(), dim=-1))
+        frozen = F.normalize(torch.stack(feats).mean(0), dim=-1)
+        return ClassSet(names, embedded, eot, frozen)
+
+    def _apply(self, fn, recurse=True):  # .to()/.cuda()/.half(): cached tensors follow
+        out = super()._apply(fn, recurse)
+        self._classes = {
+            k: ClassSet(c.names, fn(c.embedded), fn(c.eot), fn(c.frozen_text))
+            for k, c in self._classes.items()
+        }
+        self._frozen_images.clear()
+        self._eval_text = None
+        return out
+
+    def train(self, mode: bool = True):
+        self._eval_text = None
+        out = super().train(mode)
+        self.clip.eval()  # frozen: never in training mode (no dropout in the towers)
+        return out
+
+    # --- forward pieces -----------------------------------------------------------------------
+
+    @property
+    def logit_scale(self) -> torch.Tensor:
+        return self.clip.logit_scale.exp().clamp(max=100.0)
+
+    def _text_prompt_list(self) -> list[torch.Tensor]:
+        return self.text_prompts() if self.text_prompts is not None else []
+
+    def _vision_prompt_list(self, text_prompts: list[torch.Tensor]) -> list[torch.Tensor]:
+        if self.vision_prompts is None:
+            return []
+        if isinstance(self.vision_prompts, CoupledPrompts):
+            return self.vision_prompts(text_prompts[: self.depth_vision])
+        return self.vision_prompts()
+
+    def text_features(self, hook: IWTDHook | None = None) -> torch.Tensor:
+        """Learnable-branch class text features t^d [C,E] (not normalised)."""
+        cs = self.classes
+        return self.text(cs.embedded, cs.eot, self._text_prompt_list(), 1, hook)
+
+    def image_features(self, images: torch.Tensor, hook: IWTDHook | None = None) -> torch.Tensor:
+        """Learnable-branch image features f^d [B,E] (not normalised)."""
+        prompts = self._vision_prompt_list(self._text_prompt_list())
+        return self.vision(images, prompts, hook)
+
+    @torch.no_grad()
+    def frozen_image_features(
+        self, images: torch.Tensor, keys: list[str] | None = None
+    ) -> torch.Tensor:
+        """f^o [B,E] normalised. Cached per sample key when the frozen view is the clean one."""
+        cacheable = (
+            keys is not None
+            and self.cfg.cache_frozen_image_features
+            and (self.cfg.frozen_view == "clean")
+        )
+        if not cacheable:
+            return F.normalize(self.vision(images).float(), dim=-1)
+        missing = [i for i, k in enumerate(keys) if k not in self._frozen_images]
+        if missing:
+            feats = F.normalize(self.vision(images[missing]).float(), dim=-1)
+            for i, f in zip(missing, feats):
+                self._frozen_images[keys[i]] = f
+        return torch.stack([self._frozen_images[k] for k in keys])
+
+    def logits(self, images: torch.Tensor) -> torch.Tensor:
+        """Class logits [B,C] for the current class list. In eval, text features are computed
+        once per class list and reused across batches."""
+        if self.training:
+            t = F.normalize(self.text_features(), dim=-1)
+        else:
+            if self._eval_text is None:
+                with torch.no_grad():
+                    self._eval_text = F.normalize(self.text_features().float(), dim=-1)
+            t = self._eval_text
+        f = F.normalize(self.image_features(images), dim=-1)
+        return self.logit_scale * f @ t.to(f.dtype).T
+
+    forward = logits
+
+    # --- training -----------------------------------------------------------------------------
+
+    @property
+    def trainable(self) -> bool:
+        return any(p.requires_grad for p in self.parameters())
+
+    def _hook(self, generator: torch.Generator | None) -> IWTDHook | None:
+        if not (self.cfg.iwtd.enabled or self.cfg.mag.enabled):
+            return None
+        return IWTDHook(
+            self.cfg.iwtd,
+            self.iwtd_layers,
+            self.mag,
+            self.mag_layers if self.cfg.mag.enabled else 0,
+            generator,
+        )
+
+    def losses(
+        self,
+        batch: dict,
+        epoch: int = 0,
+        epochs: int = 1,
+        generator: torch.Generator | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """Named, weighted loss terms of one training step; the total is their sum.
+
+        batch: image [B,3,H,W], label [B]; clean [B,3,H,W] and key (list) when the frozen branch
+        sees the clean view."""
+        cfg, w = self.cfg, self.cfg.loss
+        images, labels = batch["image"], batch["label"]
+        hook = self._hook(generator)
+        t_d = self.text_features(hook)  # [C,E]
+        f_d = self.image_features(images, hook)  # [B,E]
+        t_dn, f_dn = F.normalize(t_d.float(), dim=-1), F.normalize(f_d.float(), dim=-1)
+        scale = self.logit_scale
+        logits = scale * f_dn @ t_dn.T
+        terms = {"ce": w.ce * F.cross_entropy(logits, labels)}
+
+        t_o = self.classes.frozen_text
+        if w.text_l1:
+            terms["text_l1"] = w.text_l1 * F.l1_loss(t_dn, t_o)
+        if w.kg_cos:
+            terms["kg_cos"] = w.kg_cos * (1 - F.cosine_similarity(t_dn, t_o, dim=-1).mean())
+        needs_f_o = w.image_l1 or w.kl or cfg.rer.enabled
+        if needs_f_o:
+            view = batch.get("clean", images) if cfg.frozen_view == "clean" else images
+            f_o = self.frozen_image_features(view, batch.get("key"))
+            if w.image_l1:
+                terms["image_l1"] = w.image_l1 * F.l1_loss(f_dn, f_o)
+            if w.kl:
+                frozen_logits = scale * f_o @ t_o.T
+                kl = F.kl_div(
+                    F.log_softmax(logits, -1),
+                    F.log_softmax(frozen_logits, -1),
+                    reduction="sum",
+                    log_target=True,
+                )
+                terms["kl"] = w.kl * kl / logits.numel()
+            if cfg.rer.enabled:
+                lam = rer_lambda(epoch, epochs, cfg.rer.lambda0, cfg.rer.fixed_lambda)
+                h_t, h_v = residual_entropies(f_d, f_o, t_d, t_o, lam, scale)
+                terms["rer"] = -cfg.rer.weight * (h_t + h_v)
+        if cfg.mag.enabled:
+            terms["mag"] = cfg.mag.weight * alignment_loss(
+                hook.captured["vision"], hook.captured["text"], labels
+            )
+        return terms
+
+    # --- state --------------------------------------------------------------------------------
+
+    def trainable_state(self) -> dict[str, torch.Tensor]:
+        """Only what training changes: prompts, LoRA, MAG, meta-nets (+ GPA running sums)."""
+        state = {n: p.detach().clone() for n, p in self.named_parameters() if p.requires_grad}
+        state.update({f"_gpa.{n}": t.clone() for n, t in self._gpa_sum.items()})
+        return state
+
+    def load_trainable_state(self, state: dict[str, torch.Tensor]) -> None:
+        params = {n: p for n, p in self.named_parameters() if p.requires_grad}
+        gpa = {k[len("_gpa.") :]: v for k, v in state.items() if k.startswith("_gpa.")}
+        own = {k: v for k, v in state.items() if not k.startswith("_gpa.")}
+        if set(own) != set(params):
+            missing, extra = sorted(set(params) - set(own)), sorted(set(own) - set(params))
+            raise ValueError(
+                f"trainable state does not fit {self.cfg.method}: missing {missing[:5]}, "
+                f"unexpected {extra[:5]}"
+            )
+        with torch.no_grad():
+            for n, p in params.items():
+                p.copy_(own[n])
+        self._gpa_sum = {n: t.to(params[n].device) for n, t in gpa.items()}
+        self._eval_text = None
+
+    def param_groups(self) -> list[dict]:
+        lora, rest = [], []
+        for n, p in self.named_parameters():
+            if p.requires_grad:
+                (lora if n.startswith("vision.lora.") else rest).append(p)
+        groups = [{"params": rest, "lr": self.cfg.optim.lr, "name": "prompts"}]
+        if lora:
+            groups.append({"params": lora, "lr": self.cfg.optim.lr_lora, "name": "lora"})
+        return groups
+
+    def on_epoch_end(self, epoch: int, epochs: int) -> None:
+        """PromptSRC's Gaussian prompt aggregation (GPA): accumulate this epoch's prompts with a
+        Gaussian weight over epochs; after the last epoch the prompts become the weighted mean."""
+        g = self.cfg.gpa
+        if not g.enabled:
+            return
+        weights = [math.exp(-0.5 * ((e - g.mean) / g.std) ** 2) for e in range(1, epochs + 1)]
+        total = sum(weights)
+        # Underflow for runs far shorter than the mean: put all weight on the last epoch.
+        w = weights[epoch] / total if total > 0 else float(epoch == epochs - 1)
+        params = {n: p for n, p in self.named_parameters() if p.requires_grad}
+        for n, p in params.items():
+            acc = self._gpa_sum.get(n)
+            self._gpa_sum[n] = (0 if acc is None else acc) + w * p.detach().float()
+        if epoch == epochs - 1:
+            with torch.no_grad():
+                for n, p in params.items():
+                    p.copy_(self._gpa_sum[n].to(p.dtype))
+            self._gpa_sum = {}
+            self._eval_text = None

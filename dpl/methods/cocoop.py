@@ -1,0 +1,55 @@
+"""CoCoOp: CoOp's context shifted per image by a meta-net on the image feature, so the text encoder
+runs per image over all classes (METHOD.md §6)."""
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from dpl.methods import register
+from dpl.methods.base import PromptedCLIP
+from dpl.methods.config import MethodConfig, OptimConfig
+from dpl.prompts import PromptConfig
+
+
+class CoCoOp(PromptedCLIP):
+    def __init__(self, cfg, clip=None) -> None:
+        super().__init__(cfg, clip)
+        d = self.clip.visual.output_dim
+        self.meta_net = nn.Sequential(
+            nn.Linear(d, max(d // 16, 1)),
+            nn.ReLU(inplace=True),
+            nn.Linear(max(d // 16, 1), self.text.width),
+        )
+
+    def _per_image_logits(self, images: torch.Tensor) -> torch.Tensor:
+        f = F.normalize(self.vision(images), dim=-1)  # [B,E]; the image tower has no prompts
+        ctx = self.text_prompts()[0]  # [n,Dt]
+        shifted = ctx[None] + self.meta_net(f)[:, None]  # [B,n,Dt]
+        cs = self.classes
+        B, C = f.shape[0], cs.embedded.shape[0]
+        t = self.text(
+            cs.embedded.repeat(B, 1, 1), cs.eot.repeat(B), [shifted.repeat_interleave(C, 0)]
+        )  # [B*C,E]
+        t = F.normalize(t, dim=-1).view(B, C, -1)
+        return self.logit_scale * torch.einsum("be,bce->bc", f, t.to(f.dtype))
+
+    def logits(self, images: torch.Tensor) -> torch.Tensor:
+        return self._per_image_logits(images)
+
+    forward = logits
+
+    def losses(self, batch, epoch=0, epochs=1, generator=None):
+        logits = self._per_image_logits(batch["image"]).float()
+        return {"ce": self.cfg.loss.ce * F.cross_entropy(logits, batch["label"])}
+
+
+register(
+    "cocoop",
+    MethodConfig(
+        method="cocoop",
+        prompts=PromptConfig(n_ctx_text=4, depth_text=1, ctx_init="a photo of a"),
+        optim=OptimConfig(name="sgd", lr=2e-3, batch_size=1, epochs=10),
+    ),
+    CoCoOp,
+    plugins=False,
+)

@@ -1,0 +1,180 @@
+"""The one typed config every method is built from; each method registers its defaults."""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any
+
+from dpl.backbone import BackboneConfig
+from dpl.mag import MAGConfig
+from dpl.prompts import PromptConfig
+from dpl.residual_entropy import RERConfig
+from dpl.token_dropout import IWTDConfig
+
+
+@dataclass(frozen=True)
+class LoRAConfig:
+    """LoRA on q, v of vision layers (METHOD.md §2; ViT-B/16 numbering)."""
+
+    rank: int = 0  # 0: off
+    alpha: float = 16.0
+    dropout: float = 0.1
+    layers: tuple[int, ...] = (6, 7, 8, 9, 10, 11)
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    """Weights of the named loss terms (METHOD.md §5, §6). IWTD/MAG/RER weights live in theirs."""
+
+    ce: float = 1.0
+    text_l1: float = 0.0  # L1(t^d, t^o), normalised features, mean
+    image_l1: float = 0.0  # L1(f^d, f^o)
+    kl: float = 0.0  # KL(p_frozen || p_learn) summed / (B·C)
+    kg_cos: float = 0.0  # KgCoOp: 1 − mean_c cos(t^d_c, t^o_c)
+
+
+@dataclass(frozen=True)
+class GPAConfig:
+    """PromptSRC's Gaussian prompt aggregation over epochs (weights N(e; mean, std), e 1-based)."""
+
+    enabled: bool = False
+    mean: float = 15.0
+    std: float = 1.0
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    name: str = "sgd"  # "sgd" | "adamw"
+    lr: float = 2e-3  # prompts, meta-nets, MAG
+    lr_lora: float = 2e-5
+    momentum: float = 0.9
+    betas: tuple[float, float] = (0.9, 0.999)
+    weight_decay: float = 5e-4
+    warmup_epochs: int = 1  # constant warm-up lr, then cosine over the remaining epochs
+    warmup_lr: float = 1e-5
+    epochs: int = 20
+    batch_size: int = 4  # per worker
+
+    def __post_init__(self) -> None:
+        if self.name not in ("sgd", "adamw"):
+            raise ValueError(f"optim.name={self.name!r}: choose 'sgd' or 'adamw'")
+
+
+@dataclass(frozen=True)
+class MethodConfig:
+    method: str = "dpl"
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    prompts: PromptConfig = field(default_factory=PromptConfig)
+    lora: LoRAConfig = field(default_factory=LoRAConfig)
+    iwtd: IWTDConfig = field(default_factory=IWTDConfig)
+    mag: MAGConfig = field(default_factory=MAGConfig)
+    rer: RERConfig = field(default_factory=RERConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    gpa: GPAConfig = field(default_factory=GPAConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    # Frozen branch input (PROTOCOLS.md §3): "clean" resize+centre-crop (DPL release) or "same" as
+    # the learnable branch (PromptSRC). Clean-view frozen features are a pure function of the image,
+    # so they are cached per sample key across epochs.
+    frozen_view: str = "same"
+    train_view: str = "standard"  # "standard" CLIP augmentation | "randaug" patch-wise RandAugment
+    templates: str = "dataset"  # frozen text features t^o: "dataset" | "openai_imagenet" (80)
+    cache_frozen_image_features: bool = True
+
+    def __post_init__(self) -> None:
+        checks = {
+            "frozen_view": ("clean", "same"),
+            "train_view": ("standard", "randaug"),
+            "templates": ("dataset", "openai_imagenet"),
+        }
+        for key, allowed in checks.items():
+            if getattr(self, key) not in allowed:
+                raise ValueError(f"{key}={getattr(self, key)!r}: choose one of {allowed}")
+
+
+# --- strict nested construction: unknown keys are errors -----------------------------------------
+
+
+def _convert(tp: Any, value: Any, where: str) -> Any:
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        if isinstance(value, tp):
+            return value
+        if not isinstance(value, dict):
+            raise ValueError(f"{where}: expected a mapping, got {value!r}")
+        return from_dict(tp, value, where)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if value is None:
+            return None
+        return _convert(args[0], value, where)
+    if origin is tuple:
+        if isinstance(value, str):
+            value = [v for v in value.split(",") if v]
+        if not isinstance(value, (list, tuple)):
+            value = [value]
+        args = typing.get_args(tp)
+        inner = args[0]
+        return tuple(_convert(inner, v, where) for v in value)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false"):
+            return value.lower() == "true"
+        raise ValueError(f"{where}: expected true/false, got {value!r}")
+    if tp in (int, float):
+        if isinstance(value, bool):
+            raise ValueError(f"{where}: expected a number, got {value!r}")
+        try:
+            out = tp(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"{where}: expected {tp.__name__}, got {value!r}") from None
+        if tp is int and float(value) != out:
+            raise ValueError(f"{where}: expected an integer, got {value!r}")
+        return out
+    if tp is str:
+        return str(value)
+    return value
+
+
+def from_dict(cls: type, data: dict[str, Any], where: str = "") -> Any:
+    """Build dataclass `cls` from a nested mapping; unknown keys raise with the valid ones."""
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(data) - names
+    if unknown:
+        prefix = f"{where}." if where else ""
+        raise ValueError(
+            f"unknown config key {prefix}{sorted(unknown)[0]}; valid keys: "
+            + ", ".join(f"{prefix}{n}" for n in sorted(names))
+        )
+    kwargs = {k: _convert(hints[k], v, f"{where}.{k}" if where else k) for k, v in data.items()}
+    return cls(**kwargs)
+
+
+def merge(config: Any, updates: dict[str, Any]) -> Any:
+    """A copy of dataclass `config` with nested `updates` applied (strict)."""
+    base = dataclasses.asdict(config)
+
+    def deep(a: dict, b: dict) -> dict:
+        out = dict(a)
+        for k, v in b.items():
+            out[k] = deep(a[k], v) if isinstance(v, dict) and isinstance(a.get(k), dict) else v
+        return out
+
+    return from_dict(type(config), deep(base, updates))
+
+
+def to_dict(config: Any) -> dict[str, Any]:
+    """Plain nested dict (tuples as lists), e.g. for YAML or a results row."""
+
+    def plain(v: Any) -> Any:
+        if isinstance(v, dict):
+            return {k: plain(x) for k, x in v.items()}
+        if isinstance(v, (list, tuple)):
+            return [plain(x) for x in v]
+        return v
+
+    return plain(dataclasses.asdict(config))

@@ -1,0 +1,60 @@
+"""Deep prompt parameters (METHOD.md §2) and MaPLe's text-to-vision coupling (§6)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+
+@dataclass(frozen=True)
+class PromptConfig:
+    """Learnable context. depth = number of layers with their own prompts (0 = none)."""
+
+    n_ctx_text: int = 4
+    depth_text: int = 1  # 1: CoOp (layer 0 only); 9: IVLP/PromptSRC/DPL/MaPLe
+    ctx_init: str = "a photo of a"  # layer-0 text context initialised from these words
+    n_ctx_vision: int = 0
+    depth_vision: int = 0
+    coupling: str = "none"  # "none" | "maple": vision prompts = Linear(text prompts) per layer
+    init_std: float = 0.02  # N(0, std) for every prompt not initialised from words
+
+    def __post_init__(self) -> None:
+        if self.coupling not in ("none", "maple"):
+            raise ValueError(f"prompts.coupling={self.coupling!r}: choose 'none' or 'maple'")
+
+
+class DeepPrompts(nn.Module):
+    """One [n, width] parameter per layer 0..depth-1; layer 0 may start from word embeddings."""
+
+    def __init__(
+        self,
+        n_tokens: int,
+        width: int,
+        depth: int,
+        first: torch.Tensor | None = None,
+        std: float = 0.02,
+    ) -> None:
+        super().__init__()
+        params = []
+        for i in range(depth):
+            if i == 0 and first is not None:
+                params.append(nn.Parameter(first.detach().clone()))
+            else:
+                params.append(nn.Parameter(torch.randn(n_tokens, width) * std))
+        self.layers = nn.ParameterList(params)
+
+    def forward(self) -> list[torch.Tensor]:
+        return list(self.layers)
+
+
+class CoupledPrompts(nn.Module):
+    """MaPLe: the vision prompt of layer i is a learnable linear map of the text prompt of layer i."""
+
+    def __init__(self, text_width: int, vision_width: int, depth: int) -> None:
+        super().__init__()
+        self.proj = nn.ModuleList(nn.Linear(text_width, vision_width) for _ in range(depth))
+
+    def forward(self, text_prompts: list[torch.Tensor]) -> list[torch.Tensor]:
+        return [proj(p) for proj, p in zip(self.proj, text_prompts)]
