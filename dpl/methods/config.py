@@ -79,14 +79,14 @@ class MethodConfig:
     # the learnable branch (PromptSRC). Clean-view frozen features are a pure function of the image,
     # so they are cached per sample key across epochs.
     frozen_view: str = "same"
-    train_view: str = "standard"  # "standard" CLIP augmentation | "randaug" patch-wise RandAugment
+    train_view: str = "clip"  # "clip" augmentation (PROTOCOLS §3) | "patch_randaugment" (METHOD §5)
     templates: str = "dataset"  # frozen text features t^o: "dataset" | "openai_imagenet" (80)
     cache_frozen_image_features: bool = True
 
     def __post_init__(self) -> None:
         checks = {
             "frozen_view": ("clean", "same"),
-            "train_view": ("standard", "randaug"),
+            "train_view": ("clip", "patch_randaugment"),
             "templates": ("dataset", "openai_imagenet"),
         }
         for key, allowed in checks.items():

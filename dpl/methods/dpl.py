@@ -25,6 +25,6 @@ register(
             name="adamw", lr=2e-4, lr_lora=2e-5, weight_decay=5e-5, batch_size=4, epochs=20
         ),
         frozen_view="clean",
-        train_view="randaug",
+        train_view="patch_randaugment",
     ),
 )
