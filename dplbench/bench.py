@@ -84,33 +84,40 @@ def bench_models(
             )
             if dev.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(dev)
-            train_s = None
-            if model.trainable:
-                opt = build_optimizer(model)
-                model.train()
-                batch_d = {"image": images, "clean": images, "label": labels, "key": keys}
-
-                def step():
-                    opt.zero_grad(set_to_none=True)
-                    with autocast:
-                        loss = sum(model.losses(batch_d, 1, 20).values())
-                    loss.backward()
-                    opt.step()
-
-                train_s = _timed(step, dev, warmup, steps)
-            model.eval()
-
-            def evaluate():
-                with torch.no_grad(), autocast:
-                    model.logits(eval_images)
-
-            eval_s = _timed(evaluate, dev, warmup, steps)
+            batch_d = {"image": images, "clean": images, "label": labels, "key": keys}
+            train_s = _time_train(model, batch_d, autocast, dev, warmup, steps)
+            eval_s = _time_eval(model, eval_images, autocast, dev, warmup, steps)
             peak = torch.cuda.max_memory_allocated(dev) / 2**20 if dev.type == "cuda" else None
             rows.append(
                 BenchRow(model_name, label, train_s and train_s * 1e3, eval_batch / eval_s, peak)
             )
-            del model
     return rows
+
+
+def _time_train(model, batch, autocast, dev, warmup, steps) -> float | None:
+    if not model.trainable:
+        return None
+    opt = build_optimizer(model)
+    model.train()
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        with autocast:
+            loss = sum(model.losses(batch, 1, 20).values())
+        loss.backward()
+        opt.step()
+
+    return _timed(step, dev, warmup, steps)
+
+
+def _time_eval(model, images, autocast, dev, warmup, steps) -> float:
+    model.eval()
+
+    def evaluate():
+        with torch.no_grad(), autocast:
+            model.logits(images)
+
+    return _timed(evaluate, dev, warmup, steps)
 
 
 def ratio_table(rows: list[BenchRow]) -> list[dict]:

@@ -1,0 +1,175 @@
+"""Results: one flat, hive-partitioned Parquet dataset; DuckDB over it.
+
+Layout under the results root R (local path or object-store URL understood by pyarrow):
+
+    R/rows/suite=<suite>/method=<method>/<job_id>-<run_id>.parquet     one row per evaluated split
+    R/epochs/suite=<suite>/method=<method>/<job_id>-<run_id>.parquet   per-epoch training metrics
+    R/checkpoints/<job_id>/...                                          trainable state per epoch
+
+Every file is written once under a temporary name and renamed into place, and its name carries the
+job and run ids, so no write can overwrite or lose another job's rows. Reruns of a job add a new
+run's file; readers take the newest run per (job_id, dataset, subsample, split) (`latest_rows`).
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+# One row per (job, evaluated split). Partition columns (suite, method) live in the path.
+ROW_SCHEMA = pa.schema(
+    [
+        ("job_id", pa.string()),  # hash of the job's fully resolved config (suites.Job.id)
+        ("run_id", pa.string()),  # one execution of the job
+        ("suite", pa.string()),
+        ("protocol", pa.string()),  # base2novel | fewshot | xd | dg | longtail
+        ("method", pa.string()),
+        ("dataset", pa.string()),  # the evaluated dataset
+        ("train_dataset", pa.string()),  # where the prompts were trained (xd/dg: imagenet)
+        ("subsample", pa.string()),  # all | base | novel (classes evaluated)
+        ("split", pa.string()),  # test | val
+        ("shots", pa.int32()),
+        ("seed", pa.int32()),
+        ("imbalance", pa.float64()),  # long-tail ratio, null otherwise
+        ("accuracy", pa.float64()),  # percent, micro: 100·correct/total
+        ("correct", pa.int64()),
+        ("total", pa.int64()),
+        ("epochs", pa.int32()),  # epochs trained (0 for zsclip)
+        ("source_job_id", pa.string()),  # the training job whose checkpoint was evaluated
+        ("config", pa.string()),  # the full resolved job config, JSON
+        ("params", pa.string()),  # sweep parameters of this job (JSON object; {} outside sweeps)
+        ("code_version", pa.string()),  # git commit (+dirty) or package version
+        ("versions", pa.string()),  # JSON: python, torch, open_clip, ray, dplbench
+        ("hardware", pa.string()),  # e.g. "2x NVIDIA H200" or "cpu: 2 cores"
+        ("num_workers", pa.int32()),
+        ("train_seconds", pa.float64()),
+        ("eval_seconds", pa.float64()),
+        ("wall_seconds", pa.float64()),
+        ("created_at", pa.timestamp("us", tz="UTC")),
+    ]
+)
+
+EPOCH_SCHEMA_FIXED = [
+    ("job_id", pa.string()),
+    ("run_id", pa.string()),
+    ("epoch", pa.int32()),
+    ("lr", pa.float64()),
+    ("loss", pa.float64()),  # total; the named terms follow as loss_<term> columns
+    ("samples", pa.int64()),
+    ("seconds", pa.float64()),
+    ("val_accuracy", pa.float64()),  # null when the job has no validation split
+]
+
+
+def new_run_id() -> str:
+    return uuid.uuid4().hex[:12]
+
+
+def _partition_dir(root: str | os.PathLike, table: str, suite: str, method: str) -> Path:
+    return Path(root) / table / f"suite={suite}" / f"method={method}"
+
+
+def write_atomic(table: pa.Table, path: Path) -> Path:
+    """Write a Parquet file under a temporary name in the same folder and rename it into place."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        pq.write_table(table, tmp)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
+PARTITIONS = ("suite", "method")  # in the path only (hive style), not inside the files
+FILE_SCHEMA = pa.schema([f for f in ROW_SCHEMA if f.name not in PARTITIONS])
+
+
+def write_rows(root: str | os.PathLike, rows: Sequence[dict[str, Any]]) -> Path:
+    """Write one job run's result rows (all rows share job_id, run_id, suite, method)."""
+    if not rows:
+        raise ValueError("no result rows to write")
+    first = rows[0]
+    if any(
+        (r["job_id"], r["run_id"], r["suite"], r["method"])
+        != (first["job_id"], first["run_id"], first["suite"], first["method"])
+        for r in rows
+    ):
+        raise ValueError("one write holds the rows of one job run")
+    table = pa.Table.from_pylist(
+        [{k: r.get(k) for k in FILE_SCHEMA.names} for r in rows], schema=FILE_SCHEMA
+    )
+    name = f"{first['job_id']}-{first['run_id']}.parquet"
+    return write_atomic(table, _partition_dir(root, "rows", first["suite"], first["method"]) / name)
+
+
+def write_epochs(
+    root: str | os.PathLike, suite: str, method: str, rows: Sequence[dict[str, Any]]
+) -> Path | None:
+    """Per-epoch training metrics of one job run; loss terms become loss_<term> columns."""
+    if not rows:
+        return None
+    extra = sorted(
+        {k for r in rows for k in r} - {n for n, _ in EPOCH_SCHEMA_FIXED} - {"suite", "method"}
+    )
+    schema = pa.schema(EPOCH_SCHEMA_FIXED + [(k, pa.float64()) for k in extra])
+    table = pa.Table.from_pylist([{k: r.get(k) for k in schema.names} for r in rows], schema=schema)
+    name = f"{rows[0]['job_id']}-{rows[0]['run_id']}.parquet"
+    return write_atomic(table, _partition_dir(root, "epochs", suite, method) / name)
+
+
+def _glob(root: str | os.PathLike, table: str) -> str:
+    return str(Path(root) / table / "**" / "*.parquet")
+
+
+def has_rows(root: str | os.PathLike, table: str = "rows") -> bool:
+    return any((Path(root) / table).glob("**/*.parquet"))
+
+
+def connect(root: str | os.PathLike):
+    """A DuckDB connection with views `rows` (every run), `results` (latest run per job and split)
+    and `epochs`."""
+    import duckdb
+
+    con = duckdb.connect()
+    for table in ("rows", "epochs"):
+        if has_rows(root, table):
+            con.sql(
+                f"CREATE VIEW {table} AS SELECT * FROM read_parquet('{_glob(root, table)}', "
+                "hive_partitioning=true, union_by_name=true)"
+            )
+        elif table == "rows":  # an empty table with the schema, so queries still bind
+            cols = ", ".join(f"NULL::{_duck(f.type)} AS {f.name}" for f in ROW_SCHEMA)
+            con.sql(f"CREATE VIEW rows AS SELECT {cols} WHERE false")
+    con.sql(
+        "CREATE VIEW results AS SELECT * EXCLUDE (rn) FROM (SELECT *, row_number() OVER ("
+        "PARTITION BY job_id, dataset, subsample, split ORDER BY created_at DESC) AS rn FROM rows)"
+        " WHERE rn = 1"
+    )
+    return con
+
+
+def _duck(t: pa.DataType) -> str:
+    if pa.types.is_string(t):
+        return "VARCHAR"
+    if pa.types.is_integer(t):
+        return "BIGINT"
+    if pa.types.is_floating(t):
+        return "DOUBLE"
+    return "TIMESTAMP"
+
+
+def query(root: str | os.PathLike, sql: str):
+    """Run SQL over the views of `connect`; returns a pandas-free pyarrow Table."""
+    return connect(root).sql(sql).to_arrow_table()
+
+
+def latest_rows(root: str | os.PathLike, where: str = "true") -> pa.Table:
+    return query(root, f"SELECT * FROM results WHERE {where}")

@@ -1,0 +1,340 @@
+"""The per-worker train / evaluate loop of one job. No Ray in here: execution.py calls it inside a
+Ray Train worker, and it runs in-process too (local mode, tests) with a `LocalContext`.
+
+Rank 0 writes the job's checkpoints (trainable state + optimiser, one per epoch, through the
+context), the final trainable state (`R/checkpoints/<job_id>/final.pt`, what xd/dg evaluation jobs
+load) and the result rows (results.py). Every rank trains on its share of the stream and evaluates
+its share of each test split; counts are summed over ranks.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import random
+import shutil
+import tempfile
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from torch import nn
+
+from dpl.methods import build_method, from_dict
+from dpl.methods.base import PromptedCLIP
+from dpl.methods.config import MethodConfig
+from dpl.optim import build_optimizer, build_scheduler
+from dplbench import provenance, results
+from dplbench.data.shards import all_reduce_counts, eval_loader, train_loader
+from dplbench.data.transforms import ViewConfig
+from dplbench.data.view import DatasetView
+from dplbench.suites import Job
+
+log = logging.getLogger(__name__)
+STATE_FILE = "state.pt"
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """Where data and results live and how workers read; not part of a job's identity."""
+
+    data: str  # shards root (dplbench data convert --out)
+    results: str  # results root
+    suite: str = "adhoc"
+    run_id: str = field(default_factory=results.new_run_id)
+    eval_batch_size: int = 64
+    loader_workers: int = 2
+    on_data_error: str = "raise"  # or "skip": corrupt samples are skipped and counted
+    bf16: bool | None = None  # None: bf16 autocast on GPU, fp32 on CPU
+    fail_job: str | None = None  # testing hook: a job id (prefix) whose training raises
+
+
+class WorkerContext(Protocol):
+    rank: int
+    world_size: int
+    device: torch.device
+
+    def report(self, metrics: dict[str, Any], checkpoint_dir: str | None) -> None: ...
+
+    def latest_checkpoint(self) -> str | None: ...
+
+
+class LocalContext:
+    """In-process, single worker: checkpoints go to R/checkpoints/<job>/epoch_XXX/."""
+
+    def __init__(self, results_root: str, job_id: str, device: torch.device | None = None):
+        self.rank, self.world_size = 0, 1
+        self.device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.dir = Path(results_root) / "checkpoints" / job_id
+        self.reports: list[dict[str, Any]] = []
+
+    def report(self, metrics: dict[str, Any], checkpoint_dir: str | None) -> None:
+        self.reports.append(metrics)
+        if checkpoint_dir:
+            dest = self.dir / f"epoch_{metrics['epoch']:03d}"
+            tmp = dest.with_name(dest.name + ".tmp")
+            shutil.rmtree(tmp, ignore_errors=True)
+            shutil.copytree(checkpoint_dir, tmp)
+            os.replace(tmp, dest) if not dest.exists() else (
+                shutil.rmtree(dest),
+                os.replace(tmp, dest),
+            )
+
+    def latest_checkpoint(self) -> str | None:
+        done = sorted(self.dir.glob("epoch_[0-9][0-9][0-9]"))
+        return str(done[-1]) if done else None
+
+
+class _LossModule(nn.Module):
+    """DDP syncs gradients of what its forward computed: route the loss through forward."""
+
+    def __init__(self, model: PromptedCLIP) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, batch: dict, epoch: int, epochs: int) -> dict[str, torch.Tensor]:
+        return self.model.losses(batch, epoch, epochs)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def final_state_path(results_root: str, job_id: str) -> Path:
+    return Path(results_root) / "checkpoints" / job_id / "final.pt"
+
+
+def _to_device(batch: dict, device: torch.device) -> dict:
+    return {
+        k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()
+    }
+
+
+def _autocast(device: torch.device, bf16: bool | None):
+    use = device.type == "cuda" if bf16 is None else bf16
+    return torch.autocast(device.type, dtype=torch.bfloat16) if use else contextlib.nullcontext()
+
+
+def _image_size(model: PromptedCLIP) -> int:
+    size = model.clip.visual.image_size
+    return size[0] if isinstance(size, (tuple, list)) else int(size)
+
+
+def _ddp(module: nn.Module, ctx: WorkerContext) -> nn.Module:
+    dist = torch.distributed
+    if ctx.world_size > 1 and dist.is_available() and dist.is_initialized():
+        ids = [ctx.device.index] if ctx.device.type == "cuda" else None
+        return nn.parallel.DistributedDataParallel(module, device_ids=ids)
+    return module
+
+
+def train(model: PromptedCLIP, job: Job, settings: RunSettings, ctx: WorkerContext) -> list[dict]:
+    """Train `model` for the job's epochs (resuming from the context's last checkpoint); returns
+    per-epoch metric rows."""
+    cfg = model.cfg
+    t = job.train
+    view = DatasetView.open(
+        settings.data, t.dataset, "train", t.shots, t.seed, t.subsample, t.imbalance
+    )
+    model.set_classes(view.classnames, view.template)
+    views = ViewConfig(_image_size(model), cfg.train_view, with_clean=cfg.frozen_view == "clean")
+    loader = train_loader(
+        view,
+        cfg.optim.batch_size,
+        views,
+        settings.loader_workers,
+        ctx.rank,
+        ctx.world_size,
+        seed=job.seed,
+        on_error=settings.on_data_error,
+    )
+    optimizer = build_optimizer(model)
+    scheduler = build_scheduler(optimizer, loader.num_batches, cfg.optim)
+    start = 0
+    ckpt = ctx.latest_checkpoint()
+    if ckpt:
+        state = torch.load(Path(ckpt) / STATE_FILE, map_location=ctx.device, weights_only=True)
+        model.load_trainable_state(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        start = int(state["epoch"]) + 1
+        log.info("job %s: resuming after epoch %d", job.id, start - 1)
+    step_module = _ddp(_LossModule(model), ctx)
+    epochs = cfg.optim.epochs
+    rows = []
+    for epoch in range(start, epochs):
+        if settings.fail_job and job.id.startswith(settings.fail_job):
+            raise RuntimeError(f"job {job.id}: failure injected by RunSettings.fail_job")
+        loader.set_epoch(epoch)
+        model.train()
+        tic, sums, n = time.perf_counter(), defaultdict(float), 0
+        for batch in loader:
+            batch = _to_device(batch, ctx.device)
+            with _autocast(ctx.device, settings.bf16):
+                terms = step_module(batch, epoch, epochs)
+            loss = sum(terms.values())
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            for k, v in terms.items():
+                sums[k] += float(v.detach())
+            n += 1
+        model.on_epoch_end(epoch, epochs)
+        row = {
+            "job_id": job.id,
+            "run_id": settings.run_id,
+            "epoch": epoch,
+            "lr": optimizer.param_groups[0]["lr"],
+            "loss": sum(sums.values()) / max(n, 1),
+            "samples": n * cfg.optim.batch_size * ctx.world_size,
+            "seconds": time.perf_counter() - tic,
+            **{f"loss_{k}": v / max(n, 1) for k, v in sums.items()},
+        }
+        rows.append(row)
+        with tempfile.TemporaryDirectory() as tmp:
+            if ctx.rank == 0:
+                torch.save(
+                    {
+                        "model": model.trainable_state(),
+                        "optimizer": optimizer.state_dict(),
+                        "scheduler": scheduler.state_dict(),
+                        "epoch": epoch,
+                    },
+                    Path(tmp) / STATE_FILE,
+                )
+            ctx.report(
+                {k: v for k, v in row.items() if k != "run_id"}, tmp if ctx.rank == 0 else None
+            )
+    if loader.skipped.value:
+        log.warning("job %s: skipped %d corrupt training samples", job.id, loader.skipped.value)
+    return rows
+
+
+def evaluate(
+    model: PromptedCLIP, job: Job, settings: RunSettings, ctx: WorkerContext
+) -> list[dict]:
+    """(correct, total) per evaluation target, summed over ranks."""
+    out = []
+    model.eval()
+    for target in job.evals:
+        t = job.train
+        view = DatasetView.open(
+            settings.data, target.dataset, target.split, t.shots, t.seed, target.subsample
+        )
+        model.set_classes(view.classnames, view.template)
+        loader = eval_loader(
+            view,
+            settings.eval_batch_size,
+            ViewConfig(_image_size(model), "test"),
+            settings.loader_workers,
+            ctx.rank,
+            ctx.world_size,
+            on_error=settings.on_data_error,
+        )
+        tic, correct, total = time.perf_counter(), 0, 0
+        with torch.no_grad(), _autocast(ctx.device, settings.bf16):
+            for batch in loader:
+                pred = model.logits(batch["image"].to(ctx.device)).argmax(-1).cpu()
+                correct += int((pred == batch["label"]).sum())
+                total += len(pred)
+        correct, total = all_reduce_counts(correct, total)
+        if loader.skipped.value:
+            log.warning(
+                "job %s: %s/%s skipped %d corrupt samples",
+                job.id,
+                target.dataset,
+                target.split,
+                loader.skipped.value,
+            )
+        out.append(
+            {
+                "target": target,
+                "correct": correct,
+                "total": total,
+                "seconds": time.perf_counter() - tic,
+            }
+        )
+    return out
+
+
+def run_job(job: Job, settings: RunSettings, ctx: WorkerContext) -> list[dict]:
+    """Train (or load) and evaluate one job; rank 0 writes its rows. Returns the result rows."""
+    wall = time.perf_counter()
+    seed_everything(job.seed * 1000 + ctx.rank)
+    cfg: MethodConfig = from_dict(MethodConfig, job.config)
+    model = build_method(cfg).to(ctx.device)
+    epoch_rows: list[dict] = []
+    train_s = 0.0
+    if job.trains:
+        tic = time.perf_counter()
+        epoch_rows = train(model, job, settings, ctx)
+        train_s = time.perf_counter() - tic
+        if ctx.rank == 0:
+            path = final_state_path(settings.results, job.id)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".{path.name}.tmp")
+            torch.save(model.trainable_state(), tmp)
+            os.replace(tmp, path)
+    elif job.source is not None and model.trainable:
+        path = final_state_path(settings.results, job.source)
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"job {job.id} evaluates the prompts of job {job.source}, but {path} is missing; "
+                "run the suite's training jobs first (dplbench run --resume)"
+            )
+        model.load_trainable_state(torch.load(path, map_location=ctx.device, weights_only=True))
+    evals = evaluate(model, job, settings, ctx)
+    if ctx.rank != 0:
+        return []
+    now = datetime.now(timezone.utc)
+    eval_s = sum(e["seconds"] for e in evals)
+    rows = [
+        {
+            "job_id": job.id,
+            "run_id": settings.run_id,
+            "suite": settings.suite,
+            "protocol": job.protocol,
+            "method": job.method,
+            "dataset": e["target"].dataset,
+            "train_dataset": job.train.dataset,
+            "subsample": e["target"].subsample,
+            "split": e["target"].split,
+            "shots": job.train.shots,
+            "seed": job.seed,
+            "imbalance": job.train.imbalance,
+            "accuracy": 100.0 * e["correct"] / max(e["total"], 1),
+            "correct": e["correct"],
+            "total": e["total"],
+            "epochs": job.epochs if job.trains else 0,
+            "source_job_id": job.source or job.id,
+            "config": _json(job.to_dict()),
+            "params": _json(job.params),
+            "code_version": provenance.code_version(),
+            "versions": provenance.library_versions(),
+            "hardware": provenance.hardware(ctx.device, ctx.world_size),
+            "num_workers": ctx.world_size,
+            "train_seconds": train_s,
+            "eval_seconds": eval_s,
+            "wall_seconds": time.perf_counter() - wall,
+            "created_at": now,
+        }
+        for e in evals
+    ]
+    results.write_epochs(settings.results, settings.suite, job.method, epoch_rows)
+    results.write_rows(settings.results, rows)
+    return rows
+
+
+def _json(obj: Any) -> str:
+    import json
+
+    return json.dumps(obj, sort_keys=True, default=str)
