@@ -53,6 +53,7 @@ class RunSettings:
     on_data_error: str = "raise"  # or "skip": corrupt samples are skipped and counted
     bf16: bool | None = None  # None: bf16 autocast on GPU, fp32 on CPU
     fail_job: str | None = None  # testing hook: a job id (prefix) whose training raises
+    val_each_epoch: bool = False  # evaluate the few-shot val split after every epoch (sweeps)
 
 
 class WorkerContext(Protocol):
@@ -156,6 +157,11 @@ def train(model: PromptedCLIP, job: Job, settings: RunSettings, ctx: WorkerConte
         seed=job.seed,
         on_error=settings.on_data_error,
     )
+    val_view = (
+        DatasetView.open(settings.data, t.dataset, "val", t.shots, t.seed, t.subsample, None)
+        if settings.val_each_epoch
+        else None
+    )
     optimizer = build_optimizer(model)
     scheduler = build_scheduler(optimizer, loader.num_batches, cfg.optim)
     start = 0
@@ -189,6 +195,11 @@ def train(model: PromptedCLIP, job: Job, settings: RunSettings, ctx: WorkerConte
                 sums[k] += float(v.detach())
             n += 1
         model.on_epoch_end(epoch, epochs)
+        val_accuracy = None
+        if settings.val_each_epoch:
+            c, n_val = count_correct(model, val_view, settings, ctx)
+            model.set_classes(view.classnames, view.template)
+            val_accuracy = 100.0 * c / max(n_val, 1)
         row = {
             "job_id": job.id,
             "run_id": settings.run_id,
@@ -197,6 +208,7 @@ def train(model: PromptedCLIP, job: Job, settings: RunSettings, ctx: WorkerConte
             "loss": sum(sums.values()) / max(n, 1),
             "samples": n * cfg.optim.batch_size * ctx.world_size,
             "seconds": time.perf_counter() - tic,
+            "val_accuracy": val_accuracy,
             **{f"loss_{k}": v / max(n, 1) for k, v in sums.items()},
         }
         rows.append(row)
@@ -212,11 +224,42 @@ def train(model: PromptedCLIP, job: Job, settings: RunSettings, ctx: WorkerConte
                     Path(tmp) / STATE_FILE,
                 )
             ctx.report(
-                {k: v for k, v in row.items() if k != "run_id"}, tmp if ctx.rank == 0 else None
+                {k: v for k, v in row.items() if k != "run_id" and v is not None},
+                tmp if ctx.rank == 0 else None,
             )
     if loader.skipped.value:
         log.warning("job %s: skipped %d corrupt training samples", job.id, loader.skipped.value)
     return rows
+
+
+def count_correct(
+    model: PromptedCLIP, view: DatasetView, settings: RunSettings, ctx: WorkerContext
+) -> tuple[int, int]:
+    """(correct, total) of `model` on this view, each rank reading its share, summed over ranks."""
+    model.set_classes(view.classnames, view.template)
+    was_training = model.training
+    model.eval()
+    loader = eval_loader(
+        view,
+        settings.eval_batch_size,
+        ViewConfig(_image_size(model), "test"),
+        settings.loader_workers,
+        ctx.rank,
+        ctx.world_size,
+        on_error=settings.on_data_error,
+    )
+    correct = total = 0
+    with torch.no_grad(), _autocast(ctx.device, settings.bf16):
+        for batch in loader:
+            pred = model.logits(batch["image"].to(ctx.device)).argmax(-1).cpu()
+            correct += int((pred == batch["label"]).sum())
+            total += len(pred)
+    if loader.skipped.value:
+        log.warning(
+            "%s/%s: skipped %d corrupt samples", view.dataset, view.split, loader.skipped.value
+        )
+    model.train(was_training)
+    return all_reduce_counts(correct, total)
 
 
 def evaluate(
@@ -224,37 +267,13 @@ def evaluate(
 ) -> list[dict]:
     """(correct, total) per evaluation target, summed over ranks."""
     out = []
-    model.eval()
+    t = job.train
     for target in job.evals:
-        t = job.train
         view = DatasetView.open(
             settings.data, target.dataset, target.split, t.shots, t.seed, target.subsample
         )
-        model.set_classes(view.classnames, view.template)
-        loader = eval_loader(
-            view,
-            settings.eval_batch_size,
-            ViewConfig(_image_size(model), "test"),
-            settings.loader_workers,
-            ctx.rank,
-            ctx.world_size,
-            on_error=settings.on_data_error,
-        )
-        tic, correct, total = time.perf_counter(), 0, 0
-        with torch.no_grad(), _autocast(ctx.device, settings.bf16):
-            for batch in loader:
-                pred = model.logits(batch["image"].to(ctx.device)).argmax(-1).cpu()
-                correct += int((pred == batch["label"]).sum())
-                total += len(pred)
-        correct, total = all_reduce_counts(correct, total)
-        if loader.skipped.value:
-            log.warning(
-                "job %s: %s/%s skipped %d corrupt samples",
-                job.id,
-                target.dataset,
-                target.split,
-                loader.skipped.value,
-            )
+        tic = time.perf_counter()
+        correct, total = count_correct(model, view, settings, ctx)
         out.append(
             {
                 "target": target,

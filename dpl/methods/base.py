@@ -118,7 +118,7 @@ class PromptedCLIP(nn.Module):
         if n_ctx == 0:
             return ctx_init, None
         if ctx_init:
-            ids = self.tokenizer([ctx_init])[0]
+            ids = self.tokenizer([ctx_init])[0].to(self.clip.token_embedding.weight.device)
             n_words = int(ids.argmax()) - 1  # tokens between SOT and EOT
             if n_words >= n_ctx:
                 with torch.no_grad():
