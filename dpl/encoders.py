@@ -69,15 +69,16 @@ def _attention(
         q, v = q + dq, v + dv
     q, k, v = (t.reshape(B, S, H, D // H).transpose(1, 2) for t in (q, k, v))  # [B,H,S,hd]
     mask = attn_mask.to(q.dtype) if attn_mask is not None else None
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    attn = None
     if need_weights:
-        scores = (q * (D // H) ** -0.5) @ k.transpose(-1, -2)  # [B,H,S,S]
-        if mask is not None:
-            scores = scores + mask
-        attn = scores.softmax(dim=-1)
-        out = attn @ v
-    else:
-        attn = None
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        # The maps only feed importance scores (a sampling decision, no gradient): computed
+        # apart under no_grad, so the output keeps the fused kernel and no [B,H,S,S] backward.
+        with torch.no_grad():
+            scores = (q * (D // H) ** -0.5) @ k.transpose(-1, -2)  # [B,H,S,S]
+            if mask is not None:
+                scores = scores + mask
+            attn = scores.float().softmax(dim=-1)
     out = out.transpose(1, 2).reshape(B, S, D)
     return F.linear(out, mha.out_proj.weight, mha.out_proj.bias), attn
 

@@ -173,6 +173,7 @@ def run(
         results=str(Path(results_root).resolve()),
         suite=s.name,
         loader_workers=loader_workers,
+        fail_job=os.environ.get("DPLBENCH_FAIL_JOB"),  # testing hook: make one job fail
     )
     opts = ExecOptions(gpus=gpus, cpus=cpus, address=address, resume=resume, use_ray=ray)
     with Live(
@@ -429,3 +430,7 @@ def bench_model(
             fmt(r["peak_mib"], ".0f"),
         )
     console.print(table, width=max(console.width, 100))
+
+
+if __name__ == "__main__":
+    app()

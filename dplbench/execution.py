@@ -23,6 +23,7 @@ from typing import Any
 import ray.tune as tune
 import torch
 
+from dplbench.config import ConfigError
 from dplbench.suites import Job
 from dplbench.train import LocalContext, RunSettings, run_job
 
@@ -47,12 +48,14 @@ class RayTrainContext:
     """WorkerContext on a Ray Train worker."""
 
     def __init__(self) -> None:
+        import ray
         import ray.train
         import ray.train.torch
 
         tc = ray.train.get_context()
         self.rank, self.world_size = tc.get_world_rank(), tc.get_world_size()
         self.device = ray.train.torch.get_device()
+        self.node = ray.get_runtime_context().get_node_id()
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)
 
@@ -98,7 +101,10 @@ def _job_trial(config: dict[str, Any]) -> None:
         run_config=RunConfig(
             name=config["run_name"],
             storage_path=ex["storage"],
-            failure_config=FailureConfig(max_failures=ex["max_failures"]),
+            # Without a controller limit an infeasible worker group is retried forever.
+            failure_config=FailureConfig(
+                max_failures=ex["max_failures"], controller_failure_limit=2
+            ),
             checkpoint_config=CheckpointConfig(num_to_keep=None),
             callbacks=[TuneReportCallback()],
         ),
@@ -175,17 +181,37 @@ def _init_ray(opts: ExecOptions) -> None:
     if opts.address:
         ray.init(address=opts.address, **kw)
     else:
-        ray.init(num_cpus=opts.cpus, num_gpus=opts.gpus, **kw)
+        # Each trial (the driver of one TorchTrainer, asleep while its workers train) holds
+        # TRIAL_CPU; one extra logical CPU keeps them from eating into the workers' CPUs.
+        global _spare_cpus
+        _spare_cpus = 1
+        ray.init(num_cpus=(opts.cpus or os.cpu_count() or 1) + 1, num_gpus=opts.gpus, **kw)
+
+
+TRIAL_CPU = 0.01  # a Tune trial's own share: Tune refuses 0
+_spare_cpus = 0  # logical CPUs added for trials when dplbench started Ray itself
 
 
 def _concurrency(jobs: list[Job], opts: ExecOptions) -> int:
+    """Jobs at once: Tune does not count the Train workers, so bound trials by what the workers
+    of the largest job need. A job that can never fit is an error now, not a hang later."""
     import ray
 
     workers = max(j.workers for j in jobs)
+    have = ray.cluster_resources()
     if opts.gpus > 0:
-        return max(1, opts.gpus // workers)
-    cpus = opts.cpus or int(ray.cluster_resources().get("CPU", 1))
-    return max(1, int(cpus // (workers * opts.cpus_per_worker)))
+        gpus = min(opts.gpus, int(have.get("GPU", 0)))
+        if workers > gpus:
+            raise ConfigError(f"a job needs {workers} GPU workers; the cluster offers {gpus}")
+        return max(1, gpus // workers)
+    need = workers * opts.cpus_per_worker
+    if need + TRIAL_CPU > have.get("CPU", 0):
+        raise ConfigError(
+            f"a job needs {workers} workers x {opts.cpus_per_worker:g} CPU; the cluster has "
+            f"{have.get('CPU', 0):g} CPUs (use fewer --workers)"
+        )
+    cpus = opts.cpus or have.get("CPU", 0) - _spare_cpus
+    return max(1, int(cpus // need))
 
 
 def run_jobs(
@@ -235,7 +261,7 @@ def _run_tune(jobs: list[Job], settings: RunSettings, opts: ExecOptions, emit: J
     token = settings.run_id
     _EVENT_SINKS[token] = emit
     tuner = tune.Tuner(
-        tune.with_resources(_job_trial, {"cpu": 0.01}),
+        tune.with_resources(_job_trial, {"cpu": TRIAL_CPU}),
         param_space={"cfg": tune.grid_search(configs)},
         tune_config=tune.TuneConfig(max_concurrent_trials=_concurrency(jobs, opts)),
         run_config=tune.RunConfig(

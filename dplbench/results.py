@@ -46,7 +46,8 @@ ROW_SCHEMA = pa.schema(
         ("params", pa.string()),  # sweep parameters of this job (JSON object; {} outside sweeps)
         ("code_version", pa.string()),  # git commit (+dirty) or package version
         ("versions", pa.string()),  # JSON: python, torch, open_clip, ray, dplbench
-        ("hardware", pa.string()),  # e.g. "2x NVIDIA H200" or "cpu: 2 cores"
+        ("hardware", pa.string()),  # e.g. "2x NVIDIA H200" or "1x cpu (2 cores, x86_64)"
+        ("node", pa.string()),  # where rank 0 ran: Ray node id, or the host name without Ray
         ("num_workers", pa.int32()),
         ("train_seconds", pa.float64()),
         ("eval_seconds", pa.float64()),

@@ -275,6 +275,7 @@ def load_suite(name: str, selections: dict[str, Any] | None = None) -> Suite:
     """Expand a suite into its jobs. selections: methods, datasets, seeds, workers (restrict or
     replace the file's lists) and overrides (nested method-config overrides for every job)."""
     sel = selections or {}
+    _check_datasets(sel.get("datasets") or [])
     path = _suite_file(name)
     spec = load_yaml(path)
     suite_name = path.stem

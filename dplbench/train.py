@@ -14,6 +14,7 @@ import logging
 import os
 import random
 import shutil
+import socket
 import tempfile
 import time
 from collections import defaultdict
@@ -71,6 +72,7 @@ class LocalContext:
 
     def __init__(self, results_root: str, job_id: str, device: torch.device | None = None):
         self.rank, self.world_size = 0, 1
+        self.node = socket.gethostname()
         self.device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.dir = Path(results_root) / "checkpoints" / job_id
         self.reports: list[dict[str, Any]] = []
@@ -288,9 +290,12 @@ def evaluate(
 def run_job(job: Job, settings: RunSettings, ctx: WorkerContext) -> list[dict]:
     """Train (or load) and evaluate one job; rank 0 writes its rows. Returns the result rows."""
     wall = time.perf_counter()
-    seed_everything(job.seed * 1000 + ctx.rank)
     cfg: MethodConfig = from_dict(MethodConfig, job.config)
+    # Same seed on every rank while building: random-init weights (tests, smoke) and prompt inits
+    # must be identical across DDP ranks. Then a per-rank seed for dropout draws and augmentation.
+    seed_everything(job.seed)
     model = build_method(cfg).to(ctx.device)
+    seed_everything(job.seed * 1000 + ctx.rank)
     epoch_rows: list[dict] = []
     train_s = 0.0
     if job.trains:
@@ -340,6 +345,7 @@ def run_job(job: Job, settings: RunSettings, ctx: WorkerContext) -> list[dict]:
             "code_version": provenance.code_version(),
             "versions": provenance.library_versions(),
             "hardware": provenance.hardware(ctx.device, ctx.world_size),
+            "node": getattr(ctx, "node", None),
             "num_workers": ctx.world_size,
             "train_seconds": train_s,
             "eval_seconds": eval_s,

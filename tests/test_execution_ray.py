@@ -1,0 +1,122 @@
+"""Jobs on Ray: the smoke suite end to end through the CLI, DDP evaluation, a 2-node cluster."""
+
+import dataclasses
+
+import pytest
+from typer.testing import CliRunner
+
+from dplbench import results
+from dplbench.cli import app
+from dplbench.config import parse_overrides
+from dplbench.execution import ExecOptions, run_jobs
+from dplbench.runner import ensure_selections, ensure_synthetic
+from dplbench.suites import load_suite
+from dplbench.train import LocalContext, RunSettings, run_job
+
+pytestmark = [pytest.mark.slow, pytest.mark.cluster]
+ray = pytest.importorskip("ray")
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory):
+    root = tmp_path_factory.mktemp("shards")
+    ensure_synthetic(str(root))
+    return root
+
+
+@pytest.fixture
+def local_ray():
+    ray.shutdown()
+    ray.init(num_cpus=3, log_to_driver=False)  # 2 for workers + the spare dplbench keeps
+    yield
+    ray.shutdown()
+
+
+def test_smoke_suite_end_to_end_through_the_cli(tmp_path, shards, local_ray):
+    res = tmp_path / "results"
+    r = CliRunner().invoke(
+        app,
+        [
+            "run",
+            "--suite",
+            "smoke",
+            "--data",
+            str(shards),
+            "--results",
+            str(res),
+            "--loader-workers",
+            "0",
+            "optim.epochs=2",
+        ],
+        catch_exceptions=False,
+    )
+    assert r.exit_code == 0, r.stderr
+    rows = results.query(
+        res, "SELECT method, subsample, total, epochs, suite, node FROM results ORDER BY ALL"
+    ).to_pylist()
+    assert [(x["method"], x["subsample"]) for x in rows] == [
+        (m, s) for m in ("coop", "dpl", "zsclip") for s in ("base", "novel")
+    ]
+    assert all(x["total"] == 30 and x["suite"] == "smoke" and x["node"] for x in rows)
+    assert {x["epochs"] for x in rows} == {0, 2}
+    epochs = results.query(res, "SELECT job_id, epoch FROM epochs").to_pylist()
+    assert len(epochs) == 4  # coop and dpl, 2 epochs each
+    # Ray kept one checkpoint per epoch (trainable state only) on the run's storage path.
+    ckpts = sorted((res / "ray" / "jobs").glob("*/checkpoint_*/state.pt"))
+    assert len(ckpts) == 4
+    import torch
+
+    state = torch.load(ckpts[0], weights_only=True)
+    assert not any(k.startswith("clip.") for k in state["model"])
+    rep = CliRunner().invoke(app, ["report", "--suite", "smoke", "--results", str(res)])
+    assert rep.exit_code == 0
+    assert (res / "reports" / "smoke" / "report.md").is_file()
+    assert "| synthetic | dpl |" in rep.stdout
+
+
+def test_two_ddp_workers_evaluate_like_one(tmp_path, shards, local_ray):
+    over = parse_overrides(["optim.epochs=1"])
+    (train_job,) = load_suite("smoke", {"methods": ["coop"], "overrides": over}).jobs
+    settings = RunSettings(
+        data=str(shards), results=str(tmp_path / "r"), loader_workers=0, eval_batch_size=7
+    )
+    ensure_selections([train_job], str(shards))
+    run_job(train_job, settings, LocalContext(settings.results, train_job.id))
+    evals = [dataclasses.replace(train_job, source=train_job.id, workers=w) for w in (1, 2)]
+    outcomes = run_jobs(evals, settings, ExecOptions(cpus=2))
+    assert [o.status for o in outcomes] == ["done", "done"], [o.error for o in outcomes]
+    rows = results.query(
+        settings.results,
+        "SELECT job_id, num_workers, subsample, correct, total FROM results "
+        f"WHERE job_id IN ('{evals[0].id}', '{evals[1].id}') ORDER BY subsample, num_workers",
+    ).to_pylist()
+    assert [r["num_workers"] for r in rows] == [1, 2, 1, 2]
+    for one, two in (rows[0:2], rows[2:4]):
+        assert (one["correct"], one["total"]) == (two["correct"], two["total"])
+        assert one["total"] == 30
+
+
+def test_jobs_spread_over_a_two_node_cluster(tmp_path, shards):
+    from ray.cluster_utils import Cluster
+
+    ray.shutdown()
+    # Two CPUs a node: a trial's sliver of CPU must not keep a worker off its node.
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2})
+    cluster.add_node(num_cpus=2)
+    cluster.wait_for_nodes()
+    try:
+        ray.init(address=cluster.address, log_to_driver=False)
+        over = parse_overrides(["optim.epochs=2"])
+        jobs = load_suite(
+            "smoke", {"methods": ["coop"], "seeds": [1, 2, 3, 4], "overrides": over}
+        ).jobs
+        settings = RunSettings(data=str(shards), results=str(tmp_path / "r"), loader_workers=0)
+        ensure_selections(list(jobs), str(shards))
+        outcomes = run_jobs(list(jobs), settings, ExecOptions(cpus=2, address=cluster.address))
+        assert all(o.status == "done" for o in outcomes), [o.error for o in outcomes]
+        nodes = results.query(settings.results, "SELECT DISTINCT node FROM results").to_pylist()
+        alive = {n["NodeID"] for n in ray.nodes() if n["Alive"]}
+        assert {n["node"] for n in nodes} == alive and len(alive) == 2
+    finally:
+        ray.shutdown()
+        cluster.shutdown()

@@ -1,0 +1,118 @@
+"""`dplbench run` without Ray: bad input, nothing half-written, --resume adds exactly the missing rows."""
+
+import subprocess
+import sys
+
+import pytest
+from typer.testing import CliRunner
+
+from dplbench import results
+from dplbench.cli import app
+from dplbench.runner import ensure_synthetic
+
+FAST = ["optim.epochs=1"]
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory):
+    root = tmp_path_factory.mktemp("shards")
+    ensure_synthetic(str(root))
+    return root
+
+
+def _run(*args, env=None):
+    return CliRunner().invoke(app, ["run", *args], env=env, catch_exceptions=False)
+
+
+@pytest.mark.parametrize(
+    ("args", "expect"),
+    [
+        (["--suite", "nope"], "unknown suite 'nope'; choose one of:"),
+        (["--methods", "dpx"], "unknown method 'dpx'; choose one of: cocoop, coop, dpl"),
+        (["--datasets", "cifar"], "unknown dataset 'cifar'; choose one of: caltech101"),
+        (["--datasets", "dtd"], "the selection leaves no jobs"),
+        (["iwtd.p_mid=0.3"], "unknown config key iwtd.p_mid; valid keys:"),
+    ],
+)
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, args, expect):
+    res = tmp_path / "results"
+    r = _run("--data", str(tmp_path / "shards"), "--results", str(res), "--no-ray", *args)
+    assert r.exit_code == 2
+    assert expect in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+    assert not res.exists() and not (tmp_path / "shards").exists()
+
+
+def test_missing_shards_name_the_dataset_and_the_command(tmp_path):
+    res = tmp_path / "results"
+    r = _run(
+        "--suite",
+        "base2novel",
+        "--datasets",
+        "dtd",
+        "--seeds",
+        "1",
+        "--data",
+        str(tmp_path / "shards"),
+        "--results",
+        str(res),
+        "--no-ray",
+    )
+    assert r.exit_code == 2
+    assert "no shards for dtd" in r.stderr
+    assert "dplbench data convert --root $DATA --datasets dtd" in r.stderr
+    assert not res.exists()
+
+
+def test_resume_adds_exactly_the_missing_rows(tmp_path, shards):
+    res = str(tmp_path / "results")
+    common = ["--data", str(shards), "--results", res, "--no-ray", "--loader-workers", "0", *FAST]
+    dry = _run("--dry-run", *common)
+    assert dry.exit_code == 0 and "3 jobs; nothing was run" in dry.stdout
+    from dplbench.config import parse_overrides
+    from dplbench.suites import load_suite
+
+    jobs = load_suite("smoke", {"overrides": parse_overrides(FAST)}).jobs
+    dpl = next(j for j in jobs if j.method == "dpl")
+    first = _run(*common, env={"DPLBENCH_FAIL_JOB": dpl.id})  # the interruption
+    assert first.exit_code == 1
+    assert f"failed {dpl.id}" in first.stderr
+    ids = lambda: results.query(res, "SELECT job_id, run_id FROM rows").to_pylist()  # noqa: E731
+    before = ids()
+    assert {r["job_id"] for r in before} == {j.id for j in jobs} - {dpl.id}
+    assert len(before) == 4  # zsclip and coop: base + novel each
+
+    again = _run("--resume", *common)
+    assert again.exit_code == 0, again.stderr
+    assert "--resume: 2 jobs already had results" in again.stdout
+    after = ids()
+    assert len(after) == 6
+    assert sorted(map(str, before)) == sorted(map(str, [r for r in after if r["job_id"] != dpl.id]))
+    assert {r["job_id"] for r in after if r not in before} == {dpl.id}
+    rows = results.query(res, f"SELECT * FROM results WHERE job_id = '{dpl.id}'").to_pylist()
+    assert {r["subsample"] for r in rows} == {"base", "novel"}
+    for r in rows:  # provenance on every row
+        assert r["code_version"] and r["versions"] and r["hardware"] and r["config"]
+        assert r["total"] == 30 and r["correct"] <= r["total"]
+        assert r["accuracy"] == pytest.approx(100 * r["correct"] / r["total"])
+
+
+def test_cli_runs_as_a_real_subprocess(tmp_path):
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "dplbench.cli",
+            "run",
+            "--suite",
+            "all15",
+            "--seeds",
+            "1",
+            "--dry-run",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    assert "jobs; nothing was run" in out.stdout
