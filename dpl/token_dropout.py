@@ -8,6 +8,8 @@ of the layers where the MAG alignment loss needs them.
 
 from __future__ import annotations
 
+import logging
+import os
 from dataclasses import dataclass
 
 import torch
@@ -15,6 +17,8 @@ import torch
 from dpl import importance as imp
 from dpl.encoders import Modality, TokenLayout
 from dpl.mag import MAGBridge
+
+log = logging.getLogger(__name__)
 
 DROP_MODES = ("noise", "zero")
 
@@ -63,6 +67,29 @@ def select_tokens(
     return (u < p) & target
 
 
+def drop_factor(
+    p: torch.Tensor,
+    target: torch.Tensor,
+    mode: str,
+    sigma: float,
+    width: int,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """What multiplies the layer output x [B,S,D]: noise -> [B,S,D] with ε ~ N(1, σ²) on the
+    selected tokens; zero -> [B,S,1] with 0 on the selected and 1/(1−p) on the kept target
+    tokens. Exactly 1 everywhere else, so untouched tokens stay bit-identical."""
+    selected = select_tokens(p, target, generator)
+    if mode == "noise":
+        shape = (*p.shape, width)
+        eps = torch.randn(shape, device=p.device, generator=generator, dtype=torch.float32)
+        return torch.where(selected[..., None], 1.0 + sigma * eps, 1.0)
+    if mode == "zero":
+        kept = target & ~selected
+        scale = torch.where(kept, 1.0 / (1.0 - p), 1.0).masked_fill(selected, 0.0)
+        return scale[..., None]
+    raise ValueError(f"unknown drop mode {mode!r}; choose one of {DROP_MODES}")
+
+
 def drop_tokens(
     x: torch.Tensor,
     p: torch.Tensor,
@@ -72,16 +99,67 @@ def drop_tokens(
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
     """Apply the drop mode to the selected target tokens of x [B,S,D]; p [B,S]; target [B,S]."""
-    selected = select_tokens(p, target, generator)
-    if mode == "noise":
-        eps = torch.randn(x.shape, device=x.device, generator=generator, dtype=torch.float32)
-        eps = (1.0 + sigma * eps).to(x.dtype)
-        return torch.where(selected[..., None], x * eps, x)
-    if mode == "zero":
-        kept = target & ~selected
-        scale = torch.where(kept, 1.0 / (1.0 - p), 1.0).masked_fill(selected, 0.0)
-        return x * scale[..., None].to(x.dtype)
-    raise ValueError(f"unknown drop mode {mode!r}; choose one of {DROP_MODES}")
+    with torch.no_grad():
+        factor = drop_factor(p, target, mode, sigma, x.shape[-1], generator)
+    return x * factor.to(x.dtype)
+
+
+def importance_drop_factor(
+    attn: torch.Tensor | None,
+    mag_attn: torch.Tensor | None,
+    global_index: torch.Tensor,
+    content: torch.Tensor,
+    target: torch.Tensor,
+    names: tuple[str, ...],
+    p_min: float,
+    p_max: float,
+    mode: str,
+    sigma: float,
+    width: int,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Scores -> importance -> p -> the drop factor, in one function (METHOD.md §3), so that on
+    GPU torch.compile can fuse its few dozen small kernels per layer into a handful."""
+    if names == ("uniform",):
+        importance = imp.uniform_score(content)
+    else:
+        parts = []
+        for n in names:
+            if n == "cls":
+                parts.append(imp.cls_score(attn, global_index, content))
+            elif n == "self":
+                parts.append(imp.self_score(attn, content))
+            else:
+                parts.append(imp.cross_score(mag_attn, content))
+        importance = imp.combine(parts)
+    p = imp.drop_probability(importance, content, p_min, p_max)
+    return drop_factor(p, target, mode, sigma, width, generator)
+
+
+# At batch 4 a DPL step is bound by kernel launches, not arithmetic; fusing the no-grad IWTD
+# arithmetic removes most of its launches. Off on CPU (no gain, needs a compiler) and whenever
+# an explicit generator is given (compiled graphs take no Generator objects).
+COMPILE_ON_CUDA = os.environ.get("DPL_COMPILE", "1") != "0"
+_compiled = None
+
+
+def _fused(*args, **kwargs) -> torch.Tensor:
+    """The compiled `importance_drop_factor`; on any compiler failure, eager from then on."""
+    global _compiled, COMPILE_ON_CUDA
+    try:
+        if _compiled is None:
+            _compiled = torch.compile(importance_drop_factor, dynamic=False)
+        return _compiled(*args, **kwargs)
+    except Exception as e:  # a missing toolchain must cost speed, never the run
+        log.warning("torch.compile of the IWTD arithmetic failed (%s); running eager", e)
+        COMPILE_ON_CUDA = False
+        return importance_drop_factor(*args, **kwargs)
+
+
+def _factor_fn(device: torch.device, generator: torch.Generator | None):
+    if device.type != "cuda" or generator is not None or not COMPILE_ON_CUDA:
+        return importance_drop_factor
+    return _fused
 
 
 class IWTDHook:
@@ -125,21 +203,20 @@ class IWTDHook:
                 self.captured[modality].append(mag_attn @ z)  # [B,M,d]
         if not drops:
             return x
-        with torch.no_grad():  # drop probabilities are a sampling decision, not a gradient path
-            p = self.probabilities(attn, mag_attn, layout)
-        return drop_tokens(x, p, layout.target, self.cfg.drop_mode, self.cfg.sigma, self.generator)
-
-    def probabilities(
-        self, attn: torch.Tensor | None, mag_attn: torch.Tensor | None, layout: TokenLayout
-    ) -> torch.Tensor:
-        names = self.cfg.importance
-        if names == ("uniform",):
-            importance = imp.uniform_score(layout.content)
-        else:
-            scores = {
-                "cls": lambda: imp.cls_score(attn, layout.global_index, layout.content),
-                "self": lambda: imp.self_score(attn, layout.content),
-                "cross": lambda: imp.cross_score(mag_attn.detach(), layout.content),
-            }
-            importance = imp.combine([scores[n]() for n in names])
-        return imp.drop_probability(importance, layout.content, self.cfg.p_min, self.cfg.p_max)
+        cfg = self.cfg
+        with torch.no_grad():  # who is dropped is a sampling decision, not a gradient path
+            factor = _factor_fn(x.device, self.generator)(
+                attn,
+                None if mag_attn is None else mag_attn.detach(),
+                layout.global_index,
+                layout.content,
+                layout.target,
+                cfg.importance,
+                cfg.p_min,
+                cfg.p_max,
+                cfg.drop_mode,
+                cfg.sigma,
+                x.shape[-1],
+                self.generator,
+            )
+        return x * factor.to(x.dtype)

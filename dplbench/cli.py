@@ -122,7 +122,7 @@ class JobTable:
         return t
 
 
-def _selections(methods, datasets, seeds, workers, overrides) -> dict:
+def selections_from_cli(methods, datasets, seeds, workers, overrides) -> dict:
     return {
         "methods": _csv(methods),
         "datasets": _csv(datasets),
@@ -162,7 +162,7 @@ def run(
     from dplbench.suites import load_suite
     from dplbench.train import RunSettings
 
-    s = load_suite(suite, _selections(methods, datasets, seeds, workers, override))
+    s = load_suite(suite, selections_from_cli(methods, datasets, seeds, workers, override))
     table = JobTable(s.jobs)
     if dry_run:
         console.print(table.render())
@@ -431,6 +431,11 @@ def bench_model(
         )
     console.print(table, width=max(console.width, 100))
 
+
+# `tune` and `ablate` live in their own module (sweeps.py / ablations.py behind them).
+from dplbench.tune_cli import register  # noqa: E402
+
+register(app)
 
 if __name__ == "__main__":
     app()

@@ -160,7 +160,7 @@ class _TuneEvents(tune.Callback):
         self._emit(trial, "failed", {})
 
 
-def _run_name(storage: Path, job: Job, run_id: str, resume: bool) -> str:
+def run_name(storage: Path, job: Job, run_id: str, resume: bool) -> str:
     if resume:
         previous = sorted((storage).glob(f"{job.id}-*"), key=lambda p: p.stat().st_mtime)
         if previous:
@@ -168,7 +168,7 @@ def _run_name(storage: Path, job: Job, run_id: str, resume: bool) -> str:
     return f"{job.id}-{run_id}"
 
 
-def _init_ray(opts: ExecOptions) -> None:
+def init_ray(opts: ExecOptions) -> None:
     import ray
 
     if ray.is_initialized():
@@ -181,15 +181,12 @@ def _init_ray(opts: ExecOptions) -> None:
     if opts.address:
         ray.init(address=opts.address, **kw)
     else:
-        # Each trial (the driver of one TorchTrainer, asleep while its workers train) holds
-        # TRIAL_CPU; one extra logical CPU keeps them from eating into the workers' CPUs.
-        global _spare_cpus
-        _spare_cpus = 1
-        ray.init(num_cpus=(opts.cpus or os.cpu_count() or 1) + 1, num_gpus=opts.gpus, **kw)
+        ray.init(num_cpus=opts.cpus, num_gpus=opts.gpus, **kw)
 
 
-TRIAL_CPU = 0.01  # a Tune trial's own share: Tune refuses 0
-_spare_cpus = 0  # logical CPUs added for trials when dplbench started Ray itself
+# A trial only drives its TorchTrainer and sleeps: it reserves a token of memory and no CPU
+# (Tune refuses an empty request, and a CPU sliver per trial would keep whole workers off a node).
+TRIAL_RESOURCES = {"memory": 2**20}
 
 
 def _concurrency(jobs: list[Job], opts: ExecOptions) -> int:
@@ -205,12 +202,12 @@ def _concurrency(jobs: list[Job], opts: ExecOptions) -> int:
             raise ConfigError(f"a job needs {workers} GPU workers; the cluster offers {gpus}")
         return max(1, gpus // workers)
     need = workers * opts.cpus_per_worker
-    if need + TRIAL_CPU > have.get("CPU", 0):
+    if need > have.get("CPU", 0):
         raise ConfigError(
             f"a job needs {workers} workers x {opts.cpus_per_worker:g} CPU; the cluster has "
             f"{have.get('CPU', 0):g} CPUs (use fewer --workers)"
         )
-    cpus = opts.cpus or have.get("CPU", 0) - _spare_cpus
+    cpus = opts.cpus or have.get("CPU", 0)
     return max(1, int(cpus // need))
 
 
@@ -239,7 +236,7 @@ def _run_local(job: Job, settings: RunSettings, emit: JobEvent) -> JobOutcome:
 
 
 def _run_tune(jobs: list[Job], settings: RunSettings, opts: ExecOptions, emit: JobEvent):
-    _init_ray(opts)
+    init_ray(opts)
     storage = Path(settings.results).resolve() / "ray"
     job_storage = storage / "jobs"
     settings_d = asdict(settings)
@@ -254,14 +251,14 @@ def _run_tune(jobs: list[Job], settings: RunSettings, opts: ExecOptions, emit: J
             "job": j.to_dict(),
             "settings": settings_d,
             "exec": ex,
-            "run_name": _run_name(job_storage, j, settings.run_id, opts.resume),
+            "run_name": run_name(job_storage, j, settings.run_id, opts.resume),
         }
         for j in jobs
     ]
     token = settings.run_id
     _EVENT_SINKS[token] = emit
     tuner = tune.Tuner(
-        tune.with_resources(_job_trial, {"cpu": TRIAL_CPU}),
+        tune.with_resources(_job_trial, TRIAL_RESOURCES),
         param_space={"cfg": tune.grid_search(configs)},
         tune_config=tune.TuneConfig(max_concurrent_trials=_concurrency(jobs, opts)),
         run_config=tune.RunConfig(

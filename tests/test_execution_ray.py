@@ -27,7 +27,7 @@ def shards(tmp_path_factory):
 @pytest.fixture
 def local_ray():
     ray.shutdown()
-    ray.init(num_cpus=3, log_to_driver=False)  # 2 for workers + the spare dplbench keeps
+    ray.init(num_cpus=2, log_to_driver=False)
     yield
     ray.shutdown()
 
@@ -100,9 +100,8 @@ def test_jobs_spread_over_a_two_node_cluster(tmp_path, shards):
     from ray.cluster_utils import Cluster
 
     ray.shutdown()
-    # Two CPUs a node: a trial's sliver of CPU must not keep a worker off its node.
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2})
-    cluster.add_node(num_cpus=2)
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+    cluster.add_node(num_cpus=1)
     cluster.wait_for_nodes()
     try:
         ray.init(address=cluster.address, log_to_driver=False)

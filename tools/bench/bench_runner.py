@@ -51,7 +51,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         data = str(Path(tmp) / "shards")
-        ray.init(num_cpus=3, log_to_driver=False)  # 2 worker CPUs + dplbench's trial spare
+        ray.init(num_cpus=2, log_to_driver=False)
         smoke = load_suite("smoke")
         wall, spans = timed_suite(smoke, data, str(Path(tmp) / "r0"), cpus=2)
         rows = results.query(

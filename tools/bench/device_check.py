@@ -68,7 +68,7 @@ def table(rows, title):
 
 for eval_batch in (4, 64):
     rows = bench_models(
-        ["ViT-B-16", "dpl-tiny"], batch=4, eval_batch=eval_batch, classes=50, steps=20, warmup=5
+        ["ViT-B-16", "dpl-tiny"], batch=4, eval_batch=eval_batch, classes=50, steps=60, warmup=8
     )
     table(ratio_table(rows), f"bf16, train batch 4, eval batch {eval_batch}, 50 classes")
 

@@ -1,0 +1,180 @@
+"""dplbench tune: named parameters, spaces, objective, records; a real ASHA sweep on smoke data."""
+
+import logging
+import os
+import threading
+from pathlib import Path
+
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from dplbench import sweeps
+from dplbench.cli import selections_from_cli
+from dplbench.execution import ExecOptions
+from dplbench.train import RunSettings
+from dplbench.tune_cli import register
+
+
+def _app() -> typer.Typer:
+    app = typer.Typer()
+    register(app)
+    return app
+
+
+def test_named_params_map_to_config_keys():
+    setting = {"entropy_weight": 0.1, "importance": "cls+self", "n_ctx": 8, "fixed_lambda": True}
+    over = sweeps.overrides_of(setting)
+    assert over["rer"] == {"weight": 0.1, "fixed_lambda": True}
+    assert over["iwtd"] == {"importance": ["cls", "self"]}
+    assert over["prompts"] == {"n_ctx_text": 8, "n_ctx_vision": 8}
+    assert sweeps.best_overrides(setting) == [
+        "rer.weight=0.1",
+        "iwtd.importance=[cls,self]",
+        "prompts.n_ctx_text=8",
+        "prompts.n_ctx_vision=8",
+        "rer.fixed_lambda=true",
+    ]
+    assert sweeps.parse_value(sweeps.param("importance"), ["cls", "cross"]) == "cls+cross"
+    assert sweeps.param("iwtd.sigma").keys == ("iwtd.sigma",)  # raw dotted keys are accepted
+
+
+def test_unknown_parameter_is_one_line_and_exit_2():
+    out = CliRunner().invoke(_app(), ["tune", "--param", "bogus", "--dry-run"])
+    assert out.exit_code == 2
+    assert "unknown parameter 'bogus'" in out.output and "entropy_weight" in out.output
+    assert "Traceback" not in out.output
+    bad = CliRunner().invoke(_app(), ["tune", "--param", "p_max=high", "--dry-run"])
+    assert bad.exit_code == 2 and "expected float" in bad.output
+
+
+def test_space_grid_crossed_with_seeded_draws():
+    space = {"importance": ["cls", "uniform"], "p_max": {"uniform": [0.3, 0.7]}}
+    a, b = sweeps.expand(space, num_samples=3), sweeps.expand(space, num_samples=3)
+    assert a == b and len(a) == 6  # same draws every time: --resume finds its trials
+    assert {s["importance"] for s in a} == {"cls", "uniform"}
+    assert all(0.3 <= s["p_max"] <= 0.7 for s in a)
+    assert len(sweeps.expand({"lr": [0.1, 0.1, 0.2]})) == 2  # duplicates dropped
+    for name in ("entropy_weight", "iwtd", "rer", "prompts"):
+        spec = sweeps.load_space(name)
+        assert sweeps.expand(spec["params"], spec.get("num_samples", 1))
+
+
+def test_trials_resolve_jobs_with_params_and_dry_run_lists_them():
+    sel = selections_from_cli("dpl", None, "1,2", None, ["optim.epochs=2"])
+    sweep = sweeps.make_sweep(sweeps.expand({"entropy_weight": [0.0, 0.1]}), "smoke", sel)
+    assert len(sweep.trials) == 2 and all(len(t.jobs) == 2 for t in sweep.trials)  # 2 seeds
+    job = sweep.trials[1].jobs[0]
+    assert job.config["rer"]["weight"] == 0.1 and job.params["entropy_weight"] == 0.1
+    assert job.params["sweep"] == sweep.name and sweep.epochs == 2
+    out = CliRunner().invoke(_app(), ["tune", "--param", "entropy_weight", "--dry-run"])
+    assert out.exit_code == 0 and "5 trials" in out.output  # the parameter's default grid
+
+
+def test_objective_is_hm_over_datasets_and_test_metrics_hm_of_averages():
+    assert sweeps.harmonic_mean([50.0, 100.0]) == pytest.approx(200 / 3)
+    rows = [
+        {"dataset": "a", "subsample": "base", "accuracy": 80.0},
+        {"dataset": "a", "subsample": "novel", "accuracy": 60.0},
+        {"dataset": "b", "subsample": "base", "accuracy": 60.0},
+        {"dataset": "b", "subsample": "novel", "accuracy": 40.0},
+    ]
+    m = sweeps.trial_test_metrics(rows)
+    assert m["test_base"] == 70.0 and m["test_novel"] == 50.0
+    assert m["test_hm"] == pytest.approx(2 * 70 * 50 / 120)
+
+
+def test_resume_keeps_done_and_stopped_trials(tmp_path):
+    sel = selections_from_cli("dpl", None, "1", None, ["optim.epochs=2"])
+    sweep = sweeps.make_sweep(sweeps.expand({"lr": [0.1, 0.2, 0.3, 0.4]}), "smoke", sel, name="s")
+    for t, status in zip(sweep.trials[:3], ("done", "stopped", "failed")):
+        cfg = {"key": t.key, "setting": t.setting, "jobs": [j.to_dict() for j in t.jobs]}
+        rows = sweeps._trial_rows("s", "r1", cfg, status, {"objective": 1.0, "epoch": 1}, None)
+        sweeps.write_trial(str(tmp_path), "s", "r1", rows)
+    pending = sweeps.pending_trials(sweep, str(tmp_path))
+    assert [t.key for t in pending] == [sweep.trials[2].key, sweep.trials[3].key]
+
+
+# ---- on Ray (one instance for the module) ---------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    import ray
+
+    from dplbench.runner import ensure_synthetic
+
+    root = tmp_path_factory.mktemp("sweep")
+    ensure_synthetic(str(root / "shards"))
+    # address="local": a fresh instance even when someone's `ray start` cluster runs on the
+    # machine (the commands below find it initialised and reuse it).
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    ray.init(address="local", num_cpus=2, log_to_driver=False, logging_level=logging.WARNING)
+    yield root
+    ray.shutdown()
+
+
+def _live_placement_groups() -> list[str]:
+    from ray.util.placement_group import placement_group_table
+
+    return [k for k, v in placement_group_table().items() if v["state"] != "REMOVED"]
+
+
+@pytest.mark.slow
+@pytest.mark.cluster
+def test_asha_sweep_stops_a_trial_and_a_run_right_after_gets_resources(cluster):
+    data, res = str(cluster / "shards"), str(cluster / "results")
+    # Tiny learning rates keep the random-init model's validation accuracy; large ones wreck it,
+    # so trials 3-4 reach ASHA's first rung below the recorded median and are stopped.
+    args = ["tune", "--param", "optim.lr", "--values", "1e-9,1e-8,0.05,0.1", "--suite", "smoke"]
+    args += ["--seeds", "1", "--scheduler", "asha", "--grace-period", "1", "--cpus", "2"]
+    args += ["--data", data, "--results", res, "--loader-workers", "0", "--name", "lr"]
+    out = CliRunner().invoke(_app(), [*args, "optim.epochs=3"])
+    assert out.exit_code == 0, out.output
+    records = sweeps.read_trials(res, "lr")
+    status = {r["trial"]: r["status"] for r in records}
+    assert len(status) == 4 and "stopped" in status.values() and "done" in status.values()
+    done = [r for r in records if r["status"] == "done"]
+    assert all(r["test_hm"] is not None and r["job_val_accuracy"] is not None for r in done)
+    assert {r["optim.lr"] for r in records} == {1e-9, 1e-8, 0.05, 0.1}  # parameters as columns
+    out_dir = Path(res) / "sweeps" / "lr"
+    assert (out_dir / "objective.png").stat().st_size > 0
+    best = (out_dir / "best.txt").read_text().strip()
+    assert best.startswith("optim.lr=") and best in out.output
+    from dplbench import results
+
+    rows = results.query(res, "SELECT params FROM rows").column("params").to_pylist()
+    assert rows and all('"optim.lr"' in p and '"sweep": "lr"' in p for p in rows)
+
+    assert _live_placement_groups() == []  # stopped trials left nothing behind
+    from dplbench.runner import run_suite
+    from dplbench.suites import load_suite
+
+    suite = load_suite("smoke", selections_from_cli("coop", None, "1", None, ["optim.epochs=1"]))
+    settings = RunSettings(data=data, results=res, loader_workers=0)
+    summary = []
+    t = threading.Thread(
+        target=lambda: summary.append(run_suite(suite, settings, ExecOptions(cpus=2)))
+    )
+    t.start()
+    t.join(timeout=150)  # a leaked placement group would make this wait forever
+    assert summary and not summary[0].failed
+
+
+@pytest.mark.slow
+@pytest.mark.cluster
+def test_failing_trial_is_recorded_and_the_others_complete(cluster):
+    data, res = str(cluster / "shards"), str(cluster / "results")
+    sel = selections_from_cli("dpl", None, "1", None, ["optim.epochs=2"])
+    sweep = sweeps.make_sweep(
+        sweeps.expand({"lr": [1e-9, 1e-8]}), "smoke", sel, name="fail", scheduler="fifo"
+    )
+    victim = sweep.trials[1]
+    settings = RunSettings(data=data, results=res, loader_workers=0, fail_job=victim.jobs[0].id)
+    result = sweeps.run_sweep(sweep, settings, ExecOptions(cpus=2, max_failures=0))
+    by_key = {r["trial"]: r for r in result.trials()}
+    assert by_key[victim.key]["status"] == "failed"
+    assert "failure injected" in by_key[victim.key]["error"]
+    assert by_key[sweep.trials[0].key]["status"] == "done"
+    assert result.best()["trial"] == sweep.trials[0].key
+    assert _live_placement_groups() == []
