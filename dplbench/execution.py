@@ -171,12 +171,13 @@ def run_name(storage: Path, job: Job, run_id: str, resume: bool) -> str:
 def init_ray(opts: ExecOptions) -> None:
     import ray
 
+    # Our live table replaces Tune's console reporter (verbose=0 silences the old one only);
+    # read by the driver, so it holds for a Ray someone else started too.
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     if ray.is_initialized():
         return
     # Train's controller polls workers every 2 s by default: ~18 s of overhead per short job.
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
-    # Our live table replaces Tune's console reporter (verbose=0 silences the old one only).
-    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     kw = {"log_to_driver": False, "logging_level": logging.WARNING}
     if opts.address:
         ray.init(address=opts.address, **kw)
