@@ -15,6 +15,22 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
+from dplbench.cli_options import (
+    DATA_DEFAULT,
+    RESULTS_DEFAULT,
+    Address,
+    Cpus,
+    Data,
+    Datasets,
+    DryRun,
+    Gpus,
+    LoaderWorkers,
+    Overrides,
+    Results,
+    Seeds,
+    UseRay,
+    Workers,
+)
 from dplbench.config import ConfigError, parse_overrides
 from dplbench.data.cli import app as data_app
 from dplbench.data.errors import DataError
@@ -37,8 +53,6 @@ app.add_typer(results_app, name="results")
 console = Console(width=None if sys.stdout.isatty() else 160)
 err = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
 
-DATA_DEFAULT = os.environ.get("DPLBENCH_DATA", "shards")
-RESULTS_DEFAULT = os.environ.get("DPLBENCH_RESULTS", "results")
 Opt = typer.Option
 
 
@@ -137,21 +151,19 @@ def selections_from_cli(methods, datasets, seeds, workers, overrides) -> dict:
 def run(
     suite: Annotated[str, Opt(help="suite name (configs/suites) or a YAML path")] = "smoke",
     methods: Annotated[str, Opt(help="comma list: restrict/replace the suite's methods")] = None,
-    datasets: Annotated[str, Opt(help="comma list: restrict the suite's datasets")] = None,
-    seeds: Annotated[str, Opt(help="comma list of seeds")] = None,
-    gpus: Annotated[int, Opt(help="GPUs to use in all (one per worker)")] = 0,
-    cpus: Annotated[int, Opt(help="CPUs to use in all (default: all)")] = None,
-    workers: Annotated[int, Opt(help="DDP workers per job")] = None,
-    address: Annotated[str, Opt(help="join a running Ray cluster (e.g. auto)")] = None,
-    data: Annotated[str, Opt(help="shards root ($DPLBENCH_DATA)")] = DATA_DEFAULT,
-    results_root: Annotated[
-        str, Opt("--results", help="results root ($DPLBENCH_RESULTS)")
-    ] = RESULTS_DEFAULT,
+    datasets: Datasets = None,
+    seeds: Seeds = None,
+    gpus: Gpus = 0,
+    cpus: Cpus = None,
+    workers: Workers = None,
+    address: Address = None,
+    data: Data = DATA_DEFAULT,
+    results_root: Results = RESULTS_DEFAULT,
     resume: Annotated[bool, Opt(help="run only jobs whose result rows are missing")] = False,
-    dry_run: Annotated[bool, Opt(help="list the jobs and exit")] = False,
-    ray: Annotated[bool, Opt("--ray/--no-ray", help="--no-ray: jobs in this process")] = True,
-    loader_workers: Annotated[int, Opt(help="data loader processes per worker")] = 2,
-    override: Annotated[list[str], typer.Argument(help="method config overrides key=value")] = None,
+    dry_run: DryRun = False,
+    ray: UseRay = True,
+    loader_workers: LoaderWorkers = 2,
+    override: Overrides = None,
 ) -> None:
     """Run a suite: every job a Ray Train run, many at once, results into Parquet.
 
@@ -227,7 +239,7 @@ def _print_rows(rows: list[dict], title: str | None = None) -> None:
 @results_app.command("ls")
 @user_errors
 def results_ls(
-    results_root: Annotated[str, Opt("--results")] = RESULTS_DEFAULT,
+    results_root: Results = RESULTS_DEFAULT,
     suite: Annotated[str, Opt(help="only this suite's rows")] = None,
 ) -> None:
     """One line per (suite, method, protocol, dataset): runs, rows, mean accuracy.
@@ -251,7 +263,7 @@ def results_ls(
 @user_errors
 def results_query(
     sql: Annotated[str, typer.Argument(help="SQL over the views rows, results, epochs")],
-    results_root: Annotated[str, Opt("--results")] = RESULTS_DEFAULT,
+    results_root: Results = RESULTS_DEFAULT,
     fmt: Annotated[str, Opt("--format", help="table | csv | json")] = "table",
 ) -> None:
     """DuckDB SQL over the results. `results` = latest run per job and split; `rows` = all runs;
@@ -284,7 +296,7 @@ def results_query(
 @user_errors
 def results_show(
     job: Annotated[str, typer.Argument(help="job id (or a unique prefix)")],
-    results_root: Annotated[str, Opt("--results")] = RESULTS_DEFAULT,
+    results_root: Results = RESULTS_DEFAULT,
 ) -> None:
     """A job's rows, its resolved config and its per-epoch metrics.
 
@@ -341,7 +353,7 @@ def report(
     compare: Annotated[
         bool, Opt("--compare/--no-compare", help="published numbers beside ours")
     ] = True,
-    results_root: Annotated[str, Opt("--results")] = RESULTS_DEFAULT,
+    results_root: Results = RESULTS_DEFAULT,
     out: Annotated[str, Opt(help="folder for report.md and the PNG plots")] = None,
 ) -> None:
     """The paper's tables from the results, next to the published numbers; Markdown + PNG.
@@ -361,8 +373,8 @@ def report(
 @app.command()
 @user_errors
 def demo(
-    data: Annotated[str, Opt(help="shards root")] = DATA_DEFAULT,
-    results_root: Annotated[str, Opt("--results")] = RESULTS_DEFAULT,
+    data: Data = DATA_DEFAULT,
+    results_root: Results = RESULTS_DEFAULT,
 ) -> None:
     """The smoke suite on local Ray (synthetic data, tiny CLIP, CPU), then its report.
 

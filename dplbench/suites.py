@@ -226,49 +226,29 @@ def _part_jobs(suite: str, spec: dict[str, Any], sel: dict[str, Any]) -> list[Jo
         for m in methods:
             cfg = resolve_method(m, overrides, dataset=d)
             for seed in seeds:
-                if protocol == "fewshot":
-                    for shots in shots_list:
-                        jobs.append(
-                            Job(
-                                suite,
-                                protocol,
-                                m,
-                                seed,
-                                cfg,
-                                TrainData(d, shots, seed, "all"),
-                                (EvalTarget(d),),
-                                workers,
-                            )
-                        )
-                elif protocol == "base2novel":
-                    for shots in shots_list:
-                        jobs.append(
-                            Job(
-                                suite,
-                                protocol,
-                                m,
-                                seed,
-                                cfg,
-                                TrainData(d, shots, seed, "base"),
-                                (EvalTarget(d, "base"), EvalTarget(d, "novel")),
-                                workers,
-                            )
-                        )
-                else:  # longtail: base classes of the full train split, imbalanced
-                    ratio = float(spec.get("imbalance", 10))
-                    jobs.append(
-                        Job(
-                            suite,
-                            protocol,
-                            m,
-                            seed,
-                            cfg,
-                            TrainData(d, None, seed, "base", ratio),
-                            (EvalTarget(d, "base"), EvalTarget(d, "novel")),
-                            workers,
-                        )
-                    )
+                for train, evals in _PER_DATASET[protocol](d, seed, shots_list, spec):
+                    jobs.append(Job(suite, protocol, m, seed, cfg, train, evals, workers))
     return jobs
+
+
+def _base_novel(d: str) -> tuple[EvalTarget, ...]:
+    return (EvalTarget(d, "base"), EvalTarget(d, "novel"))
+
+
+# What one dataset trains on and is evaluated on, per protocol (PROTOCOLS.md §2); xd and dg,
+# which train once and evaluate elsewhere, are expanded above.
+_PER_DATASET = {
+    "base2novel": lambda d, seed, shots, spec: [
+        (TrainData(d, k, seed, "base"), _base_novel(d)) for k in shots
+    ],
+    "fewshot": lambda d, seed, shots, spec: [
+        (TrainData(d, k, seed, "all"), (EvalTarget(d),)) for k in shots
+    ],
+    # Long-tail: base classes of the full train split, made imbalanced.
+    "longtail": lambda d, seed, shots, spec: [
+        (TrainData(d, None, seed, "base", float(spec.get("imbalance", 10))), _base_novel(d))
+    ],
+}
 
 
 def load_suite(name: str, selections: dict[str, Any] | None = None) -> Suite:

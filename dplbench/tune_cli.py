@@ -13,9 +13,23 @@ import typer
 from rich.live import Live
 from rich.table import Table
 
+from dplbench.cli_options import (
+    DATA_DEFAULT,
+    RESULTS_DEFAULT,
+    Address,
+    Cpus,
+    Data,
+    Datasets,
+    DryRun,
+    Gpus,
+    LoaderWorkers,
+    Results,
+    Seeds,
+    UseRay,
+    Workers,
+)
+
 Opt = typer.Option
-DATA_HELP = "shards root ($DPLBENCH_DATA)"
-RESULTS_HELP = "results root ($DPLBENCH_RESULTS)"
 
 
 class TrialTable:
@@ -62,7 +76,7 @@ def _abs(path: str) -> str:
 
 def register(app: typer.Typer) -> None:
     """Add `tune` and `ablate` to the main app."""
-    from dplbench.cli import DATA_DEFAULT, RESULTS_DEFAULT, user_errors
+    from dplbench.cli import user_errors
 
     @app.command()
     @user_errors
@@ -75,24 +89,24 @@ def register(app: typer.Typer) -> None:
         space: Annotated[str, Opt(help="search space: configs/sweeps/<name> or a YAML")] = None,
         suite: Annotated[str, Opt(help="suite (default: the space's, else smoke)")] = None,
         method: Annotated[str, Opt(help="method (default: the space's, else dpl)")] = None,
-        datasets: Annotated[str, Opt(help="comma list: restrict the suite's datasets")] = None,
-        seeds: Annotated[str, Opt(help="comma list of seeds")] = None,
+        datasets: Datasets = None,
+        seeds: Seeds = None,
         num_samples: Annotated[int, Opt(help="random draws per grid point (spaces)")] = None,
         scheduler: Annotated[str, Opt(help="fifo | asha (default: the space's, else asha)")] = None,
         grace_period: Annotated[int, Opt(help="ASHA: epochs before the first stop")] = 1,
         reduction_factor: Annotated[int, Opt(help="ASHA: keep the best 1/rf at a rung")] = 2,
-        gpus: Annotated[int, Opt(help="GPUs to use in all (one per worker)")] = 0,
-        cpus: Annotated[int, Opt(help="CPUs to use in all (default: all)")] = None,
-        workers: Annotated[int, Opt(help="DDP workers per job")] = None,
-        address: Annotated[str, Opt(help="join a running Ray cluster (e.g. auto)")] = None,
+        gpus: Gpus = 0,
+        cpus: Cpus = None,
+        workers: Workers = None,
+        address: Address = None,
         name: Annotated[str, Opt(help="sweep name (default: params + hash of the sweep)")] = None,
         resume: Annotated[bool, Opt(help="keep trials already done/stopped; rerun the rest")] = (
             False
         ),
         dry_run: Annotated[bool, Opt(help="list the trials and exit")] = False,
-        data: Annotated[str, Opt(help=DATA_HELP)] = DATA_DEFAULT,
-        results_root: Annotated[str, Opt("--results", help=RESULTS_HELP)] = RESULTS_DEFAULT,
-        loader_workers: Annotated[int, Opt(help="data loader processes per worker")] = 2,
+        data: Data = DATA_DEFAULT,
+        results_root: Results = RESULTS_DEFAULT,
+        loader_workers: LoaderWorkers = 2,
         override: Annotated[
             list[str], typer.Argument(help="config overrides for every trial, key=value")
         ] = None,
@@ -175,19 +189,19 @@ def register(app: typer.Typer) -> None:
             str, typer.Argument(help="ablation: configs/ablations/<name> or a YAML path")
         ] = None,
         suite: Annotated[str, Opt(help="suite (default: the ablation's)")] = None,
-        datasets: Annotated[str, Opt(help="comma list: restrict the suite's datasets")] = None,
-        seeds: Annotated[str, Opt(help="comma list of seeds")] = None,
-        gpus: Annotated[int, Opt(help="GPUs to use in all (one per worker)")] = 0,
-        cpus: Annotated[int, Opt(help="CPUs to use in all (default: all)")] = None,
-        workers: Annotated[int, Opt(help="DDP workers per job")] = None,
-        address: Annotated[str, Opt(help="join a running Ray cluster (e.g. auto)")] = None,
+        datasets: Datasets = None,
+        seeds: Seeds = None,
+        gpus: Gpus = 0,
+        cpus: Cpus = None,
+        workers: Workers = None,
+        address: Address = None,
         resume: Annotated[bool, Opt(help="run only variants' jobs without rows")] = False,
-        dry_run: Annotated[bool, Opt(help="list the jobs and exit")] = False,
+        dry_run: DryRun = False,
         table_only: Annotated[bool, Opt("--table", help="print the table; run nothing")] = False,
-        ray: Annotated[bool, Opt("--ray/--no-ray", help="--no-ray: jobs in this process")] = True,
-        data: Annotated[str, Opt(help=DATA_HELP)] = DATA_DEFAULT,
-        results_root: Annotated[str, Opt("--results", help=RESULTS_HELP)] = RESULTS_DEFAULT,
-        loader_workers: Annotated[int, Opt(help="data loader processes per worker")] = 2,
+        ray: UseRay = True,
+        data: Data = DATA_DEFAULT,
+        results_root: Results = RESULTS_DEFAULT,
+        loader_workers: LoaderWorkers = 2,
         override: Annotated[
             list[str], typer.Argument(help="config overrides for every variant, key=value")
         ] = None,
