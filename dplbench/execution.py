@@ -220,14 +220,14 @@ def run_jobs(
         return []
     emit = on_event or (lambda *a: None)
     if not opts.use_ray:
-        return [_run_local(j, settings, emit) for j in jobs]
+        return [_run_local(j, settings, emit, opts.resume) for j in jobs]
     return _run_tune(jobs, settings, opts, emit)
 
 
-def _run_local(job: Job, settings: RunSettings, emit: JobEvent) -> JobOutcome:
+def _run_local(job: Job, settings: RunSettings, emit: JobEvent, resume: bool) -> JobOutcome:
     emit(job.id, "running", {})
     try:
-        run_job(job, settings, LocalContext(settings.results, job.id))
+        run_job(job, settings, LocalContext(settings.results, job.id, resume=resume))
     except Exception as e:  # a failed job is recorded; the others go on
         log.exception("job %s failed", job.id)
         emit(job.id, "failed", {"error": str(e)})

@@ -53,7 +53,7 @@ class RunSettings:
     loader_workers: int = 2
     on_data_error: str = "raise"  # or "skip": corrupt samples are skipped and counted
     bf16: bool | None = None  # None: bf16 autocast on GPU, fp32 on CPU
-    fail_job: str | None = None  # testing hook: a job id (prefix) whose training raises
+    fail_job: str | None = None  # testing hook: "<job id prefix>[@<epoch>]" raises at that epoch
     val_each_epoch: bool = False  # evaluate the few-shot val split after every epoch (sweeps)
 
 
@@ -70,7 +70,14 @@ class WorkerContext(Protocol):
 class LocalContext:
     """In-process, single worker: checkpoints go to R/checkpoints/<job>/epoch_XXX/."""
 
-    def __init__(self, results_root: str, job_id: str, device: torch.device | None = None):
+    def __init__(
+        self,
+        results_root: str,
+        job_id: str,
+        device: torch.device | None = None,
+        resume: bool = False,
+    ):
+        self.resume = resume  # continue from this job's last epoch checkpoint, if any
         self.rank, self.world_size = 0, 1
         self.node = socket.gethostname()
         self.device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -84,12 +91,12 @@ class LocalContext:
             tmp = dest.with_name(dest.name + ".tmp")
             shutil.rmtree(tmp, ignore_errors=True)
             shutil.copytree(checkpoint_dir, tmp)
-            os.replace(tmp, dest) if not dest.exists() else (
-                shutil.rmtree(dest),
-                os.replace(tmp, dest),
-            )
+            shutil.rmtree(dest, ignore_errors=True)  # a rerun of the same epoch replaces it
+            os.replace(tmp, dest)
 
     def latest_checkpoint(self) -> str | None:
+        if not self.resume:
+            return None  # a fresh run starts from scratch whatever an earlier run left
         done = sorted(self.dir.glob("epoch_[0-9][0-9][0-9]"))
         return str(done[-1]) if done else None
 
@@ -179,8 +186,10 @@ def train(model: PromptedCLIP, job: Job, settings: RunSettings, ctx: WorkerConte
     epochs = cfg.optim.epochs
     rows = []
     for epoch in range(start, epochs):
-        if settings.fail_job and job.id.startswith(settings.fail_job):
-            raise RuntimeError(f"job {job.id}: failure injected by RunSettings.fail_job")
+        if settings.fail_job:  # testing hook: "<job id prefix>[@<epoch>]"
+            prefix, _, at = settings.fail_job.partition("@")
+            if job.id.startswith(prefix) and epoch == int(at or 0):
+                raise RuntimeError(f"job {job.id}: failure injected at epoch {epoch}")
         loader.set_epoch(epoch)
         model.train()
         tic, sums, n = time.perf_counter(), defaultdict(float), 0

@@ -10,7 +10,7 @@ from dplbench import results
 from dplbench.cli import app
 from dplbench.runner import ensure_synthetic
 
-FAST = ["optim.epochs=1"]
+FAST = ["optim.epochs=2"]
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +74,8 @@ def test_resume_adds_exactly_the_missing_rows(tmp_path, shards):
 
     jobs = load_suite("smoke", {"overrides": parse_overrides(FAST)}).jobs
     dpl = next(j for j in jobs if j.method == "dpl")
-    first = _run(*common, env={"DPLBENCH_FAIL_JOB": dpl.id})  # the interruption
+    # The interruption: dpl dies at the start of its second epoch, after one checkpoint.
+    first = _run(*common, env={"DPLBENCH_FAIL_JOB": f"{dpl.id}@1"})
     assert first.exit_code == 1
     assert f"failed {dpl.id}" in first.stderr
     ids = lambda: results.query(res, "SELECT job_id, run_id FROM rows").to_pylist()  # noqa: E731
@@ -89,6 +90,11 @@ def test_resume_adds_exactly_the_missing_rows(tmp_path, shards):
     assert len(after) == 6
     assert sorted(map(str, before)) == sorted(map(str, [r for r in after if r["job_id"] != dpl.id]))
     assert {r["job_id"] for r in after if r not in before} == {dpl.id}
+    # The resumed run trained only the missing epoch, from the first run's checkpoint.
+    epochs = results.query(
+        res, f"SELECT run_id, epoch FROM epochs WHERE job_id = '{dpl.id}'"
+    ).to_pylist()
+    assert [e["epoch"] for e in epochs] == [1]
     rows = results.query(res, f"SELECT * FROM results WHERE job_id = '{dpl.id}'").to_pylist()
     assert {r["subsample"] for r in rows} == {"base", "novel"}
     for r in rows:  # provenance on every row
