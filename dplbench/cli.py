@@ -380,23 +380,8 @@ def demo(
 
     Example: dplbench demo
     """
-    run(
-        suite="smoke",
-        data=data,
-        results_root=results_root,
-        methods=None,
-        datasets=None,
-        seeds=None,
-        gpus=0,
-        cpus=None,
-        workers=None,
-        address=None,
-        resume=False,
-        dry_run=False,
-        ray=True,
-        loader_workers=1,
-        override=None,
-    )
+    # Annotated options keep their defaults as plain values: name only what differs.
+    run(suite="smoke", data=data, results_root=results_root, loader_workers=1)
     report(suite="smoke", compare=True, results_root=results_root, out=None)
 
 

@@ -10,7 +10,6 @@ the wide tables (xd, dg, few-shot).
 from __future__ import annotations
 
 import os
-import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
@@ -19,6 +18,7 @@ from typing import Any, NamedTuple
 
 from dplbench import aggregate as agg
 from dplbench.aggregate import AVERAGE, DG_TARGETS, SHOTS, XD_SOURCE, XD_TARGETS, Row
+from dplbench.atomic import write_atomic
 
 MISSING = "–"
 LABEL = {
@@ -399,18 +399,6 @@ def report_markdown(
     return _markdown(report_tables(rows, suite, compare, refs), suite, {})
 
 
-def _write_atomic(path: Path, write: Callable[[Path], None]) -> Path:
-    """Write under a temporary name in the same folder, then rename into place, so a reader never
-    sees a half-written report."""
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
-
-
 def render_report(
     rows: Any,
     out_dir: str | os.PathLike,
@@ -426,9 +414,9 @@ def render_report(
     for name, table in tables.items():
         if name in SECTIONS:
             fig = SECTIONS[name].plot(table)
-            path = _write_atomic(out / f"{name}.png", partial(fig.savefig, format="png", dpi=120))
+            path = write_atomic(out / f"{name}.png", partial(fig.savefig, format="png", dpi=120))
             images[name] = path.name
             plots.append(path)
     text = _markdown(tables, suite, images)
-    md = _write_atomic(out / "report.md", lambda p: p.write_text(text, encoding="utf-8"))
+    md = write_atomic(out / "report.md", lambda p: p.write_text(text, encoding="utf-8"))
     return ReportFiles(markdown=md, plots=tuple(plots))

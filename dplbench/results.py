@@ -22,6 +22,8 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from dplbench.atomic import write_atomic
+
 # One row per (job, evaluated split). Partition columns (suite, method) live in the path.
 ROW_SCHEMA = pa.schema(
     [
@@ -76,17 +78,9 @@ def _partition_dir(root: str | os.PathLike, table: str, suite: str, method: str)
     return Path(root) / table / f"suite={suite}" / f"method={method}"
 
 
-def write_atomic(table: pa.Table, path: Path) -> Path:
-    """Write a Parquet file under a temporary name in the same folder and rename it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        pq.write_table(table, tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
+def write_parquet(table: pa.Table, path: Path) -> Path:
+    """One Parquet file, written atomically."""
+    return write_atomic(path, lambda tmp: pq.write_table(table, tmp))
 
 
 PARTITIONS = ("suite", "method")  # in the path only (hive style), not inside the files
@@ -108,7 +102,9 @@ def write_rows(root: str | os.PathLike, rows: Sequence[dict[str, Any]]) -> Path:
         [{k: r.get(k) for k in FILE_SCHEMA.names} for r in rows], schema=FILE_SCHEMA
     )
     name = f"{first['job_id']}-{first['run_id']}.parquet"
-    return write_atomic(table, _partition_dir(root, "rows", first["suite"], first["method"]) / name)
+    return write_parquet(
+        table, _partition_dir(root, "rows", first["suite"], first["method"]) / name
+    )
 
 
 def write_epochs(
@@ -123,7 +119,7 @@ def write_epochs(
     schema = pa.schema(EPOCH_SCHEMA_FIXED + [(k, pa.float64()) for k in extra])
     table = pa.Table.from_pylist([{k: r.get(k) for k in schema.names} for r in rows], schema=schema)
     name = f"{rows[0]['job_id']}-{rows[0]['run_id']}.parquet"
-    return write_atomic(table, _partition_dir(root, "epochs", suite, method) / name)
+    return write_parquet(table, _partition_dir(root, "epochs", suite, method) / name)
 
 
 def _glob(root: str | os.PathLike, table: str) -> str:

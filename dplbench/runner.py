@@ -13,7 +13,6 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from dplbench import results
-from dplbench.config import ConfigError
 from dplbench.data.errors import DataError
 from dplbench.data.fewshot import make_fewshot, selection_name
 from dplbench.data.meta import FEWSHOT_DIR, SELECTION_FILE, load_meta
@@ -129,9 +128,3 @@ def run_suite(
     runnable = [j for j in evaluation if j.source not in failed_sources]
     summary.outcomes += run_jobs(runnable, settings, opts, on_event)
     return summary
-
-
-def validate_selection(values: list[str] | None, known: list[str], what: str) -> None:
-    for v in values or []:
-        if v not in known:
-            raise ConfigError(f"unknown {what} {v!r}; choose one of: {', '.join(known)}")

@@ -620,7 +620,7 @@ def write_trial(results_root: str, sweep: str, run_id: str, rows: list[dict[str,
     import pyarrow as pa
 
     path = sweep_dir(results_root, sweep) / "trials" / f"{rows[0]['trial']}-{run_id}.parquet"
-    return results.write_atomic(pa.Table.from_pylist(rows), path)
+    return results.write_parquet(pa.Table.from_pylist(rows), path)
 
 
 def read_trials(results_root: str, sweep: str) -> list[dict[str, Any]]:

@@ -17,6 +17,7 @@ import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from dplbench.atomic import write_atomic
 from dplbench.data import images
 from dplbench.data.coop_layout import SourceItem, read_source
 from dplbench.data.datasets import get_spec, prompt_name
@@ -27,7 +28,6 @@ from dplbench.data.meta import (
     META_FILE,
     DatasetMeta,
     SplitMeta,
-    write_atomic,
 )
 from dplbench.data.parallel import run_tasks
 from dplbench.data.progress import Progress

@@ -20,6 +20,7 @@ import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from dplbench.atomic import write_atomic
 from dplbench.data import tario
 from dplbench.data.meta import (
     FEWSHOT_DIR,
@@ -28,7 +29,6 @@ from dplbench.data.meta import (
     SplitMeta,
     load_index,
     load_meta,
-    write_atomic,
 )
 from dplbench.data.parallel import run_tasks
 from dplbench.data.progress import Progress

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -69,14 +68,6 @@ class DatasetMeta:
         d = json.loads(text)
         d["splits"] = {k: SplitMeta(**v) for k, v in d["splits"].items()}
         return cls(**d)
-
-
-def write_atomic(path: str | Path, data: str | bytes) -> None:
-    """Write a file under a temporary name and rename it into place."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_bytes(data.encode() if isinstance(data, str) else data)
-    os.replace(tmp, path)
 
 
 def load_meta(shards_root: str | Path, dataset: str) -> DatasetMeta:
