@@ -8,8 +8,16 @@ from typing import Generic, TypeVar
 T = TypeVar("T")
 
 
+class UnknownNameError(KeyError):
+    """A name that is not registered; the message lists the known ones."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
 class Registry(Generic[T]):
-    """Name -> object. Duplicates and unknown names raise with the list of known names."""
+    """Name -> object, in registration order. Duplicates and unknown names raise with the list of
+    known names."""
 
     def __init__(self, kind: str) -> None:
         self.kind = kind
@@ -30,12 +38,17 @@ class Registry(Generic[T]):
         try:
             return self._items[name]
         except KeyError:
-            raise KeyError(
+            raise UnknownNameError(
                 f"unknown {self.kind} {name!r}; choose one of: {', '.join(self.names())}"
             ) from None
 
     def names(self) -> list[str]:
+        """Sorted, for messages."""
         return sorted(self._items)
+
+    def in_order(self) -> list[str]:
+        """In registration order (e.g. the order of a report's rows)."""
+        return list(self._items)
 
     def __contains__(self, name: object) -> bool:
         return name in self._items

@@ -90,20 +90,6 @@ def drop_factor(
     raise ValueError(f"unknown drop mode {mode!r}; choose one of {DROP_MODES}")
 
 
-def drop_tokens(
-    x: torch.Tensor,
-    p: torch.Tensor,
-    target: torch.Tensor,
-    mode: str,
-    sigma: float = 0.03,
-    generator: torch.Generator | None = None,
-) -> torch.Tensor:
-    """Apply the drop mode to the selected target tokens of x [B,S,D]; p [B,S]; target [B,S]."""
-    with torch.no_grad():
-        factor = drop_factor(p, target, mode, sigma, x.shape[-1], generator)
-    return x * factor.to(x.dtype)
-
-
 def importance_drop_factor(
     attn: torch.Tensor | None,
     mag_attn: torch.Tensor | None,

@@ -5,10 +5,11 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from dplbench import ablations
-from dplbench.cli import selections_from_cli
-from dplbench.config import ConfigError
-from dplbench.tune_cli import register
+from dplbench.cli.common import selections as selections_from_cli
+from dplbench.cli.sweep import register
+from dplbench.errors import ConfigError
+from dplbench.plan import ablations
+from dplbench.results.ablations import ablation_table
 
 
 def _app() -> typer.Typer:
@@ -28,20 +29,18 @@ def test_every_axis_has_an_ablation_and_each_expands_on_smoke():
         assert all(j.params["ablation"] == name for j in suite.jobs)
     plugin = ablations.ablation_suite(ablations.load_ablation("plugin"), sel, "smoke")
     by_variant = {j.params["variant"]: j for j in plugin.jobs}
-    assert (
-        by_variant["coop+dpl"].method == "coop" and by_variant["coop+dpl"].config["rer"]["enabled"]
-    )
-    assert not by_variant["maple"].config["iwtd"]["enabled"]
+    assert by_variant["coop+dpl"].method == "coop" and by_variant["coop+dpl"].config.rer.enabled
+    assert not by_variant["maple"].config.iwtd.enabled
     imp = ablations.ablation_suite(ablations.load_ablation("importance"), sel, "smoke")
-    assert {tuple(j.config["iwtd"]["importance"]) for j in imp.jobs} >= {("uniform",), ("cls",)}
+    assert {tuple(j.config.iwtd.importance) for j in imp.jobs} >= {("uniform",), ("cls",)}
 
 
 def test_variant_wins_over_command_line_and_unknown_names_fail():
     ab = ablations.load_ablation("rer")
     sel = selections_from_cli(None, None, "1", None, ["rer.fixed_lambda=true", "optim.epochs=1"])
     jobs = {j.params["variant"]: j for j in ablations.ablation_suite(ab, sel, "smoke").jobs}
-    assert jobs["annealed"].config["rer"]["fixed_lambda"] is False
-    assert jobs["off"].config["optim"]["epochs"] == 1
+    assert jobs["annealed"].config.rer.fixed_lambda is False
+    assert jobs["off"].config.optim.epochs == 1
     with pytest.raises(ConfigError, match="unknown ablation"):
         ablations.load_ablation("nope")
     out = CliRunner().invoke(_app(), ["ablate", "nope"])
@@ -54,7 +53,7 @@ def test_smoke_ablation_produces_its_table(tmp_path):
     args += ["0", "--data", str(tmp_path / "shards"), "--results", str(tmp_path / "res")]
     out = CliRunner().invoke(_app(), [*args, "optim.epochs=1"])
     assert out.exit_code == 0, out.output
-    table = ablations.ablation_table(ablations.load_ablation("rer"), str(tmp_path / "res"), "smoke")
+    table = ablation_table(ablations.load_ablation("rer"), str(tmp_path / "res"), "smoke")
     assert [r["variant"] for r in table] == ["off", "annealed", "fixed"]  # the YAML's order
     assert all(r["hm"] is not None and r["protocol"] == "base2novel" for r in table)
     md = (tmp_path / "res" / "reports" / "ablations" / "rer-smoke.md").read_text()

@@ -5,13 +5,15 @@ import dataclasses
 import pytest
 from typer.testing import CliRunner
 
-from dplbench import results
 from dplbench.cli import app
-from dplbench.config import parse_overrides
-from dplbench.execution import ExecOptions, run_jobs
-from dplbench.runner import ensure_selections, ensure_synthetic
-from dplbench.suites import load_suite
-from dplbench.train import LocalContext, RunSettings, run_job
+from dplbench.plan.config import parse_overrides
+from dplbench.plan.suites import load_suite
+from dplbench.results import store as results
+from dplbench.run.context import LocalContext
+from dplbench.run.prepare import ensure_selections, ensure_synthetic
+from dplbench.run.settings import ExecOptions, RunSettings
+from dplbench.run.suite import run_jobs
+from dplbench.run.worker import run_job
 
 pytestmark = [pytest.mark.slow, pytest.mark.cluster]
 ray = pytest.importorskip("ray")
@@ -61,13 +63,14 @@ def test_smoke_suite_end_to_end_through_the_cli(tmp_path, shards, local_ray):
     assert {x["epochs"] for x in rows} == {0, 2}
     epochs = results.query(res, "SELECT job_id, epoch FROM epochs").to_pylist()
     assert len(epochs) == 4  # coop and dpl, 2 epochs each
-    # Ray kept one checkpoint per epoch (trainable state only) on the run's storage path.
+    # Ray kept each job's newest checkpoint (trainable state only) on the run's storage path.
     ckpts = sorted((res / "ray" / "jobs").glob("*/checkpoint_*/state.pt"))
-    assert len(ckpts) == 4
+    assert len(ckpts) == 2
     import torch
 
-    state = torch.load(ckpts[0], weights_only=True)
-    assert not any(k.startswith("clip.") for k in state["model"])
+    for ckpt in ckpts:
+        state = torch.load(ckpt, weights_only=True)
+        assert state["epoch"] == 1 and not any(k.startswith("clip.") for k in state["model"])
     rep = CliRunner().invoke(app, ["report", "--suite", "smoke", "--results", str(res)])
     assert rep.exit_code == 0
     assert (res / "reports" / "smoke" / "report.md").is_file()

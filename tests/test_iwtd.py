@@ -9,7 +9,7 @@ from dpl import importance as imp
 from dpl.encoders import TextEncoder, VisionEncoder
 from dpl.mag import MAGBridge, MAGConfig
 from dpl.methods import build_method, method_config
-from dpl.token_dropout import IWTDConfig, IWTDHook, drop_tokens, select_tokens
+from dpl.token_dropout import IWTDConfig, IWTDHook, drop_factor, select_tokens
 from tests.conftest import tiny
 
 
@@ -94,6 +94,11 @@ def test_selection_rate_matches_p():
     # Non-target tokens are never selected, whatever their p.
     target[:, 2] = False
     assert not select_tokens(p, target, g)[:, 2].any()
+
+
+def drop_tokens(x, p, target, mode, sigma=0.03, generator=None):
+    """What the IWTD hook does to a layer's output: x times the drop factor."""
+    return x * drop_factor(p, target, mode, sigma, x.shape[-1], generator)
 
 
 def test_noise_mode_is_multiplicative_with_mean_one_and_sigma():

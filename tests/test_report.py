@@ -7,9 +7,17 @@ import statistics
 import pyarrow as pa
 import pytest
 
-from dplbench import aggregate as agg
-from dplbench.report import ReportFiles, render_report, report_markdown
-from dplbench.results import ROW_SCHEMA
+from dplbench.plan.suites import protocol_spec
+from dplbench.results import aggregate as agg
+from dplbench.results.ablations import pivot
+from dplbench.results.report import ReportFiles, render_report, report_markdown
+from dplbench.results.store import ROW_SCHEMA
+
+# The protocols' datasets, as their canonical suite files declare them.
+XD_TARGETS = protocol_spec("xd").targets
+DG_TARGETS = protocol_spec("dg").targets
+BASE2NOVEL_DATASETS = protocol_spec("base2novel").datasets
+SHOTS = protocol_spec("fewshot").shots
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -93,8 +101,8 @@ def test_averages_without_per_dataset_rows_are_not_reproducible(refs, method):
 
 def test_published_target_averages_consistent(refs):
     for name, targets in (
-        ("cross_dataset", agg.XD_TARGETS),
-        ("domain_generalization", agg.DG_TARGETS),
+        ("cross_dataset", XD_TARGETS),
+        ("domain_generalization", DG_TARGETS),
     ):
         for r in refs[name]:
             mean = statistics.fmean(r[t] for t in targets)
@@ -138,7 +146,7 @@ def test_base2novel_single_seed_missing_novel_and_compare(refs):
 def test_base2novel_complete_average_compared_with_published_average(refs):
     rows = [
         row("zsclip", ds, 70.0, subsample=s)
-        for ds in agg.BASE2NOVEL_DATASETS
+        for ds in BASE2NOVEL_DATASETS
         for s in ("base", "novel")
     ]
     avg = agg.base2novel(rows, compare=True, refs=refs)[-1]
@@ -174,10 +182,10 @@ def target_rows(method, protocol, targets, seeds=(1, 2)):
 
 
 def test_cross_dataset_target_average(refs):
-    rows = target_rows("coop", "xd", ["imagenet", *agg.XD_TARGETS])
+    rows = target_rows("coop", "xd", ["imagenet", *XD_TARGETS])
     (out,) = agg.cross_dataset(rows, compare=True, refs=refs)
     assert out["imagenet"] == 50
-    assert [out[t] for t in agg.XD_TARGETS] == list(range(51, 61))
+    assert [out[t] for t in XD_TARGETS] == list(range(51, 61))
     assert out["caltech101_std"] == pytest.approx(2**0.5)
     assert out["average"] == pytest.approx(55.5) and out["complete"]
     assert out["pub_average"] == 63.88 and out["pub_imagenet"] == 71.51
@@ -188,7 +196,7 @@ def test_cross_dataset_target_average(refs):
 
 
 def test_domain_generalization_source_from_xd(refs):
-    rows = target_rows("zsclip", "dg", agg.DG_TARGETS)
+    rows = target_rows("zsclip", "dg", DG_TARGETS)
     rows += [row("zsclip", "imagenet", 66.0, s, protocol="xd") for s in (1, 2)]
     (out,) = agg.domain_generalization(rows, compare=True, refs=refs)
     assert out["imagenet"] == 66  # the ImageNet-trained prompts' source accuracy, from xd rows
@@ -217,16 +225,14 @@ def test_pivot_by_param_and_variant():
     for p, shift in ((0.1, 0), (0.5, 2)):
         for r in b2n_rows("dpl"):
             rows.append({**r, "accuracy": r["accuracy"] + shift, "params": json.dumps({"p": p})})
-    table = agg.pivot(rows, by=["p"])
+    table = pivot(rows, by=["p"])
     assert [r["p"] for r in table] == [0.1, 0.5]
     assert (table[0]["base"], table[0]["novel"]) == (86, 53)
     assert table[0]["hm"] == pytest.approx(hm(86, 53))
     assert table[1]["hm"] == pytest.approx(hm(88, 55))
-    per_ds = agg.pivot(rows, by=["params.p", "dataset"])
+    per_ds = pivot(rows, by=["params.p", "dataset"])
     assert per_ds[0]["dataset"] == "caltech101" and per_ds[0]["base_std"] == 2
-    plain = agg.pivot(
-        [{**r, "variant": "v"} for r in target_rows("dpl", "xd", ["dtd"])], ["variant"]
-    )
+    plain = pivot([{**r, "variant": "v"} for r in target_rows("dpl", "xd", ["dtd"])], ["variant"])
     assert plain == [
         {"variant": "v", "datasets": 1, "accuracy": 50, "accuracy_std": 2**0.5, "seeds": 2}
     ]
@@ -237,9 +243,9 @@ def test_pivot_by_param_and_variant():
 
 def all_protocol_rows():
     rows = b2n_rows("coop") + b2n_rows("promptsrc", {"dtd": B2N["dtd"]})
-    rows += target_rows("coop", "xd", ["imagenet", *agg.XD_TARGETS])
-    rows += target_rows("coop", "dg", agg.DG_TARGETS)
-    rows += [row("coop", "dtd", 60.0, 1, protocol="fewshot", shots=k) for k in agg.SHOTS]
+    rows += target_rows("coop", "xd", ["imagenet", *XD_TARGETS])
+    rows += target_rows("coop", "dg", DG_TARGETS)
+    rows += [row("coop", "dtd", 60.0, 1, protocol="fewshot", shots=k) for k in SHOTS]
     rows += [
         {**r, "protocol": "longtail", "imbalance": 10.0}
         for r in b2n_rows("dpl", {"dtd": B2N["dtd"]})

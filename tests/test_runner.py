@@ -6,9 +6,9 @@ import sys
 import pytest
 from typer.testing import CliRunner
 
-from dplbench import results
 from dplbench.cli import app
-from dplbench.runner import ensure_synthetic
+from dplbench.results import store as results
+from dplbench.run.prepare import ensure_synthetic
 
 FAST = ["optim.epochs=2"]
 
@@ -69,8 +69,8 @@ def test_resume_adds_exactly_the_missing_rows(tmp_path, shards):
     common = ["--data", str(shards), "--results", res, "--no-ray", "--loader-workers", "0", *FAST]
     dry = _run("--dry-run", *common)
     assert dry.exit_code == 0 and "3 jobs; nothing was run" in dry.stdout
-    from dplbench.config import parse_overrides
-    from dplbench.suites import load_suite
+    from dplbench.plan.config import parse_overrides
+    from dplbench.plan.suites import load_suite
 
     jobs = load_suite("smoke", {"overrides": parse_overrides(FAST)}).jobs
     dpl = next(j for j in jobs if j.method == "dpl")

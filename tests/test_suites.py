@@ -2,9 +2,10 @@
 
 import pytest
 
-from dplbench.config import ConfigError, parse_overrides
 from dplbench.data.datasets import DATASETS
-from dplbench.suites import load_suite
+from dplbench.errors import ConfigError
+from dplbench.plan.config import parse_overrides
+from dplbench.plan.suites import load_suite
 
 
 def test_job_ids_are_stable_and_name_the_work_not_the_suite():
@@ -88,7 +89,7 @@ def test_overrides_parse_yaml_scalars_and_explicit_false_wins():
     }
     s = load_suite("smoke", {"methods": ["dpl"], "overrides": o})
     cfg = s.jobs[0].config
-    assert cfg["rer"]["enabled"] is False and cfg["iwtd"]["importance"] == ["cls", "self"]
+    assert cfg.rer.enabled is False and cfg.iwtd.importance == ("cls", "self")
     with pytest.raises(ConfigError, match="key=value"):
         parse_overrides(["iwtd.p_max"])
 

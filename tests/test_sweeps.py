@@ -9,11 +9,13 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from dplbench import sweeps
-from dplbench.cli import selections_from_cli
-from dplbench.execution import ExecOptions
-from dplbench.train import RunSettings
-from dplbench.tune_cli import register
+from dplbench.cli.common import selections as selections_from_cli
+from dplbench.cli.sweep import register
+from dplbench.plan import sweeps
+from dplbench.results import sweeps as records
+from dplbench.results.aggregate import harmonic_mean
+from dplbench.run.settings import ExecOptions, RunSettings
+from dplbench.run.sweep import run_sweep
 
 
 def _app() -> typer.Typer:
@@ -35,7 +37,7 @@ def test_named_params_map_to_config_keys():
         "prompts.n_ctx_vision=8",
         "rer.fixed_lambda=true",
     ]
-    assert sweeps.parse_value(sweeps.param("importance"), ["cls", "cross"]) == "cls+cross"
+    assert sweeps.param("importance").value(["cls", "cross"]) == "cls+cross"
     assert sweeps.param("iwtd.sigma").keys == ("iwtd.sigma",)  # raw dotted keys are accepted
 
 
@@ -57,7 +59,7 @@ def test_space_grid_crossed_with_seeded_draws():
     assert len(sweeps.expand({"lr": [0.1, 0.1, 0.2]})) == 2  # duplicates dropped
     for name in ("entropy_weight", "iwtd", "rer", "prompts"):
         spec = sweeps.load_space(name)
-        assert sweeps.expand(spec["params"], spec.get("num_samples", 1))
+        assert sweeps.expand(spec.params, spec.num_samples)
 
 
 def test_trials_resolve_jobs_with_params_and_dry_run_lists_them():
@@ -65,21 +67,21 @@ def test_trials_resolve_jobs_with_params_and_dry_run_lists_them():
     sweep = sweeps.make_sweep(sweeps.expand({"entropy_weight": [0.0, 0.1]}), "smoke", sel)
     assert len(sweep.trials) == 2 and all(len(t.jobs) == 2 for t in sweep.trials)  # 2 seeds
     job = sweep.trials[1].jobs[0]
-    assert job.config["rer"]["weight"] == 0.1 and job.params["entropy_weight"] == 0.1
+    assert job.config.rer.weight == 0.1 and job.params["entropy_weight"] == 0.1
     assert job.params["sweep"] == sweep.name and sweep.epochs == 2
     out = CliRunner().invoke(_app(), ["tune", "--param", "entropy_weight", "--dry-run"])
     assert out.exit_code == 0 and "5 trials" in out.output  # the parameter's default grid
 
 
 def test_objective_is_hm_over_datasets_and_test_metrics_hm_of_averages():
-    assert sweeps.harmonic_mean([50.0, 100.0]) == pytest.approx(200 / 3)
+    assert harmonic_mean([50.0, 100.0]) == pytest.approx(200 / 3)
     rows = [
         {"dataset": "a", "subsample": "base", "accuracy": 80.0},
         {"dataset": "a", "subsample": "novel", "accuracy": 60.0},
         {"dataset": "b", "subsample": "base", "accuracy": 60.0},
         {"dataset": "b", "subsample": "novel", "accuracy": 40.0},
     ]
-    m = sweeps.trial_test_metrics(rows)
+    m = records.trial_test_metrics(rows)
     assert m["test_base"] == 70.0 and m["test_novel"] == 50.0
     assert m["test_hm"] == pytest.approx(2 * 70 * 50 / 120)
 
@@ -88,10 +90,9 @@ def test_resume_keeps_done_and_stopped_trials(tmp_path):
     sel = selections_from_cli("dpl", None, "1", None, ["optim.epochs=2"])
     sweep = sweeps.make_sweep(sweeps.expand({"lr": [0.1, 0.2, 0.3, 0.4]}), "smoke", sel, name="s")
     for t, status in zip(sweep.trials[:3], ("done", "stopped", "failed")):
-        cfg = {"key": t.key, "setting": t.setting, "jobs": [j.to_dict() for j in t.jobs]}
-        rows = sweeps._trial_rows("s", "r1", cfg, status, {"objective": 1.0, "epoch": 1}, None)
-        sweeps.write_trial(str(tmp_path), "s", "r1", rows)
-    pending = sweeps.pending_trials(sweep, str(tmp_path))
+        rows = records.trial_rows("s", "r1", t, status, {"objective": 1.0, "epoch": 1}, None)
+        records.write_trial(str(tmp_path), "s", "r1", rows)
+    pending = records.pending_trials(sweep, str(tmp_path))
     assert [t.key for t in pending] == [sweep.trials[2].key, sweep.trials[3].key]
 
 
@@ -102,7 +103,7 @@ def test_resume_keeps_done_and_stopped_trials(tmp_path):
 def cluster(tmp_path_factory):
     import ray
 
-    from dplbench.runner import ensure_synthetic
+    from dplbench.run.prepare import ensure_synthetic
 
     root = tmp_path_factory.mktemp("sweep")
     ensure_synthetic(str(root / "shards"))
@@ -131,24 +132,24 @@ def test_asha_sweep_stops_a_trial_and_a_run_right_after_gets_resources(cluster):
     args += ["--data", data, "--results", res, "--loader-workers", "0", "--name", "lr"]
     out = CliRunner().invoke(_app(), [*args, "optim.epochs=3"])
     assert out.exit_code == 0, out.output
-    records = sweeps.read_trials(res, "lr")
-    status = {r["trial"]: r["status"] for r in records}
+    trials = records.read_trials(res, "lr")
+    status = {r["trial"]: r["status"] for r in trials}
     assert len(status) == 4 and "stopped" in status.values() and "done" in status.values()
-    done = [r for r in records if r["status"] == "done"]
+    done = [r for r in trials if r["status"] == "done"]
     assert all(r["test_hm"] is not None and r["job_val_accuracy"] is not None for r in done)
-    assert {r["optim.lr"] for r in records} == {1e-9, 1e-8, 0.05, 0.1}  # parameters as columns
+    assert {r["optim.lr"] for r in trials} == {1e-9, 1e-8, 0.05, 0.1}  # parameters as columns
     out_dir = Path(res) / "sweeps" / "lr"
     assert (out_dir / "objective.png").stat().st_size > 0
     best = (out_dir / "best.txt").read_text().strip()
     assert best.startswith("optim.lr=") and best in out.output
-    from dplbench import results
+    from dplbench.results import store
 
-    rows = results.query(res, "SELECT params FROM rows").column("params").to_pylist()
+    rows = store.query(res, "SELECT params FROM rows").column("params").to_pylist()
     assert rows and all('"optim.lr"' in p and '"sweep": "lr"' in p for p in rows)
 
     assert _live_placement_groups() == []  # stopped trials left nothing behind
-    from dplbench.runner import run_suite
-    from dplbench.suites import load_suite
+    from dplbench.plan.suites import load_suite
+    from dplbench.run.suite import run_suite
 
     suite = load_suite("smoke", selections_from_cli("coop", None, "1", None, ["optim.epochs=1"]))
     settings = RunSettings(data=data, results=res, loader_workers=0)
@@ -171,7 +172,7 @@ def test_failing_trial_is_recorded_and_the_others_complete(cluster):
     )
     victim = sweep.trials[1]
     settings = RunSettings(data=data, results=res, loader_workers=0, fail_job=victim.jobs[0].id)
-    result = sweeps.run_sweep(sweep, settings, ExecOptions(cpus=2, max_failures=0))
+    result = run_sweep(sweep, settings, ExecOptions(cpus=2, max_failures=0))
     by_key = {r["trial"]: r for r in result.trials()}
     assert by_key[victim.key]["status"] == "failed"
     assert "failure injected" in by_key[victim.key]["error"]

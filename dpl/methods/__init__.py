@@ -6,6 +6,7 @@ model = build_method(cfg)            # frozen CLIP loaded from cfg.backbone
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -51,17 +52,10 @@ def build_method(cfg: MethodConfig, clip: open_clip.CLIP | None = None) -> Promp
     return spec.module(cfg, clip)
 
 
-# Registration order = import order; each module registers itself.
-from dpl.methods import (  # noqa: E402,F401
-    cocoop,
-    coop,
-    dpl,
-    ivlp,
-    kgcoop,
-    maple,
-    promptsrc,
-    zsclip,
-)
+# Registration order is the field's chronological order, which reports list methods in; each
+# module registers itself when imported.
+for _name in ("zsclip", "coop", "cocoop", "kgcoop", "ivlp", "maple", "promptsrc", "dpl"):
+    importlib.import_module(f"dpl.methods.{_name}")
 
 __all__ = [
     "METHODS",

@@ -28,6 +28,7 @@ class DatasetSpec:
     # Splits served by another split's shards: ImageNet uses its val set as test (and val).
     aliases: tuple[tuple[str, str], ...] = ()
     benchmark: bool = True  # one of the 15 (`all`); False keeps `synthetic` apart
+    label: str = ""  # display name in reports (the papers' spelling)
 
 
 DATASETS: Registry[DatasetSpec] = Registry("dataset")
@@ -36,64 +37,67 @@ _TEST_ONLY = ("test",)
 _SPECS = [
     DatasetSpec(
         "imagenet", "imagenet", "imagenet_folders", 1000, image_dir="images",
-        splits=("train", "test"), aliases=(("val", "test"),),
+        splits=("train", "test"), aliases=(("val", "test"),), label="ImageNet",
     ),
     DatasetSpec(
         "caltech101", "caltech-101", "split_json", 100,
         image_dir="101_ObjectCategories", split_file="split_zhou_Caltech101.json",
+        label="Caltech101",
     ),
     DatasetSpec(
         "oxford_pets", "oxford_pets", "split_json", 37, "a photo of a {}, a type of pet.",
-        image_dir="images", split_file="split_zhou_OxfordPets.json",
+        image_dir="images", split_file="split_zhou_OxfordPets.json", label="OxfordPets",
     ),
     DatasetSpec(
         "stanford_cars", "stanford_cars", "split_json", 196,
-        split_file="split_zhou_StanfordCars.json",  # paths start cars_train/ or cars_test/
+        # paths start cars_train/ or cars_test/
+        split_file="split_zhou_StanfordCars.json", label="StanfordCars",
     ),
     DatasetSpec(
         "oxford_flowers", "oxford_flowers", "split_json", 102,
         "a photo of a {}, a type of flower.",
-        image_dir="jpg", split_file="split_zhou_OxfordFlowers.json",
+        image_dir="jpg", split_file="split_zhou_OxfordFlowers.json", label="Flowers102",
     ),
     DatasetSpec(
         "food101", "food-101", "split_json", 101, "a photo of {}, a type of food.",
-        image_dir="images", split_file="split_zhou_Food101.json",
+        image_dir="images", split_file="split_zhou_Food101.json", label="Food101",
     ),
     DatasetSpec(
         "fgvc_aircraft", "fgvc_aircraft", "aircraft_txt", 100,
-        "a photo of a {}, a type of aircraft.", image_dir="images",
+        "a photo of a {}, a type of aircraft.", image_dir="images", label="FGVCAircraft",
     ),
     DatasetSpec(
         "sun397", "sun397", "split_json", 397,
-        image_dir="SUN397", split_file="split_zhou_SUN397.json",
+        image_dir="SUN397", split_file="split_zhou_SUN397.json", label="SUN397",
     ),
     DatasetSpec(
         "dtd", "dtd", "split_json", 47, "{} texture.",
-        image_dir="images", split_file="split_zhou_DescribableTextures.json",
+        image_dir="images", split_file="split_zhou_DescribableTextures.json", label="DTD",
     ),
     DatasetSpec(
         "eurosat", "eurosat", "split_json", 10, "a centered satellite photo of {}.",
-        image_dir="2750", split_file="split_zhou_EuroSAT.json",
+        image_dir="2750", split_file="split_zhou_EuroSAT.json", label="EuroSAT",
     ),
     DatasetSpec(
         "ucf101", "ucf101", "split_json", 101, "a photo of a person doing {}.",
-        image_dir="UCF-101-midframes", split_file="split_zhou_UCF101.json",
+        image_dir="UCF-101-midframes", split_file="split_zhou_UCF101.json", label="UCF101",
     ),
     DatasetSpec(
         "imagenetv2", "imagenetv2", "index_folders", 1000,
         image_dir="imagenetv2-matched-frequency-format-val", splits=_TEST_ONLY,
+        label="ImageNet-V2",
     ),
     DatasetSpec(
         "imagenet_sketch", "imagenet-sketch", "wnid_folders", 1000,
-        image_dir="images", splits=_TEST_ONLY,
+        image_dir="images", splits=_TEST_ONLY, label="ImageNet-Sketch",
     ),
     DatasetSpec(
         "imagenet_a", "imagenet-adversarial", "wnid_folders_200", 200,
-        image_dir="imagenet-a", splits=_TEST_ONLY,
+        image_dir="imagenet-a", splits=_TEST_ONLY, label="ImageNet-A",
     ),
     DatasetSpec(
         "imagenet_r", "imagenet-rendition", "wnid_folders_200", 200,
-        image_dir="imagenet-r", splits=_TEST_ONLY,
+        image_dir="imagenet-r", splits=_TEST_ONLY, label="ImageNet-R",
     ),
     # Not one of the 15: the generated benchmark of `dplbench data synth` (synth.py).
     DatasetSpec(
@@ -104,7 +108,7 @@ _SPECS = [
 for _spec in _SPECS:
     DATASETS.register(_spec.key, _spec)
 
-# Table order of PROTOCOLS §1 (the registry itself lists names sorted).
+# Table order of PROTOCOLS §1 (= registration order), the order reports list datasets in.
 BENCHMARKS: tuple[str, ...] = tuple(s.key for s in _SPECS if s.benchmark)
 # The folder holding the 1000 ImageNet class names that the variants fall back to.
 IMAGENET_KEY = "imagenet"
@@ -128,6 +132,11 @@ def resolve_datasets(selection: str | list[str]) -> list[str]:
     if not keys:
         raise DataError("no dataset given; pass `all` or comma-separated keys")
     return keys
+
+
+def label(key: str) -> str:
+    """The display name of a dataset key (reports); unknown keys are shown as they are."""
+    return (DATASETS.get(key).label or key) if key in DATASETS else key
 
 
 def prompt_name(name: str) -> str:

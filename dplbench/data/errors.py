@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from dplbench.errors import UserError
 
-class DataError(Exception):
+
+class DataError(UserError):
     """Input data absent, not in the expected layout, or inconsistent with its metadata."""
 
 

@@ -11,12 +11,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from dplbench import results
-from dplbench.config import parse_overrides
-from dplbench.execution import ExecOptions
-from dplbench.runner import run_suite
-from dplbench.suites import Suite, load_suite
-from dplbench.train import RunSettings
+from dplbench.plan.config import parse_overrides
+from dplbench.plan.suites import Suite, load_suite
+from dplbench.results import store as results
+from dplbench.run.settings import ExecOptions, RunSettings
+from dplbench.run.suite import run_suite
 
 
 def timed_suite(suite: Suite, data: str, res: str, cpus: int) -> tuple[float, dict[str, float]]:

@@ -19,7 +19,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspa
 
 from dpl.backbone import BackboneConfig, load_clip  # noqa: E402
 from dpl.encoders import TextEncoder, VisionEncoder  # noqa: E402
-from dplbench.bench import bench_models, ratio_table  # noqa: E402
+from dplbench.bench.model import bench_models, ratio_table  # noqa: E402
 
 out = []
 

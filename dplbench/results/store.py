@@ -1,21 +1,21 @@
-"""Results: one flat, hive-partitioned Parquet dataset; DuckDB over it.
+"""The results store: one flat, hive-partitioned Parquet dataset; DuckDB over it.
 
-Layout under the results root R (local path or object-store URL understood by pyarrow):
+Layout under the results root R:
 
     R/rows/suite=<suite>/method=<method>/<job_id>-<run_id>.parquet     one row per evaluated split
     R/epochs/suite=<suite>/method=<method>/<job_id>-<run_id>.parquet   per-epoch training metrics
-    R/checkpoints/<job_id>/...                                          trainable state per epoch
+    R/checkpoints/<job_id>/...                                          trainable state
 
 Every file is written once under a temporary name and renamed into place, and its name carries the
 job and run ids, so no write can overwrite or lose another job's rows. Reruns of a job add a new
-run's file; readers take the newest run per (job_id, dataset, subsample, split) (`latest_rows`).
+run's file; readers take the newest run (`latest_sql`, the one "newest run wins" rule).
 """
 
 from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +27,7 @@ from dplbench.atomic import write_atomic
 # One row per (job, evaluated split). Partition columns (suite, method) live in the path.
 ROW_SCHEMA = pa.schema(
     [
-        ("job_id", pa.string()),  # hash of the job's fully resolved config (suites.Job.id)
+        ("job_id", pa.string()),  # hash of the job's resolved work (plan.jobs.Job.id)
         ("run_id", pa.string()),  # one execution of the job
         ("suite", pa.string()),
         ("protocol", pa.string()),  # base2novel | fewshot | xd | dg | longtail
@@ -44,8 +44,8 @@ ROW_SCHEMA = pa.schema(
         ("total", pa.int64()),
         ("epochs", pa.int32()),  # epochs trained (0 for zsclip)
         ("source_job_id", pa.string()),  # the training job whose checkpoint was evaluated
-        ("config", pa.string()),  # the full resolved job config, JSON
-        ("params", pa.string()),  # sweep parameters of this job (JSON object; {} outside sweeps)
+        ("config", pa.string()),  # the full resolved job, JSON
+        ("params", pa.string()),  # sweep / ablation labels of this job (JSON object; {} otherwise)
         ("code_version", pa.string()),  # git commit (+dirty) or package version
         ("versions", pa.string()),  # JSON: python, torch, open_clip, ray, dplbench
         ("hardware", pa.string()),  # e.g. "2x NVIDIA H200" or "1x cpu (2 cores, x86_64)"
@@ -58,20 +58,35 @@ ROW_SCHEMA = pa.schema(
     ]
 )
 
-EPOCH_SCHEMA_FIXED = [
-    ("job_id", pa.string()),
-    ("run_id", pa.string()),
-    ("epoch", pa.int32()),
-    ("lr", pa.float64()),
-    ("loss", pa.float64()),  # total; the named terms follow as loss_<term> columns
-    ("samples", pa.int64()),
-    ("seconds", pa.float64()),
-    ("val_accuracy", pa.float64()),  # null when the job has no validation split
-]
+EPOCH_SCHEMA_FIXED = pa.schema(
+    [
+        ("job_id", pa.string()),
+        ("run_id", pa.string()),
+        ("epoch", pa.int32()),
+        ("lr", pa.float64()),  # first param group's lr at the epoch's last optimiser step
+        ("loss", pa.float64()),  # total; the named terms follow as loss_<term> columns
+        ("samples", pa.int64()),
+        ("seconds", pa.float64()),
+        ("val_accuracy", pa.float64()),  # null when the job has no validation split
+    ]
+)
+PARTITIONS = ("suite", "method")  # in the path only (hive style), not inside the files
+FILE_SCHEMA = pa.schema([f for f in ROW_SCHEMA if f.name not in PARTITIONS])
+# The "newest run wins" keys of each table.
+LATEST_KEYS = ("job_id", "dataset", "subsample", "split")
 
 
 def new_run_id() -> str:
     return uuid.uuid4().hex[:12]
+
+
+def result_row(**values: Any) -> dict[str, Any]:
+    """One `rows` row, checked against the schema: a missing or misspelled column is an error."""
+    names = set(ROW_SCHEMA.names)
+    unknown, missing = sorted(set(values) - names), sorted(names - set(values))
+    if unknown or missing:
+        raise ValueError(f"result row: unknown columns {unknown}, missing columns {missing}")
+    return {name: values[name] for name in ROW_SCHEMA.names}
 
 
 def _partition_dir(root: str | os.PathLike, table: str, suite: str, method: str) -> Path:
@@ -83,23 +98,16 @@ def write_parquet(table: pa.Table, path: Path) -> Path:
     return write_atomic(path, lambda tmp: pq.write_table(table, tmp))
 
 
-PARTITIONS = ("suite", "method")  # in the path only (hive style), not inside the files
-FILE_SCHEMA = pa.schema([f for f in ROW_SCHEMA if f.name not in PARTITIONS])
-
-
-def write_rows(root: str | os.PathLike, rows: Sequence[dict[str, Any]]) -> Path:
+def write_rows(root: str | os.PathLike, rows: Sequence[Mapping[str, Any]]) -> Path:
     """Write one job run's result rows (all rows share job_id, run_id, suite, method)."""
     if not rows:
         raise ValueError("no result rows to write")
     first = rows[0]
-    if any(
-        (r["job_id"], r["run_id"], r["suite"], r["method"])
-        != (first["job_id"], first["run_id"], first["suite"], first["method"])
-        for r in rows
-    ):
+    ident = ("job_id", "run_id", "suite", "method")
+    if any(tuple(r[k] for k in ident) != tuple(first[k] for k in ident) for r in rows):
         raise ValueError("one write holds the rows of one job run")
     table = pa.Table.from_pylist(
-        [{k: r.get(k) for k in FILE_SCHEMA.names} for r in rows], schema=FILE_SCHEMA
+        [{k: result_row(**r)[k] for k in FILE_SCHEMA.names} for r in rows], schema=FILE_SCHEMA
     )
     name = f"{first['job_id']}-{first['run_id']}.parquet"
     return write_parquet(
@@ -108,22 +116,38 @@ def write_rows(root: str | os.PathLike, rows: Sequence[dict[str, Any]]) -> Path:
 
 
 def write_epochs(
-    root: str | os.PathLike, suite: str, method: str, rows: Sequence[dict[str, Any]]
+    root: str | os.PathLike, suite: str, method: str, rows: Sequence[Mapping[str, Any]]
 ) -> Path | None:
     """Per-epoch training metrics of one job run; loss terms become loss_<term> columns."""
     if not rows:
         return None
-    extra = sorted(
-        {k for r in rows for k in r} - {n for n, _ in EPOCH_SCHEMA_FIXED} - {"suite", "method"}
-    )
-    schema = pa.schema(EPOCH_SCHEMA_FIXED + [(k, pa.float64()) for k in extra])
+    fixed = set(EPOCH_SCHEMA_FIXED.names)
+    extra = sorted({k for r in rows for k in r} - fixed)
+    bad = [k for k in extra if not k.startswith("loss_")]
+    if bad:
+        raise ValueError(f"epoch row: unknown columns {bad}")
+    schema = pa.schema(list(EPOCH_SCHEMA_FIXED) + [(k, pa.float64()) for k in extra])
     table = pa.Table.from_pylist([{k: r.get(k) for k in schema.names} for r in rows], schema=schema)
     name = f"{rows[0]['job_id']}-{rows[0]['run_id']}.parquet"
     return write_parquet(table, _partition_dir(root, "epochs", suite, method) / name)
 
 
-def _glob(root: str | os.PathLike, table: str) -> str:
-    return str(Path(root) / table / "**" / "*.parquet")
+def sql_string(value: str | os.PathLike) -> str:
+    """A SQL string literal (for paths in views, which take no parameters)."""
+    return "'" + str(value).replace("'", "''") + "'"
+
+
+def parquet_source(pattern: str | os.PathLike) -> str:
+    return f"read_parquet({sql_string(pattern)}, hive_partitioning=true, union_by_name=true)"
+
+
+def latest_sql(source: str, keys: Sequence[str], order: str = "created_at") -> str:
+    """The newest record (by `order`) of each `keys` group of `source` (a table, view or
+    subquery): the one "newest run wins" rule of the results, sweep trials and ablations."""
+    return (
+        f"SELECT * EXCLUDE (_rn) FROM (SELECT *, row_number() OVER (PARTITION BY "
+        f"{', '.join(keys)} ORDER BY {order} DESC) AS _rn FROM {source}) WHERE _rn = 1"
+    )
 
 
 def has_rows(root: str | os.PathLike, table: str = "rows") -> bool:
@@ -138,18 +162,12 @@ def connect(root: str | os.PathLike):
     con = duckdb.connect()
     for table in ("rows", "epochs"):
         if has_rows(root, table):
-            con.sql(
-                f"CREATE VIEW {table} AS SELECT * FROM read_parquet('{_glob(root, table)}', "
-                "hive_partitioning=true, union_by_name=true)"
-            )
+            pattern = Path(root) / table / "**" / "*.parquet"
+            con.sql(f"CREATE VIEW {table} AS SELECT * FROM {parquet_source(pattern)}")
         elif table == "rows":  # an empty table with the schema, so queries still bind
             cols = ", ".join(f"NULL::{_duck(f.type)} AS {f.name}" for f in ROW_SCHEMA)
             con.sql(f"CREATE VIEW rows AS SELECT {cols} WHERE false")
-    con.sql(
-        "CREATE VIEW results AS SELECT * EXCLUDE (rn) FROM (SELECT *, row_number() OVER ("
-        "PARTITION BY job_id, dataset, subsample, split ORDER BY created_at DESC) AS rn FROM rows)"
-        " WHERE rn = 1"
-    )
+    con.sql(f"CREATE VIEW results AS {latest_sql('rows', LATEST_KEYS)}")
     return con
 
 
@@ -163,10 +181,10 @@ def _duck(t: pa.DataType) -> str:
     return "TIMESTAMP"
 
 
-def query(root: str | os.PathLike, sql: str):
-    """Run SQL over the views of `connect`; returns a pandas-free pyarrow Table."""
-    return connect(root).sql(sql).to_arrow_table()
+def query(root: str | os.PathLike, sql: str, params: Mapping[str, Any] | None = None) -> pa.Table:
+    """Run SQL over the views of `connect`; values go in as `$name` parameters, never as text."""
+    return connect(root).sql(sql, params=dict(params) if params else None).to_arrow_table()
 
 
-def latest_rows(root: str | os.PathLike, where: str = "true") -> pa.Table:
-    return query(root, f"SELECT * FROM results WHERE {where}")
+def latest_rows(root: str | os.PathLike) -> pa.Table:
+    return query(root, "SELECT * FROM results")

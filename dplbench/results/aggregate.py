@@ -18,26 +18,18 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from dpl.methods import METHODS
+from dplbench.data.datasets import BENCHMARKS, label
+
+# Each protocol's datasets / source / targets / shots come from its canonical suite file.
+from dplbench.plan.suites import protocol_spec
+
 Row = dict[str, Any]
 
-# PROTOCOLS.md §1 table order; reports list datasets in this order.
-DATASETS = (
-    "imagenet", "caltech101", "oxford_pets", "stanford_cars", "oxford_flowers", "food101",
-    "fgvc_aircraft", "sun397", "dtd", "eurosat", "ucf101",
-    "imagenetv2", "imagenet_sketch", "imagenet_a", "imagenet_r",
-)  # fmt: skip
-BASE2NOVEL_DATASETS = DATASETS[:11]
-# The DPL release's long-tail study leaves ImageNet out (tools/radar_plot.py: 10 datasets).
-LONGTAIL_DATASETS = DATASETS[1:11]
-XD_SOURCE = "imagenet"
-XD_TARGETS = DATASETS[1:11]
-DG_TARGETS = DATASETS[11:]
-SHOTS = (1, 2, 4, 8, 16)
-METHOD_ORDER = ("zsclip", "coop", "cocoop", "kgcoop", "ivlp", "maple", "promptsrc", "dpl")
 # Our registry names -> the names used in the published tables.
 PUBLISHED_NAME = {"zsclip": "clip"}
 AVERAGE = "average"  # the dataset key of the cross-dataset "Average" row
-REFERENCE_DIR = Path(__file__).resolve().parents[1] / "configs" / "reference"
+REFERENCE_DIR = Path(__file__).resolve().parents[2] / "configs" / "reference"
 
 
 class SeedStat(NamedTuple):
@@ -58,11 +50,14 @@ def as_rows(table: Any) -> list[Row]:
     return [dict(r) for r in table]
 
 
-def harmonic_mean(base: float | None, novel: float | None) -> float | None:
-    """HM = 2·B·N/(B+N) (PROTOCOLS §2); None when either side is missing."""
-    if base is None or novel is None:
+def harmonic_mean(values: Sequence[float | None]) -> float | None:
+    """HM of the values (for base and novel: 2·B·N/(B+N), PROTOCOLS §2); None when any value is
+    missing, 0 when any is 0."""
+    if not values or any(v is None for v in values):
         return None
-    return 0.0 if base + novel == 0 else 2 * base * novel / (base + novel)
+    if any(v <= 0 for v in values):
+        return 0.0
+    return len(values) / sum(1.0 / v for v in values)
 
 
 def seed_stat(values: Sequence[float]) -> SeedStat:
@@ -72,7 +67,7 @@ def seed_stat(values: Sequence[float]) -> SeedStat:
     return SeedStat(statistics.fmean(values), std, len(values))
 
 
-def _mean(values: Iterable[float | None]) -> float | None:
+def mean(values: Iterable[float | None]) -> float | None:
     vals = [v for v in values if v is not None]
     return statistics.fmean(vals) if vals else None
 
@@ -103,12 +98,19 @@ def _order(items: Iterable[str], known: Sequence[str]) -> list[str]:
     return sorted(set(items), key=lambda k: (rank.get(k, len(rank)), k))
 
 
+def display_name(dataset: str) -> str:
+    """A dataset's name in reports (the papers' spelling); `Average` for the average row."""
+    return "Average" if dataset == AVERAGE else label(dataset)
+
+
 def datasets_in_order(datasets: Iterable[str]) -> list[str]:
-    return _order(datasets, DATASETS)
+    """In the dataset registry's order (PROTOCOLS §1)."""
+    return _order(datasets, BENCHMARKS)
 
 
 def methods_in_order(methods: Iterable[str]) -> list[str]:
-    return _order(methods, METHOD_ORDER)
+    """In the method registry's order (chronological)."""
+    return _order(methods, METHODS.in_order())
 
 
 def _protocol_rows(rows: Iterable[Row], protocol: str | Sequence[str]) -> list[Row]:
@@ -124,7 +126,7 @@ def _protocol_rows(rows: Iterable[Row], protocol: str | Sequence[str]) -> list[R
     ]
 
 
-def _by_seed(rows: Iterable[Row]) -> SeedStat:
+def by_seed(rows: Iterable[Row]) -> SeedStat:
     """Mean/std over seeds. Duplicate rows of one seed (only when configs are mixed: `results`
     already keeps the latest run per job) are averaged first so no seed weighs more."""
     per_seed: dict[Any, list[float]] = defaultdict(list)
@@ -133,7 +135,7 @@ def _by_seed(rows: Iterable[Row]) -> SeedStat:
     return seed_stat([statistics.fmean(v) for v in per_seed.values()])
 
 
-def _group(rows: Iterable[Row], key: Callable[[Row], Any]) -> dict[Any, list[Row]]:
+def group(rows: Iterable[Row], key: Callable[[Row], Any]) -> dict[Any, list[Row]]:
     out: dict[Any, list[Row]] = defaultdict(list)
     for r in rows:
         out[key(r)].append(r)
@@ -171,9 +173,9 @@ def hm_average(per_dataset: Sequence[Row]) -> Row:
     """The "Average" row rule (PROTOCOLS §2): mean of base and of novel over the datasets that have
     both, then HM of those averages. Used for our rows and to recompute published averages."""
     both = [r for r in per_dataset if r.get("base") is not None and r.get("novel") is not None]
-    base = _mean(r["base"] for r in both)
-    novel = _mean(r["novel"] for r in both)
-    return {"base": base, "novel": novel, "hm": harmonic_mean(base, novel), "datasets": len(both)}
+    base = mean(r["base"] for r in both)
+    novel = mean(r["novel"] for r in both)
+    return {"base": base, "novel": novel, "hm": harmonic_mean([base, novel]), "datasets": len(both)}
 
 
 def reference_average(reference: Sequence[Row], method: str) -> Row:
@@ -195,24 +197,24 @@ def _index(table: Iterable[Row], *keys: str) -> dict[tuple, Row]:
 # ---------------------------------------------------------------- base-to-novel and long-tail
 
 
-def _b2n_dataset_row(rows: Sequence[Row]) -> Row:
-    base = _by_seed(r for r in rows if r.get("subsample") == "base")
-    novel = _by_seed(r for r in rows if r.get("subsample") == "novel")
+def b2n_dataset_row(rows: Sequence[Row]) -> Row:
+    base = by_seed(r for r in rows if r.get("subsample") == "base")
+    novel = by_seed(r for r in rows if r.get("subsample") == "novel")
     return {
         "base": base.mean, "base_std": base.std, "n_base": base.n,
         "novel": novel.mean, "novel_std": novel.std, "n_novel": novel.n,
-        "hm": harmonic_mean(base.mean, novel.mean),
+        "hm": harmonic_mean([base.mean, novel.mean]),
     }  # fmt: skip
 
 
 def _b2n_table(rows: Sequence[Row], expected: Sequence[str]) -> list[Row]:
     """Per (method, dataset) rows, then each method's Average row (HM of averages)."""
-    by_method = _group(rows, lambda r: r["method"])
+    by_method = group(rows, lambda r: r["method"])
     out = []
     for method in methods_in_order(by_method):
-        by_ds = _group(by_method[method], lambda r: r["dataset"])
+        by_ds = group(by_method[method], lambda r: r["dataset"])
         per_ds = [
-            {"method": method, "dataset": ds, **_b2n_dataset_row(by_ds[ds])}
+            {"method": method, "dataset": ds, **b2n_dataset_row(by_ds[ds])}
             for ds in datasets_in_order(by_ds)
         ]
         complete = set(expected) <= {r["dataset"] for r in per_ds if r["hm"] is not None}
@@ -229,7 +231,9 @@ def base2novel(
     """Base-to-novel: per (method, dataset) base/novel mean ± std over seeds and HM of the means;
     per method an `average` row (HM of the averaged base and novel). With `compare`, `pub_base`,
     `pub_novel`, `pub_hm` from configs/reference/base2novel.csv."""
-    table = _b2n_table(_protocol_rows(as_rows(rows), "base2novel"), BASE2NOVEL_DATASETS)
+    table = _b2n_table(
+        _protocol_rows(as_rows(rows), "base2novel"), protocol_spec("base2novel").datasets
+    )
     if compare:
         _attach_published(table, _refs(compare, refs).get("base2novel", []))
     return table
@@ -264,9 +268,9 @@ def longtail(
     ref = _index(_refs(compare, refs).get("longtail_imb10_hm", []), "method", "dataset")
     out = []
     for ratio, rrows in sorted(
-        _group(selected, lambda r: r.get("imbalance")).items(), key=lambda kv: kv[0] or 0
+        group(selected, lambda r: r.get("imbalance")).items(), key=lambda kv: kv[0] or 0
     ):
-        for r in _b2n_table(rrows, LONGTAIL_DATASETS):
+        for r in _b2n_table(rrows, protocol_spec("longtail").datasets):
             r["imbalance"] = ratio
             if compare:
                 pub = (
@@ -280,12 +284,11 @@ def longtail(
 # ---------------------------------------------------------------- cross-dataset and DG
 
 
-def _source_target_table(
-    rows: list[Row], protocol: str, targets: Sequence[str], ref: Sequence[Row]
-) -> list[Row]:
+def _source_target_table(rows: list[Row], protocol_name: str, ref: Sequence[Row]) -> list[Row]:
     """One wide row per method: source (ImageNet) and each target mean ± std over seeds, and the
     mean of the target means over the targets present (`complete` False if some are missing)."""
-    own = _protocol_rows(rows, protocol)
+    own = _protocol_rows(rows, protocol_name)
+    source = protocol_spec(protocol_name).source
     # The source accuracy belongs to the ImageNet-trained prompts shared by xd and dg; take it
     # from the sibling protocol when this one did not re-evaluate ImageNet.
     siblings = _protocol_rows(rows, ("xd", "dg"))
@@ -293,24 +296,25 @@ def _source_target_table(
     out = []
     for method in methods_in_order(r["method"] for r in own):
         mine = [r for r in own if r["method"] == method]
-        src = [r for r in mine if r["dataset"] == XD_SOURCE] or [
-            r for r in siblings if r["method"] == method and r["dataset"] == XD_SOURCE
+        src = [r for r in mine if r["dataset"] == source] or [
+            r for r in siblings if r["method"] == method and r["dataset"] == source
         ]
         row: Row = {"method": method}
-        for ds in (XD_SOURCE, *targets):
-            st = _by_seed(src if ds == XD_SOURCE else [r for r in mine if r["dataset"] == ds])
+        targets = protocol_spec(protocol_name).targets
+        for ds in (source, *targets):
+            st = by_seed(src if ds == source else [r for r in mine if r["dataset"] == ds])
             row.update({ds: st.mean, f"{ds}_std": st.std, f"n_{ds}": st.n})
         present = [row[t] for t in targets if row[t] is not None]
         row.update(
             {
-                AVERAGE: _mean(present),
+                AVERAGE: mean(present),
                 "targets": len(present),
                 "complete": len(present) == len(targets),
             }
         )
         if ref:
             p = pub.get(published_name(method), {})
-            row.update({f"pub_{ds}": p.get(ds) for ds in (XD_SOURCE, *targets)})
+            row.update({f"pub_{ds}": p.get(ds) for ds in (source, *targets)})
             row[f"pub_{AVERAGE}"] = p.get("target_average")
         out.append(row)
     return out
@@ -322,7 +326,7 @@ def cross_dataset(
     """Cross-dataset (xd): per method ImageNet and the 10 targets (mean over seeds), `average` =
     mean of the target means; `pub_*` from cross_dataset.csv."""
     ref = _refs(compare, refs).get("cross_dataset", []) if compare else []
-    return _source_target_table(as_rows(rows), "xd", XD_TARGETS, ref)
+    return _source_target_table(as_rows(rows), "xd", ref)
 
 
 def domain_generalization(
@@ -331,7 +335,7 @@ def domain_generalization(
     """Domain generalisation (dg): per method ImageNet and the 4 variants; `average` = mean of the
     variant means; `pub_*` from domain_generalization.csv."""
     ref = _refs(compare, refs).get("domain_generalization", []) if compare else []
-    return _source_target_table(as_rows(rows), "dg", DG_TARGETS, ref)
+    return _source_target_table(as_rows(rows), "dg", ref)
 
 
 # ---------------------------------------------------------------- few-shot
@@ -346,80 +350,18 @@ def fewshot(
     selected = _protocol_rows(as_rows(rows), "fewshot")
     pub = {r["method"]: r for r in _refs(compare, refs).get("fewshot_average", [])}
     out = []
-    groups = _group(selected, lambda r: (r["method"], r.get("shots")))
+    groups = group(selected, lambda r: (r["method"], r.get("shots")))
     rank = {m: i for i, m in enumerate(methods_in_order(m for m, _ in groups))}
     for method, shots in sorted(groups, key=lambda k: (rank[k[0]], k[1] or 0)):
-        by_ds = _group(groups[(method, shots)], lambda r: r["dataset"])
+        by_ds = group(groups[(method, shots)], lambda r: r["dataset"])
         row: Row = {"method": method, "shots": shots}
         for ds in datasets_in_order(by_ds):
-            st = _by_seed(by_ds[ds])
+            st = by_seed(by_ds[ds])
             row.update({ds: st.mean, f"{ds}_std": st.std, f"n_{ds}": st.n})
-        row[AVERAGE] = _mean(row[ds] for ds in by_ds)
+        row[AVERAGE] = mean(row[ds] for ds in by_ds)
         row["datasets"] = len(by_ds)
-        row["complete"] = set(BASE2NOVEL_DATASETS) <= set(by_ds)
+        row["complete"] = set(protocol_spec("fewshot").datasets) <= set(by_ds)
         if compare:
             row[f"pub_{AVERAGE}"] = pub.get(published_name(method), {}).get(f"shots_{shots}")
         out.append(row)
     return out
-
-
-# ---------------------------------------------------------------- sweeps and ablations
-
-
-def field(row: Row, name: str) -> Any:
-    """A column, or a sweep parameter from the `params` JSON (`lr` or `params.lr`)."""
-    if name in row and name != "params":
-        return row[name]
-    value = params_of(row).get(name.removeprefix("params."))
-    # Lists/dicts as JSON so that they can key a group.
-    return json.dumps(value, sort_keys=True) if isinstance(value, list | dict) else value
-
-
-def _sort_key(values: tuple) -> tuple:
-    return tuple((0, v, "") if isinstance(v, int | float) else (1, 0, str(v)) for v in values)
-
-
-def pivot(rows: Any, by: Sequence[str], value: str = "accuracy") -> list[Row]:
-    """One row per distinct value of the `by` columns (columns or `params` keys): mean over seeds
-    per dataset, then the mean over datasets (unless `dataset` is in `by`). Base/novel rows give
-    `base`, `novel` and `hm` (HM of the averages, PROTOCOLS §2); other rows give `value`, with
-    `<value>_std` over seeds when one dataset is averaged. Sweep rows are included."""
-    selected = [r for r in as_rows(rows) if r.get("split") in (None, "test")]
-    if value != "accuracy":  # `_by_seed` reads accuracy(); point it at the requested column
-        selected = [{**r, "accuracy": r.get(value), "correct": None} for r in selected]
-    selected = [r for r in selected if accuracy(r) is not None]
-    groups = _group(selected, lambda r: tuple(field(r, k) for k in by))
-    out = []
-    for key in sorted(groups, key=_sort_key):
-        by_ds = _group(groups[key], lambda r: r.get("dataset"))
-        row: Row = {**dict(zip(by, key)), "datasets": len(by_ds)}
-        if any(r.get("subsample") in ("base", "novel") for r in groups[key]):
-            per_ds = [_b2n_dataset_row(g) for g in by_ds.values()]
-            row.update(per_ds[0] if len(per_ds) == 1 else hm_average(per_ds))
-        else:
-            stats = [_by_seed(g) for g in by_ds.values()]
-            row[value] = _mean(s.mean for s in stats)
-            row[f"{value}_std"] = stats[0].std if len(stats) == 1 else None
-            row["seeds"] = max(s.n for s in stats)
-        out.append(row)
-    return out
-
-
-def ablation_tables(rows: Any) -> dict[tuple[str, str], list[Row]]:
-    """Sweep/ablation rows -> one `pivot` table per (ablation, protocol): one row per variant
-    (the `variant` column, else the swept `params` keys), per method when several."""
-    sweep = [r for r in as_rows(rows) if is_sweep(r)]
-    tables = {}
-    for (name, protocol), grp in sorted(
-        _group(
-            sweep, lambda r: (r.get("ablation") or r.get("suite") or "", r.get("protocol") or "")
-        ).items()
-    ):
-        if any(r.get("variant") is not None for r in grp):
-            by = ["variant"]
-        else:
-            by = sorted({k for r in grp for k in params_of(r)})
-        if len({r.get("method") for r in grp}) > 1:
-            by = ["method", *by]
-        tables[(name, protocol)] = pivot(grp, by)
-    return tables

@@ -1,104 +1,44 @@
-"""The per-worker train / evaluate loop of one job. No Ray in here: execution.py calls it inside a
+"""The per-worker train / evaluate loop of one job. No Ray in here: the launcher calls it inside a
 Ray Train worker, and it runs in-process too (local mode, tests) with a `LocalContext`.
 
 Rank 0 writes the job's checkpoints (trainable state + optimiser, one per epoch, through the
 context), the final trainable state (`R/checkpoints/<job_id>/final.pt`, what xd/dg evaluation jobs
-load) and the result rows (results.py). Every rank trains on its share of the stream and evaluates
-its share of each test split; counts are summed over ranks.
+load) and the result rows (results/store.py). Every rank trains on its share of the stream and
+evaluates its share of each test split; counts are summed over ranks.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
-import os
 import random
-import shutil
-import socket
 import tempfile
 import time
 from collections import defaultdict
-from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from dpl.methods import build_method, from_dict
+from dpl.methods import build_method
 from dpl.methods.base import PromptedCLIP
-from dpl.methods.config import MethodConfig
 from dpl.optim import build_optimizer, build_scheduler
-from dplbench import provenance, results
+from dplbench.atomic import write_atomic
 from dplbench.data.shards import all_reduce_counts, eval_loader, train_loader
 from dplbench.data.transforms import ViewConfig
 from dplbench.data.view import DatasetView
-from dplbench.suites import Job
+from dplbench.errors import UserError
+from dplbench.plan.jobs import Job
+from dplbench.results import provenance, store
+from dplbench.run.context import WorkerContext
+from dplbench.run.settings import RunSettings
 
 log = logging.getLogger(__name__)
 STATE_FILE = "state.pt"
-
-
-@dataclass(frozen=True)
-class RunSettings:
-    """Where data and results live and how workers read; not part of a job's identity."""
-
-    data: str  # shards root (dplbench data convert --out)
-    results: str  # results root
-    suite: str = "adhoc"
-    run_id: str = field(default_factory=results.new_run_id)
-    eval_batch_size: int = 64
-    loader_workers: int = 2
-    on_data_error: str = "raise"  # or "skip": corrupt samples are skipped and counted
-    bf16: bool | None = None  # None: bf16 autocast on GPU, fp32 on CPU
-    fail_job: str | None = None  # testing hook: "<job id prefix>[@<epoch>]" raises at that epoch
-    val_each_epoch: bool = False  # evaluate the few-shot val split after every epoch (sweeps)
-
-
-class WorkerContext(Protocol):
-    rank: int
-    world_size: int
-    device: torch.device
-
-    def report(self, metrics: dict[str, Any], checkpoint_dir: str | None) -> None: ...
-
-    def latest_checkpoint(self) -> str | None: ...
-
-
-class LocalContext:
-    """In-process, single worker: checkpoints go to R/checkpoints/<job>/epoch_XXX/."""
-
-    def __init__(
-        self,
-        results_root: str,
-        job_id: str,
-        device: torch.device | None = None,
-        resume: bool = False,
-    ):
-        self.resume = resume  # continue from this job's last epoch checkpoint, if any
-        self.rank, self.world_size = 0, 1
-        self.node = socket.gethostname()
-        self.device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        self.dir = Path(results_root) / "checkpoints" / job_id
-        self.reports: list[dict[str, Any]] = []
-
-    def report(self, metrics: dict[str, Any], checkpoint_dir: str | None) -> None:
-        self.reports.append(metrics)
-        if checkpoint_dir:
-            dest = self.dir / f"epoch_{metrics['epoch']:03d}"
-            tmp = dest.with_name(dest.name + ".tmp")
-            shutil.rmtree(tmp, ignore_errors=True)
-            shutil.copytree(checkpoint_dir, tmp)
-            shutil.rmtree(dest, ignore_errors=True)  # a rerun of the same epoch replaces it
-            os.replace(tmp, dest)
-
-    def latest_checkpoint(self) -> str | None:
-        if not self.resume:
-            return None  # a fresh run starts from scratch whatever an earlier run left
-        done = sorted(self.dir.glob("epoch_[0-9][0-9][0-9]"))
-        return str(done[-1]) if done else None
 
 
 class _LossModule(nn.Module):
@@ -120,6 +60,18 @@ def seed_everything(seed: int) -> None:
 
 def final_state_path(results_root: str, job_id: str) -> Path:
     return Path(results_root) / "checkpoints" / job_id / "final.pt"
+
+
+def load_final_state(model: PromptedCLIP, job: Job, settings: RunSettings, source: str) -> None:
+    """Load the trainable state that job `source` left after training."""
+    path = final_state_path(settings.results, source)
+    if not path.is_file():
+        raise UserError(
+            f"job {job.id} evaluates the prompts of job {source}, but {path} is missing; "
+            "run the suite's training jobs first (dplbench run --resume)"
+        )
+    device = next(model.parameters()).device
+    model.load_trainable_state(torch.load(path, map_location=device, weights_only=True))
 
 
 def _to_device(batch: dict, device: torch.device) -> dict:
@@ -296,15 +248,30 @@ def evaluate(
     return out
 
 
-def run_job(job: Job, settings: RunSettings, ctx: WorkerContext) -> list[dict]:
-    """Train (or load) and evaluate one job; rank 0 writes its rows. Returns the result rows."""
-    wall = time.perf_counter()
-    cfg: MethodConfig = from_dict(MethodConfig, job.config)
+def build_model(job: Job, ctx: WorkerContext) -> PromptedCLIP:
     # Same seed on every rank while building: random-init weights (tests, smoke) and prompt inits
     # must be identical across DDP ranks. Then a per-rank seed for dropout draws and augmentation.
     seed_everything(job.seed)
-    model = build_method(cfg).to(ctx.device)
+    model = build_method(job.config).to(ctx.device)
     seed_everything(job.seed * 1000 + ctx.rank)
+    return model
+
+
+def final_val_accuracy(job: Job, settings: RunSettings, ctx: WorkerContext) -> float:
+    """Validation accuracy of the job's final prompts (for a sweep job resumed after its last
+    epoch: its epochs ran in an earlier, interrupted sweep, so none reported now)."""
+    model = build_model(job, ctx)
+    load_final_state(model, job, settings, job.id)
+    t = job.train
+    view = DatasetView.open(settings.data, t.dataset, "val", t.shots, t.seed, t.subsample, None)
+    correct, total = count_correct(model, view, settings, ctx)
+    return 100.0 * correct / max(total, 1)
+
+
+def run_job(job: Job, settings: RunSettings, ctx: WorkerContext) -> list[dict]:
+    """Train (or load) and evaluate one job; rank 0 writes its rows. Returns the result rows."""
+    wall = time.perf_counter()
+    model = build_model(job, ctx)
     epoch_rows: list[dict] = []
     train_s = 0.0
     if job.trains:
@@ -312,63 +279,54 @@ def run_job(job: Job, settings: RunSettings, ctx: WorkerContext) -> list[dict]:
         epoch_rows = train(model, job, settings, ctx)
         train_s = time.perf_counter() - tic
         if ctx.rank == 0:
-            path = final_state_path(settings.results, job.id)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f".{path.name}.tmp")
-            torch.save(model.trainable_state(), tmp)
-            os.replace(tmp, path)
-    elif job.source is not None and model.trainable:
-        path = final_state_path(settings.results, job.source)
-        if not path.is_file():
-            raise FileNotFoundError(
-                f"job {job.id} evaluates the prompts of job {job.source}, but {path} is missing; "
-                "run the suite's training jobs first (dplbench run --resume)"
+            state = model.trainable_state()
+            write_atomic(
+                final_state_path(settings.results, job.id), lambda tmp: torch.save(state, tmp)
             )
-        model.load_trainable_state(torch.load(path, map_location=ctx.device, weights_only=True))
+    elif job.source is not None and model.trainable:
+        load_final_state(model, job, settings, job.source)
     evals = evaluate(model, job, settings, ctx)
     if ctx.rank != 0:
         return []
     now = datetime.now(timezone.utc)
     eval_s = sum(e["seconds"] for e in evals)
     rows = [
-        {
-            "job_id": job.id,
-            "run_id": settings.run_id,
-            "suite": settings.suite,
-            "protocol": job.protocol,
-            "method": job.method,
-            "dataset": e["target"].dataset,
-            "train_dataset": job.train.dataset,
-            "subsample": e["target"].subsample,
-            "split": e["target"].split,
-            "shots": job.train.shots,
-            "seed": job.seed,
-            "imbalance": job.train.imbalance,
-            "accuracy": 100.0 * e["correct"] / max(e["total"], 1),
-            "correct": e["correct"],
-            "total": e["total"],
-            "epochs": job.epochs if job.trains else 0,
-            "source_job_id": job.source or job.id,
-            "config": _json(job.to_dict()),
-            "params": _json(job.params),
-            "code_version": provenance.code_version(),
-            "versions": provenance.library_versions(),
-            "hardware": provenance.hardware(ctx.device, ctx.world_size),
-            "node": getattr(ctx, "node", None),
-            "num_workers": ctx.world_size,
-            "train_seconds": train_s,
-            "eval_seconds": eval_s,
-            "wall_seconds": time.perf_counter() - wall,
-            "created_at": now,
-        }
+        store.result_row(
+            job_id=job.id,
+            run_id=settings.run_id,
+            suite=settings.suite,
+            protocol=job.protocol,
+            method=job.method,
+            dataset=e["target"].dataset,
+            train_dataset=job.train.dataset,
+            subsample=e["target"].subsample,
+            split=e["target"].split,
+            shots=job.train.shots,
+            seed=job.seed,
+            imbalance=job.train.imbalance,
+            accuracy=100.0 * e["correct"] / max(e["total"], 1),
+            correct=e["correct"],
+            total=e["total"],
+            epochs=job.epochs if job.trains else 0,
+            source_job_id=job.source or job.id,
+            config=_json(job.describe()),
+            params=_json(job.params),
+            code_version=provenance.code_version(),
+            versions=provenance.library_versions(),
+            hardware=provenance.hardware(ctx.device, ctx.world_size),
+            node=getattr(ctx, "node", None),
+            num_workers=ctx.world_size,
+            train_seconds=train_s,
+            eval_seconds=eval_s,
+            wall_seconds=time.perf_counter() - wall,
+            created_at=now,
+        )
         for e in evals
     ]
-    results.write_epochs(settings.results, settings.suite, job.method, epoch_rows)
-    results.write_rows(settings.results, rows)
+    store.write_epochs(settings.results, settings.suite, job.method, epoch_rows)
+    store.write_rows(settings.results, rows)
     return rows
 
 
 def _json(obj: Any) -> str:
-    import json
-
     return json.dumps(obj, sort_keys=True, default=str)

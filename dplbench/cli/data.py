@@ -13,12 +13,12 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from dplbench.cli.common import int_list, user_errors
 from dplbench.data.errors import DataError
 
 app = typer.Typer(
     help="Convert, subsample, synthesise and verify benchmark data.", no_args_is_help=True
 )
-_err = Console(stderr=True)
 
 
 def _setup_logging() -> None:
@@ -27,25 +27,20 @@ def _setup_logging() -> None:
 
 
 def _data_errors(fn):
-    """A DataError becomes one red line on stderr and exit code 2."""
+    """Progress at INFO level; bad input as one line and exit 2 (cli/common.py)."""
+
+    checked = user_errors(fn)
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         _setup_logging()
-        try:
-            return fn(*args, **kwargs)
-        except DataError as e:
-            _err.print(f"[red]error:[/red] {e}", markup=True, highlight=False, soft_wrap=True)
-            raise typer.Exit(2) from None
+        return checked(*args, **kwargs)
 
     return wrapper
 
 
 def _ints(text: str) -> list[int]:
-    try:
-        return [int(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise DataError(f"expected comma-separated integers, got {text!r}") from None
+    return int_list(text) or []
 
 
 Opt = typer.Option

@@ -1,0 +1,3 @@
+from dplbench.cli import app
+
+app()

@@ -1,0 +1,39 @@
+"""`dplbench report`: the paper's tables from the results."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from dplbench.cli.common import RESULTS_DEFAULT, Results, console, user_errors
+
+Opt = typer.Option
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(report)
+
+
+@user_errors
+def report(
+    suite: Annotated[str, Opt(help="only this suite's jobs")] = None,
+    compare: Annotated[
+        bool, Opt("--compare/--no-compare", help="published numbers beside ours")
+    ] = True,
+    results_root: Results = RESULTS_DEFAULT,
+    out: Annotated[str, Opt(help="folder for report.md and the PNG plots")] = None,
+) -> None:
+    """The paper's tables from the results, next to the published numbers; Markdown + PNG.
+
+    Example: dplbench report --suite base2novel --out reports/b2n
+    """
+    from dplbench.results import store
+    from dplbench.results.report import render_report
+
+    rows = store.latest_rows(results_root).to_pylist()
+    out_dir = Path(out or Path(results_root) / "reports" / (suite or "all"))
+    files = render_report(rows, out_dir, suite=suite, compare=compare)
+    console.print(files.markdown.read_text())
+    console.print(f"report: {files.markdown}" + "".join(f"\nplot: {p}" for p in files.plots))

@@ -1,0 +1,111 @@
+"""`dplbench results ls | query | show`: DuckDB over the results."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Annotated
+
+import typer
+
+from dplbench.cli.common import RESULTS_DEFAULT, Results, console, print_rows, user_errors
+from dplbench.errors import ConfigError
+
+app = typer.Typer(help="Query the results table (DuckDB over Parquet).", no_args_is_help=True)
+Opt = typer.Option
+
+
+@app.command("ls")
+@user_errors
+def results_ls(
+    results_root: Results = RESULTS_DEFAULT,
+    suite: Annotated[str, Opt(help="only this suite's rows")] = None,
+) -> None:
+    """One line per (suite, method, protocol, dataset): runs, rows, mean accuracy.
+
+    Example: dplbench results ls --suite smoke
+    """
+    from dplbench.results import store
+
+    rows = store.query(
+        results_root,
+        "SELECT suite, method, protocol, dataset, subsample, count(*) AS rows, "
+        "count(DISTINCT seed) AS seeds, round(avg(accuracy), 2) AS accuracy, "
+        "max(created_at) AS latest FROM results WHERE $suite IS NULL OR suite = $suite "
+        "GROUP BY ALL ORDER BY ALL",
+        {"suite": suite},
+    )
+    print_rows(rows.to_pylist())
+
+
+@app.command("query")
+@user_errors
+def results_query(
+    sql: Annotated[str, typer.Argument(help="SQL over the views rows, results, epochs")],
+    results_root: Results = RESULTS_DEFAULT,
+    fmt: Annotated[str, Opt("--format", help="table | csv | json")] = "table",
+) -> None:
+    """DuckDB SQL over the results. `results` = latest run per job and split; `rows` = all runs;
+    `epochs` = per-epoch training metrics.
+
+    Example: dplbench results query "SELECT method, avg(accuracy) FROM results GROUP BY method"
+    """
+    import duckdb
+
+    from dplbench.results import store
+
+    try:
+        table = store.query(results_root, sql)
+    except duckdb.Error as e:
+        raise ConfigError(f"query failed: {str(e).splitlines()[0]}") from None
+    rows = table.to_pylist()
+    if fmt == "json":
+        sys.stdout.write(json.dumps(rows, default=str, indent=1) + "\n")
+    elif fmt == "csv":
+        import csv
+
+        w = csv.DictWriter(sys.stdout, fieldnames=table.column_names)
+        w.writeheader()
+        w.writerows(rows)
+    else:
+        print_rows(rows)
+
+
+@app.command("show")
+@user_errors
+def results_show(
+    job: Annotated[str, typer.Argument(help="job id (or a unique prefix)")],
+    results_root: Results = RESULTS_DEFAULT,
+) -> None:
+    """A job's rows, its resolved config and its per-epoch metrics.
+
+    Example: dplbench results show 7b185f2c
+    """
+    from dplbench.results import store
+
+    rows = store.query(
+        results_root,
+        "SELECT * FROM rows WHERE starts_with(job_id, $job) ORDER BY created_at",
+        {"job": job},
+    ).to_pylist()
+    if not rows:
+        raise ConfigError(f"no rows for job {job!r} under {results_root}")
+    if len({r["job_id"] for r in rows}) > 1:
+        raise ConfigError(f"job prefix {job!r} is ambiguous; give more characters")
+    keep = (
+        "run_id", "dataset", "subsample", "split", "accuracy", "correct", "total",
+        "train_seconds", "eval_seconds", "hardware", "code_version", "created_at",
+    )  # fmt: skip
+    print_rows([{k: r[k] for k in keep} for r in rows], f"job {rows[0]['job_id']}")
+    console.print_json(rows[-1]["config"])
+    if store.has_rows(results_root, "epochs"):
+        ep = store.query(
+            results_root,
+            "SELECT * EXCLUDE (job_id, suite, method) FROM epochs WHERE job_id = $job "
+            "ORDER BY run_id, epoch",
+            {"job": rows[0]["job_id"]},
+        ).to_pylist()
+        print_rows(
+            [{k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()} for r in ep],
+            "epochs",
+        )

@@ -1,0 +1,1 @@
+"""What to run, pure and Ray-free: config layering, suites -> jobs, sweep spaces, ablations."""

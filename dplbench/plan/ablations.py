@@ -1,0 +1,118 @@
+"""`dplbench ablate NAME`: the paper's ablations, declared in configs/ablations/NAME.yaml.
+
+    description: IWTD importance scores (METHOD.md §3)
+    suite: base2novel            # the jobs of each variant: this suite's datasets, seeds, shots
+    method: dpl                  # default method of the variants
+    overrides: {}                # applied to every variant (optional)
+    variants:                    # name -> dotted config keys (and optionally `method:`)
+      cls: {iwtd.importance: [cls]}
+      uniform: {iwtd.importance: [uniform]}
+
+Each variant expands into the suite's jobs with its overrides; precedence: suite < ablation
+`overrides` < command line < variant (the variant is what is being ablated, so it wins). Every job
+carries params {"ablation": NAME, "variant": V}, which the result rows keep in their `params` column;
+the table comes from those rows (results/ablations.py).
+
+Only ablation/variant go into params (not the overrides): the generic report groups sweep rows by
+their params keys, and the overrides are in each row's `config` column anyway.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from dplbench.errors import ConfigError
+from dplbench.plan.config import CONFIG_DIR, deep_merge, load_yaml, nested, typed
+from dplbench.plan.jobs import Job
+from dplbench.plan.suites import Suite, load_suite
+
+ABLATION_DIR = CONFIG_DIR / "ablations"
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str
+    method: str | None  # None: the ablation's method
+    overrides: dict[str, Any]  # nested MethodConfig overrides
+
+
+@dataclass(frozen=True)
+class AblationSpec:
+    """One ablation file; `variants` maps a name to dotted overrides (and optionally `method`)."""
+
+    variants: dict[str, Any]
+    description: str = ""
+    suite: str = "base2novel"
+    method: str = "dpl"
+    overrides: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Ablation:
+    name: str
+    description: str
+    suite: str
+    method: str
+    overrides: dict[str, Any]
+    variants: tuple[Variant, ...]
+
+
+def list_ablations() -> list[str]:
+    return sorted(p.stem for p in ABLATION_DIR.glob("*.yaml"))
+
+
+def load_ablation(name: str) -> Ablation:
+    path = Path(name)
+    if not (path.suffix in (".yaml", ".yml") and path.is_file()):
+        path = ABLATION_DIR / f"{name}.yaml"
+    if not path.is_file():
+        raise ConfigError(
+            f"unknown ablation {name!r}; choose one of: {', '.join(list_ablations())}"
+        )
+    spec = typed(AblationSpec, load_yaml(path), str(path))
+    if not isinstance(spec.variants, dict) or not spec.variants:
+        raise ConfigError(f"{path}: needs a non-empty `variants:` mapping")
+    variants = []
+    for vname, body in spec.variants.items():
+        if isinstance(vname, bool):  # YAML 1.1 reads on/off/yes/no as booleans
+            raise ConfigError(f"{path}: quote the variant name {str(vname).lower()!r}")
+        if not isinstance(body or {}, dict):
+            raise ConfigError(f"{path}: variant {vname}: expected a mapping")
+        body = dict(body or {})
+        method = body.pop("method", None)
+        variants.append(Variant(str(vname), method, nested(body, f"{path}: variant {vname}")))
+    return Ablation(
+        name=path.stem,
+        description=spec.description,
+        suite=spec.suite,
+        method=spec.method,
+        overrides=nested(spec.overrides, f"{path}: overrides"),
+        variants=tuple(variants),
+    )
+
+
+def ablation_suite(ab: Ablation, selections: dict[str, Any], suite: str | None = None) -> Suite:
+    """Every variant's jobs (params = ablation + variant) as one suite the runner executes.
+    selections: datasets, seeds, workers, overrides (command line); methods come from variants."""
+    jobs: dict[str, Job] = {}
+    name = suite or ab.suite
+    base = deep_merge(ab.overrides, selections.get("overrides") or {})
+    data = None
+    for v in ab.variants:
+        sel = {
+            **selections,
+            "methods": [v.method or ab.method],
+            "overrides": deep_merge(base, v.overrides),
+        }
+        s = load_suite(name, sel)
+        data = s.data
+        for j in s.jobs:
+            if j.id in jobs:  # same work twice would be one job with two labels
+                other = jobs[j.id].params["variant"]
+                raise ConfigError(
+                    f"ablation {ab.name}: variants {other} and {v.name} resolve to the same job"
+                )
+            jobs[j.id] = replace(j, params={"ablation": ab.name, "variant": v.name})
+    return Suite(Path(name).stem, tuple(jobs.values()), data)

@@ -1,0 +1,188 @@
+"""Suites (configs/suites/*.yaml) expand into jobs (plan/jobs.py).
+
+A suite file is a typed `SuiteSpec`: one protocol block (datasets, methods, seeds, shots, ...) or
+an `include:` list of other suites. xd and dg share one ImageNet training job per (method, seed);
+each of their targets is an evaluation job that loads that job's checkpoint and never retrains.
+
+The canonical suite of each protocol (configs/suites/<protocol>.yaml) is also the one source of the
+protocol's datasets, targets and shot counts that reports aggregate over (`protocol_spec`).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from dplbench.data.datasets import DATASETS
+from dplbench.errors import ConfigError
+from dplbench.plan.config import CONFIG_DIR, deep_merge, load_yaml, typed
+from dplbench.plan.jobs import EvalTarget, Job, TrainData
+from dplbench.plan.methods import check_method, resolve_method
+
+PROTOCOLS = ("base2novel", "fewshot", "xd", "dg", "longtail")
+SUITE_DIR = CONFIG_DIR / "suites"
+
+
+@dataclass(frozen=True)
+class SuiteData:
+    synthesize: bool = False  # make the synthetic benchmark when missing (the smoke suite)
+
+
+@dataclass(frozen=True)
+class SuiteSpec:
+    """One suite file. Lists are defaults that the command line may restrict or replace."""
+
+    description: str = ""
+    include: tuple[str, ...] = ()  # other suites whose blocks this one runs
+    protocol: str | None = None
+    datasets: tuple[str, ...] = ()  # per-dataset protocols
+    source: str = "imagenet"  # xd / dg: the training dataset
+    targets: tuple[str, ...] = ()  # xd / dg: the evaluated datasets
+    methods: tuple[str, ...] = ("dpl",)
+    seeds: tuple[int, ...] = (1, 2, 3)
+    shots: tuple[int, ...] = (16,)
+    imbalance: float = 10.0  # long-tail ratio r
+    workers: int = 1  # DDP workers per job
+    overrides: dict[str, Any] = field(default_factory=dict)  # method config, every job
+    data: SuiteData = field(default_factory=SuiteData)
+
+    @property
+    def evaluated(self) -> tuple[str, ...]:
+        """The datasets whose accuracy the protocol reports (targets for xd / dg)."""
+        return self.targets if self.protocol in ("xd", "dg") else self.datasets
+
+
+@dataclass(frozen=True)
+class Suite:
+    name: str
+    jobs: tuple[Job, ...]
+    data: SuiteData = field(default_factory=SuiteData)
+
+
+def list_suites() -> list[str]:
+    return sorted(p.stem for p in SUITE_DIR.glob("*.yaml"))
+
+
+def suite_file(name: str) -> Path:
+    path = Path(name)
+    if path.suffix in (".yaml", ".yml") and path.is_file():
+        return path
+    path = SUITE_DIR / f"{name}.yaml"
+    if not path.is_file():
+        raise ConfigError(f"unknown suite {name!r}; choose one of: {', '.join(list_suites())}")
+    return path
+
+
+def load_spec(name: str) -> SuiteSpec:
+    path = suite_file(name)
+    spec = typed(SuiteSpec, load_yaml(path), f"suite {path.stem}")
+    if spec.protocol is not None and spec.protocol not in PROTOCOLS:
+        raise ConfigError(
+            f"suite {path.stem}: protocol {spec.protocol!r}; choose one of: {', '.join(PROTOCOLS)}"
+        )
+    if spec.protocol is None and not spec.include:
+        raise ConfigError(f"suite {path.stem}: needs a protocol or an include list")
+    check_datasets([*spec.datasets, *spec.targets, *([spec.source] if spec.targets else [])])
+    return spec
+
+
+@functools.cache
+def protocol_spec(protocol: str) -> SuiteSpec:
+    """The canonical suite of a protocol: its datasets / source / targets / shots."""
+    spec = load_spec(protocol)
+    if spec.protocol != protocol:
+        raise ConfigError(f"configs/suites/{protocol}.yaml must declare protocol: {protocol}")
+    return spec
+
+
+def check_datasets(names: list[str] | tuple[str, ...]) -> None:
+    for n in names:
+        if n not in DATASETS:
+            raise ConfigError(
+                f"unknown dataset {n!r}; choose one of: {', '.join(DATASETS.names())}"
+            )
+
+
+def _block_jobs(suite: str, spec: SuiteSpec, sel: dict[str, Any]) -> list[Job]:
+    """Jobs of one protocol block, restricted by the command line's selections `sel`."""
+    methods = sel.get("methods") or spec.methods
+    seeds = sel.get("seeds") or spec.seeds
+    workers = int(sel.get("workers") or spec.workers)
+    overrides = deep_merge(spec.overrides, sel.get("overrides") or {})
+    for m in methods:
+        check_method(m)
+
+    def pick(names: tuple[str, ...]) -> list[str]:
+        chosen = sel.get("datasets")
+        return [n for n in names if not chosen or n in chosen]
+
+    def job(method, seed, cfg, train, evals, source=None) -> Job:
+        return Job(suite, spec.protocol, method, seed, cfg, train, evals, workers, source)
+
+    jobs = []
+    if spec.protocol in ("xd", "dg"):
+        for m in methods:
+            cfg = resolve_method(m, overrides, dataset=spec.source)
+            for seed in seeds:
+                for shots in spec.shots:
+                    train = TrainData(spec.source, shots, seed, "all")
+                    src = job(m, seed, cfg, train, (EvalTarget(spec.source),))
+                    jobs.append(src)
+                    jobs += [
+                        job(m, seed, cfg, train, (EvalTarget(t),), source=src.id)
+                        for t in pick(spec.targets)
+                    ]
+        return jobs
+    for d in pick(spec.datasets):
+        for m in methods:
+            cfg = resolve_method(m, overrides, dataset=d)
+            for seed in seeds:
+                for train, evals in PER_DATASET[spec.protocol](d, seed, spec):
+                    jobs.append(job(m, seed, cfg, train, evals))
+    return jobs
+
+
+def _base_novel(d: str) -> tuple[EvalTarget, ...]:
+    return (EvalTarget(d, "base"), EvalTarget(d, "novel"))
+
+
+# What one dataset trains on and is evaluated on, per protocol (PROTOCOLS.md §2); xd and dg,
+# which train once and evaluate elsewhere, are expanded above.
+PER_DATASET: dict[str, Callable[[str, int, SuiteSpec], list[tuple[TrainData, tuple]]]] = {
+    "base2novel": lambda d, seed, spec: [
+        (TrainData(d, k, seed, "base"), _base_novel(d)) for k in spec.shots
+    ],
+    "fewshot": lambda d, seed, spec: [
+        (TrainData(d, k, seed, "all"), (EvalTarget(d),)) for k in spec.shots
+    ],
+    # Long-tail: base classes of the full train split, made imbalanced.
+    "longtail": lambda d, seed, spec: [
+        (TrainData(d, None, seed, "base", float(spec.imbalance)), _base_novel(d))
+    ],
+}
+
+
+def load_suite(name: str, selections: dict[str, Any] | None = None) -> Suite:
+    """Expand a suite into its jobs. selections: methods, datasets, seeds, workers (restrict or
+    replace the file's lists) and overrides (nested method-config overrides for every job)."""
+    sel = selections or {}
+    check_datasets(sel.get("datasets") or [])
+    suite_name = suite_file(name).stem
+    spec = load_spec(name)
+    blocks, data = [], spec.data
+    for inc in spec.include:
+        inc_spec = load_spec(inc)
+        blocks.append(inc_spec)
+        data = SuiteData(synthesize=data.synthesize or inc_spec.data.synthesize)
+    if spec.protocol is not None:
+        blocks.append(spec)
+    jobs: dict[str, Job] = {}
+    for block in blocks:
+        for job in _block_jobs(suite_name, block, sel):
+            jobs.setdefault(job.id, job)  # xd and dg share their ImageNet training jobs
+    if not jobs:
+        raise ConfigError(f"suite {suite_name}: the selection leaves no jobs")
+    return Suite(suite_name, tuple(jobs.values()), data)

@@ -1,0 +1,1 @@
+"""What runs produced: the Parquet store, aggregation, reports, sweep and ablation tables."""

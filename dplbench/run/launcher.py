@@ -1,0 +1,402 @@
+"""Everything Ray, in one place: jobs launched as Ray Tune trials, one Ray Train run per job.
+
+`dplbench run`, `tune` and `ablate` all go through `launch` (one Tuner: trial resources,
+concurrency, failure handling, events to the driver, placement-group cleanup), and every job
+inside a trial through `fit_job` (one `TorchTrainer`: DDP workers, per-epoch checkpoints, worker
+restarts). Two kinds of trial share them: `job_trial` (one job, `dplbench run`) and `sweep_trial`
+(one sweep setting: its jobs at once, the validation objective reported every epoch for ASHA).
+
+Why Tune: it is Ray's supported way to run many Train runs at once (STACK-NOTES), with per-trial
+failure isolation and callbacks for the live table. Tune does not count the Train workers'
+resources, so `concurrency` bounds the trials by what their workers need, and each trial itself
+holds only a token of memory.
+
+Train runs are named `<job_id>-<run_id>`; `--resume` reuses a job's newest run name, and Ray then
+restarts it from its last per-epoch checkpoint. `FailureConfig(max_failures)` does the same after
+a worker dies mid-job.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import ray.tune as tune
+import torch
+
+from dplbench.errors import ConfigError
+from dplbench.plan.jobs import Job
+from dplbench.results.sweeps import objective, trial_test_metrics
+from dplbench.run import placement_groups
+from dplbench.run.settings import ExecOptions, RunSettings
+from dplbench.run.worker import final_val_accuracy, run_job
+
+log = logging.getLogger(__name__)
+
+# A trial only drives its TorchTrainers and sleeps: it reserves a token of memory and no CPU
+# (Tune refuses an empty request, and a CPU sliver per trial would keep whole workers off a node).
+TRIAL_RESOURCES = {"memory": 2**20}
+# Train's controller retries a worker group that cannot start forever unless limited (STACK-NOTES).
+CONTROLLER_FAILURE_LIMIT = 1
+# The newest checkpoint is all a restart or --resume needs.
+CHECKPOINTS_KEPT = 1
+
+
+# ---- on the Train workers ------------------------------------------------------------------
+
+
+class RayTrainContext:
+    """WorkerContext on a Ray Train worker. Rank 0 leaves its placement group's id under `pg_dir`
+    (see run/placement_groups.py) and, in sweeps, streams each epoch's validation accuracy to
+    the trial through `queue`."""
+
+    def __init__(self, job_id: str, queue: Any = None, pg_dir: str | None = None) -> None:
+        import ray
+        import ray.train
+        import ray.train.torch
+
+        tc = ray.train.get_context()
+        self.rank, self.world_size = tc.get_world_rank(), tc.get_world_size()
+        self.device = ray.train.torch.get_device()
+        self.node = ray.get_runtime_context().get_node_id()
+        if self.device.type == "cuda":
+            torch.cuda.set_device(self.device)
+        self.job_id, self.queue = job_id, queue
+        self.reports = 0
+        self.last_val: float | None = None
+        if self.rank == 0 and pg_dir:
+            placement_groups.announce(Path(pg_dir), job_id)
+
+    def report(self, metrics: dict[str, Any], checkpoint_dir: str | None) -> None:
+        import ray.train
+
+        ckpt = ray.train.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
+        ray.train.report(metrics, checkpoint=ckpt)  # checkpoint first: a restart starts after it
+        self.reports += 1
+        if metrics.get("val_accuracy") is not None:
+            self.last_val = float(metrics["val_accuracy"])
+            if self.rank == 0 and self.queue is not None:
+                self.queue.put((self.job_id, int(metrics["epoch"]), self.last_val))
+
+    def latest_checkpoint(self) -> str | None:
+        import ray.train
+
+        ckpt = ray.train.get_checkpoint()
+        return ckpt.to_directory() if ckpt is not None else None
+
+
+def _train_worker(config: dict[str, Any]) -> dict[str, Any] | None:
+    logging.basicConfig(level=logging.WARNING)
+    job, settings = config["job"], config["settings"]
+    ctx = RayTrainContext(job.id, config.get("queue"), config.get("pg_dir"))
+    rows = run_job(job, settings, ctx)
+    val = None
+    if settings.val_each_epoch:
+        # Every rank reported the same epochs, so every rank takes this branch or none.
+        val = ctx.last_val if ctx.reports else final_val_accuracy(job, settings, ctx)
+    return {"rows": rows, "val_accuracy": val} if ctx.rank == 0 else None
+
+
+def fit_job(
+    job: Job,
+    settings: RunSettings,
+    ex: dict[str, Any],
+    run_name: str,
+    queue: Any = None,
+    pg_dir: str | None = None,
+    report_to_tune: bool = False,
+) -> dict[str, Any] | None:
+    """One job as one Ray Train run (the only `TorchTrainer` of the project); returns rank 0's
+    rows (and validation accuracy in sweeps)."""
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    use_gpu = ex["gpus"] > 0
+    per_worker = {"CPU": ex["cpus_per_worker"], **({"GPU": 1} if use_gpu else {})}
+    callbacks = []
+    if report_to_tune:
+        from ray.tune.integration.ray_train import TuneReportCallback
+
+        callbacks.append(TuneReportCallback())
+    trainer = TorchTrainer(
+        _train_worker,
+        train_loop_config={"job": job, "settings": settings, "queue": queue, "pg_dir": pg_dir},
+        scaling_config=ScalingConfig(
+            num_workers=job.workers, use_gpu=use_gpu, resources_per_worker=per_worker
+        ),
+        run_config=RunConfig(
+            name=run_name,
+            storage_path=ex["storage"],
+            failure_config=FailureConfig(
+                max_failures=ex["max_failures"], controller_failure_limit=CONTROLLER_FAILURE_LIMIT
+            ),
+            checkpoint_config=CheckpointConfig(num_to_keep=CHECKPOINTS_KEPT),
+            callbacks=callbacks,
+        ),
+    )
+    result = trainer.fit()
+    if result.error is not None:
+        raise result.error
+    return result.return_value
+
+
+# ---- the trials ----------------------------------------------------------------------------
+
+
+def job_trial(config: dict[str, Any]) -> None:
+    """A Tune trial of `dplbench run`: one job; its epochs reach the live table through Tune."""
+    cfg = config["cfg"]
+    (job,) = cfg["jobs"]
+    fit_job(job, cfg["settings"], cfg["exec"], cfg["run_names"][job.id], None, cfg["pg_dir"], True)
+    tune.report({"trial_done": 1})
+
+
+def _value_at(history: dict[int, float], epoch: int) -> float | None:
+    """A job's validation accuracy at `epoch` (0-based): the latest at or before it; a job resumed
+    past `epoch` has only later values, and gives its earliest."""
+    before = [e for e in history if e <= epoch]
+    if before:
+        return history[max(before)]
+    return history[min(history)] if history else None
+
+
+def sweep_trial(config: dict[str, Any]) -> None:
+    """A Tune trial of `dplbench tune`: the setting's jobs, concurrently, one TorchTrainer each.
+    Reports the objective after every epoch all its jobs finished (time attribute `epoch`,
+    1-based), so ASHA can stop it; the last report also carries the test metrics and `trial_done`.
+    When ASHA stops the trial, Tune kills this actor, and with it the Train controllers it owns."""
+    from ray.util.queue import Empty, Queue
+
+    cfg = config["cfg"]
+    jobs: list[Job] = list(cfg["jobs"])
+    queue = Queue(actor_options={"num_cpus": 0})  # 0: never waits for a CPU on a full cluster
+    outcomes: dict[str, tuple[str, Any]] = {}
+
+    def fit(job: Job) -> None:
+        try:
+            out = fit_job(
+                job, cfg["settings"], cfg["exec"], cfg["run_names"][job.id], queue, cfg["pg_dir"]
+            )
+            outcomes[job.id] = ("done", out)
+        except BaseException as e:  # noqa: BLE001 - reported by the trial thread below
+            outcomes[job.id] = ("failed", e)
+
+    for j in jobs:
+        threading.Thread(target=fit, args=(j,), daemon=True).start()
+    history: dict[str, dict[int, float]] = {j.id: {} for j in jobs}
+    epochs = max(j.epochs for j in jobs)
+    reported = 0  # epochs reported to Tune so far
+
+    def ready(job: Job, epoch: int) -> bool:
+        h = history[job.id]
+        return job.id in outcomes or (bool(h) and max(h) >= min(epoch, job.epochs - 1))
+
+    while True:
+        try:
+            job_id, epoch, val = queue.get(timeout=0.5)
+            history[job_id][epoch] = val
+            continue
+        except Empty:
+            pass
+        for job_id, (status, value) in list(outcomes.items()):
+            if status == "failed":
+                raise RuntimeError(f"job {job_id}: {type(value).__name__}: {value}") from value
+        # The last epoch is reported only with the test metrics, once every job has finished.
+        while reported < epochs - 1 and all(ready(j, reported) for j in jobs):
+            vals = {j.id: _value_at(history[j.id], reported) for j in jobs}
+            tune.report({"epoch": reported + 1, "objective": objective(vals, jobs), "val": vals})
+            reported += 1
+        if len(outcomes) == len(jobs):
+            break
+    vals = {jid: out["val_accuracy"] for jid, (_, out) in outcomes.items()}
+    rows = {jid: out["rows"] for jid, (_, out) in outcomes.items()}
+    tune.report(
+        {
+            "epoch": epochs,
+            "objective": objective(vals, jobs),
+            "val": vals,
+            "tests": {jid: trial_test_metrics(r) for jid, r in rows.items()},
+            **trial_test_metrics([r for rs in rows.values() for r in rs]),
+            "trial_done": 1,
+        }
+    )
+
+
+# ---- the driver ----------------------------------------------------------------------------
+
+
+@dataclass
+class TrialEnd:
+    key: str
+    status: str  # done | stopped | failed
+    error: str | None = None
+
+
+# (trial key, state, info): state running | result | done | stopped | failed; info carries the
+# Tune result ("result") or {"last": last result, "error": one line} when a trial ends.
+TrialEvent = Callable[[str, str, dict[str, Any]], None]
+# Tune pickles its callbacks; the driver's sinks (live tables, record writers) stay here, found by
+# a token.
+_SINKS: dict[str, TrialEvent] = {}
+
+
+class _TrialEvents(tune.Callback):
+    def __init__(self, token: str) -> None:
+        self.token = token
+
+    def _emit(self, trial, state: str, info: dict) -> None:
+        if state in ("done", "stopped", "failed"):
+            pg_dir = Path(trial.config["cfg"]["pg_dir"])
+            if state != "done":  # its Train placement groups may outlive it
+                placement_groups.release(pg_dir)
+            shutil.rmtree(pg_dir, ignore_errors=True)
+        sink = _SINKS.get(self.token)
+        if sink is not None:
+            sink(trial.config["cfg"]["key"], state, info)
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        self._emit(trial, "running", {})
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        self._emit(trial, "result", result)
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        # TERMINATED without the trial's final report: the scheduler stopped it.
+        last = trial.last_result or {}
+        self._emit(trial, "done" if last.get("trial_done") else "stopped", {"last": last})
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self._emit(trial, "failed", {"last": trial.last_result or {}, "error": _error_line(trial)})
+
+
+def _error_line(trial: Any) -> str:
+    try:
+        lines = Path(trial.error_file).read_text().strip().splitlines()
+        return next((ln for ln in reversed(lines) if ln.strip()), "error")[:500]
+    except (OSError, TypeError):
+        return "error"
+
+
+def init_ray(opts: ExecOptions) -> None:
+    import ray
+
+    # Our live table replaces Tune's console reporter (verbose=0 silences the old one only);
+    # read by the driver, so it holds for a Ray someone else started too.
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    if ray.is_initialized():
+        return
+    # Train's controller polls workers every 2 s by default: ~18 s of overhead per short job.
+    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
+    kw = {"log_to_driver": False, "logging_level": logging.WARNING}
+    if opts.address:
+        ray.init(address=opts.address, **kw)
+    else:
+        ray.init(num_cpus=opts.cpus, num_gpus=opts.gpus, **kw)
+
+
+def concurrency(workers_per_trial: int, opts: ExecOptions) -> int:
+    """Trials at once: Tune does not count the Train workers, so bound trials by what the workers
+    of the largest trial need. A trial that can never fit is an error now, not a hang later."""
+    import ray
+
+    have = ray.cluster_resources()
+    if opts.gpus > 0:
+        gpus = min(opts.gpus, int(have.get("GPU", 0)))
+        if workers_per_trial > gpus:
+            raise ConfigError(
+                f"a trial needs {workers_per_trial} GPU workers; the cluster offers {gpus}"
+            )
+        return max(1, gpus // workers_per_trial)
+    need = workers_per_trial * opts.cpus_per_worker
+    if need > have.get("CPU", 0):
+        raise ConfigError(
+            f"a trial needs {workers_per_trial} workers x {opts.cpus_per_worker:g} CPU; the "
+            f"cluster has {have.get('CPU', 0):g} CPUs (use fewer --workers)"
+        )
+    cpus = opts.cpus or have.get("CPU", 0)
+    return max(1, int(cpus // need))
+
+
+def run_name(storage: Path, job: Job, run_id: str, resume: bool) -> str:
+    """`<job>-<run>`; with --resume the job's newest earlier run, which Ray restarts from its
+    last checkpoint."""
+    if resume:
+        previous = sorted(storage.glob(f"{job.id}-*"), key=lambda p: p.stat().st_mtime)
+        if previous:
+            return previous[-1].name
+    return f"{job.id}-{run_id}"
+
+
+def launch(
+    trainable: Callable[[dict[str, Any]], None],
+    trials: dict[str, list[Job]],
+    settings: RunSettings,
+    opts: ExecOptions,
+    storage: Path,
+    on_event: TrialEvent | None = None,
+    scheduler: Any = None,
+) -> list[TrialEnd]:
+    """Run `trials` (key -> its jobs) as Tune trials of `trainable` on Ray; returns how each
+    ended. Jobs' Train runs live under `storage/jobs`, the Tune experiment under `storage`."""
+    init_ray(opts)
+    jobs_storage = storage / "jobs"
+    ex = {
+        "gpus": opts.gpus,
+        "cpus_per_worker": opts.cpus_per_worker,
+        "max_failures": opts.max_failures,
+        "storage": str(jobs_storage),
+    }
+    configs = [
+        {
+            "key": key,
+            "jobs": jobs,
+            "run_names": {
+                j.id: run_name(jobs_storage, j, settings.run_id, opts.resume) for j in jobs
+            },
+            "settings": settings,
+            "exec": ex,
+            "pg_dir": str(storage / "placement_groups" / settings.run_id / key),
+        }
+        for key, jobs in trials.items()
+    ]
+    workers = max(sum(j.workers for j in jobs) for jobs in trials.values())
+    token = f"{settings.run_id}-{time.time_ns()}"
+    if on_event is not None:
+        _SINKS[token] = on_event
+    tuner = tune.Tuner(
+        tune.with_resources(trainable, TRIAL_RESOURCES),
+        param_space={"cfg": tune.grid_search(configs)},
+        tune_config=tune.TuneConfig(
+            scheduler=scheduler, max_concurrent_trials=concurrency(workers, opts)
+        ),
+        run_config=tune.RunConfig(
+            name=f"{settings.suite}-{settings.run_id}-{int(time.time())}",
+            storage_path=str(storage),
+            callbacks=[_TrialEvents(token)],
+            # A failing trial is recorded and the others go on.
+            failure_config=tune.FailureConfig(max_failures=0, fail_fast=False),
+            verbose=0,
+        ),
+    )
+    before = placement_groups.snapshot()
+    try:
+        grid = tuner.fit()
+    finally:
+        _SINKS.pop(token, None)
+        placement_groups.remove_leaked(before)
+    ends = {}
+    for r in grid:
+        key = r.config["cfg"]["key"]
+        if r.error is not None:
+            ends[key] = TrialEnd(key, "failed", f"{type(r.error).__name__}: {r.error}")
+        else:
+            done = (r.metrics or {}).get("trial_done")
+            ends[key] = TrialEnd(key, "done" if done else "stopped")
+    return [ends.get(k, TrialEnd(k, "failed", "never ran")) for k in trials]

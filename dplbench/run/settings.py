@@ -1,0 +1,34 @@
+"""How jobs run: where data and results live and how workers read (`RunSettings`), and what the
+cluster offers (`ExecOptions`). Neither is part of a job's identity: the same job run with other
+settings is the same work."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from dplbench.results.store import new_run_id
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    data: str  # shards root (dplbench data convert --out)
+    results: str  # results root
+    suite: str = "adhoc"
+    run_id: str = field(default_factory=new_run_id)
+    eval_batch_size: int = 64
+    loader_workers: int = 2
+    on_data_error: str = "raise"  # or "skip": corrupt samples are skipped and counted
+    bf16: bool | None = None  # None: bf16 autocast on GPU, fp32 on CPU
+    fail_job: str | None = None  # testing hook: "<job id prefix>[@<epoch>]" raises at that epoch
+    val_each_epoch: bool = False  # evaluate the few-shot val split after every epoch (sweeps)
+
+
+@dataclass(frozen=True)
+class ExecOptions:
+    gpus: int = 0  # GPUs to use in all; 0: CPU workers
+    cpus: int | None = None  # CPUs to use in all (default: all of this machine / the cluster's)
+    cpus_per_worker: float = 1.0
+    address: str | None = None  # join a running cluster ("auto", "ray://…", "host:port")
+    max_failures: int = 2  # Train restarts of one job from its last checkpoint
+    resume: bool = False
+    use_ray: bool = True  # False: jobs run one after the other in this process
