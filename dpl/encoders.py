@@ -151,8 +151,10 @@ class VisionEncoder(nn.Module):
         images: torch.Tensor,
         prompts: list[torch.Tensor] | None = None,
         hook: LayerHook | None = None,
+        adapters: bool = True,
     ) -> torch.Tensor:
-        """images [B,3,H,W] -> features [B,E] (not normalised)."""
+        """images [B,3,H,W] -> features [B,E] (not normalised). adapters=False runs the original
+        tower (no LoRA), as the frozen branch must whatever LoRA has learnt."""
         visual = self._visual[0]
         x = visual._embeds(images)  # [B,1+N,D], ln_pre applied
         n_seq = x.shape[1]
@@ -164,7 +166,7 @@ class VisionEncoder(nn.Module):
             p = p.expand(x.shape[0], -1, -1) if p.dim() == 2 else p
             x = torch.cat([x, visual.ln_pre(p.to(x.dtype))], 1)
         layout = self.layout(x.shape[0], x.shape[1], x.device) if hook is not None else None
-        lora = {int(k): v for k, v in self.lora.items()}
+        lora = {int(k): v for k, v in self.lora.items()} if adapters else {}
         x = _run_blocks(
             visual.transformer.resblocks, x, None, prompts, n_seq, lora, hook, "vision", layout
         )

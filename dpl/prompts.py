@@ -50,11 +50,17 @@ class DeepPrompts(nn.Module):
 
 
 class CoupledPrompts(nn.Module):
-    """MaPLe: the vision prompt of layer i is a learnable linear map of the text prompt of layer i."""
+    """MaPLe: the vision prompt of layer i is a learnable linear map of the text prompt of layer i.
+
+    As the release builds them ([MPL] trainers/maple.py): layer 0's map is its own Linear, and the
+    maps of layers 1..depth-1 are `_get_clones` (deep copies) of one initialised Linear, so they
+    all start from the same weights."""
 
     def __init__(self, text_width: int, vision_width: int, depth: int) -> None:
         super().__init__()
         self.proj = nn.ModuleList(nn.Linear(text_width, vision_width) for _ in range(depth))
+        for proj in list(self.proj)[2:]:
+            proj.load_state_dict(self.proj[1].state_dict())
 
     def forward(self, text_prompts: list[torch.Tensor]) -> list[torch.Tensor]:
         return [proj(p) for proj, p in zip(self.proj, text_prompts)]

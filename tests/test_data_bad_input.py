@@ -13,9 +13,10 @@ from typer.testing import CliRunner
 import dplbench.data.convert as convert_mod
 from dplbench.cli import app
 from dplbench.data.convert import ConvertOptions, convert
+from dplbench.data.epochs import train_loader
 from dplbench.data.errors import CorruptShardError, DataError, MissingImagesError
 from dplbench.data.meta import converted_datasets, load_meta
-from dplbench.data.shards import eval_loader, train_loader
+from dplbench.data.shards import eval_loader
 from dplbench.data.synth import make_mini_coop_tree
 from dplbench.data.tario import iter_samples, write_tar
 from dplbench.data.transforms import ViewConfig

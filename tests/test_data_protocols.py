@@ -77,14 +77,18 @@ def test_base_novel_rule():
 
 
 def test_longtail_counts_by_hand():
-    # C = 5 classes, n_max = 100, r = 10: 100 * 10^(-i/4) = 100, 56.2, 31.6, 17.8, 10
+    # C = 5 classes, n_max = 100, r = 10: 100 * 10^(-i/4) = 100, 56.2, 31.6, 17.8, 10, rounded
+    # up as the DPL release does (math.ceil)
     counts = {0: 100, 1: 100, 2: 100, 3: 100, 4: 100}
-    assert longtail_counts(counts, 10) == {0: 100, 1: 56, 2: 31, 3: 17, 4: 10}
+    assert longtail_counts(counts, 10) == {0: 100, 1: 57, 2: 32, 3: 18, 4: 10}
     # decreasing original count decides the order; a class never keeps more than it has,
     # and at least one
-    counts = {0: 3, 1: 50, 2: 20}  # order 1, 2, 0; keeps 50, 50*1000^-0.5 = 1.58 -> 1, 1 ...
-    assert longtail_counts(counts, 1000) == {1: 50, 2: 1, 0: 1}
+    counts = {0: 3, 1: 50, 2: 20}  # order 1, 2, 0; keeps 50, ceil(50*1000^-0.5 = 1.58) = 2, ...
+    assert longtail_counts(counts, 1000) == {1: 50, 2: 2, 0: 1}
     assert longtail_counts({7: 9}, 10) == {7: 9}
+    # ties keep the order of first appearance (Counter.most_common), not label order
+    assert list(longtail_counts({3: 10, 1: 10, 2: 10}, 10)) == [3, 1, 2]
+    assert longtail_counts({3: 10, 1: 10, 2: 10}, 10) == {3: 10, 1: 4, 2: 1}
 
 
 def test_longtail_select_is_seeded_and_in_source_order():
@@ -153,8 +157,9 @@ def test_longtail_set(pets):
     v = DatasetView.open(shards, "oxford_pets", "train", seed=1, subsample="base", imbalance=3)
     sel = load_selection(shards, "oxford_pets", "lt3_s1")
     counts = sel.splits["train"].label_counts
-    # 19 base classes with 3 images: class i keeps max(int(3 * 3^(-i/18)), 1)
-    assert counts[:19] == [max(int(3 * 3 ** (-i / 18)), 1) for i in range(19)]
+    # 19 base classes with 3 images, first seen in label order: class i keeps
+    # ceil(max(3 * 3^(-i/18), 1))
+    assert counts[:19] == [math.ceil(max(3 * 3 ** (-i / 18), 1)) for i in range(19)]
     assert sum(counts[19:]) == 0 and v.num_samples == sum(counts)
 
 

@@ -1,4 +1,4 @@
-"""Readers: equal training batches per rank, exact single-pass evaluation, relabelled views."""
+"""Readers: exact training epochs, exact single-pass evaluation, relabelled views."""
 
 from __future__ import annotations
 
@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from dplbench.data.convert import ConvertOptions, convert
-from dplbench.data.shards import all_reduce_counts, eval_loader, train_loader
+from dplbench.data.epochs import EpochBatches, train_loader
+from dplbench.data.shards import all_reduce_counts, eval_loader
 from dplbench.data.synth import make_mini_coop_tree
 from dplbench.data.tario import iter_samples, join, readable
 from dplbench.data.transforms import ViewConfig
@@ -61,41 +62,64 @@ def test_eval_fewer_shards_than_slots_falls_back_to_modulo(tmp_path):
     assert sorted(keys3) == sorted(keys)
 
 
-def test_train_equal_batches_per_rank_and_relabel(shards):
-    view = DatasetView.open(shards, "oxford_pets", "train", subsample="novel")
-    batch, world = 4, 2
-    counts = []
+def _epoch_keys(view, batch, world, workers, epoch, last_batch="dassl"):
+    """Per rank, the keys of one epoch's batches (lists)."""
+    out = []
     for rank in range(world):
         loader = train_loader(
-            view,
-            batch,
-            ViewConfig(SIZE, with_clean=True),
-            num_workers=2,
-            rank=rank,
-            world_size=world,
-            seed=3,
+            view, batch, ViewConfig(SIZE), workers, rank, world, 3, last_batch=last_batch
         )
-        # 36 novel samples / (4 * 2) -> ceil 5 batches, rounded up to 2 workers -> 6
-        assert loader.num_batches == 6
-        got = list(loader)
-        counts.append(len(got))
-        for b in got:
-            assert b["image"].shape == (batch, 3, SIZE, SIZE) == b["clean"].shape
-            assert b["label"].min() >= 0 and b["label"].max() < 18
-    assert counts == [6, 6]
+        loader.set_epoch(epoch)
+        batches = [b["key"] for b in loader]
+        assert len(batches) == loader.num_batches
+        out.append(batches)
+    return out
 
 
-def test_train_is_seeded_and_epochs_differ(shards):
-    view = DatasetView.open(shards, "oxford_pets", "train")
+@pytest.mark.parametrize("world", [1, 2])
+@pytest.mark.parametrize("workers", [0, 2])
+def test_train_epochs_are_exact_permutations(shards, world, workers):
+    view = DatasetView.open(shards, "oxford_pets", "train", subsample="novel")
+    n, batch = view.num_samples, 4  # 36 novel samples
+    previous = None
+    for epoch in (0, 1):
+        per_rank = _epoch_keys(view, batch, world, workers, epoch)
+        assert len({len(b) for b in per_rank}) == 1  # equal batch counts: DDP never waits
+        drawn = [k for batches in per_rank for b in batches for k in b]
+        assert len(drawn) == len(set(drawn))  # each sample at most once
+        share = n // world
+        # Dassl: floor(share / B) full batches per rank; only that remainder is missed
+        assert len(drawn) == world * (share // batch) * batch
+        assert all(len(b) == batch for batches in per_rank for b in batches)
+        assert drawn != previous  # a fresh permutation each epoch
+        previous = drawn
+    if workers == 2:  # the same order, and the same images, with 0 and 2 loader workers
+        assert _epoch_keys(view, batch, world, 0, 1) == _epoch_keys(view, batch, world, 2, 1)
+        a = train_loader(view, batch, ViewConfig(SIZE), 0, 0, world, 3)
+        b = train_loader(view, batch, ViewConfig(SIZE), 2, 0, world, 3)
+        assert all(torch.equal(x["image"], y["image"]) for x, y in zip(a, b))
 
-    def keys(loader):
-        return [k for b in loader for k in b["key"]]
 
-    a = train_loader(view, 4, ViewConfig(SIZE), seed=7)
-    b = train_loader(view, 4, ViewConfig(SIZE), seed=7)
-    first = keys(a)
-    assert first == keys(b) and len(first) == 19 * 4  # ceil(74 / 4) batches of 4
-    assert keys(a) != first  # the next epoch draws anew
+def test_train_last_batch_rules_and_relabel(shards):
+    view = DatasetView.open(shards, "oxford_pets", "train", subsample="novel")
+    keep = _epoch_keys(view, 5, 1, 0, 0, last_batch="keep")[0]
+    assert [len(b) for b in keep] == [5] * 7 + [1]  # DroPLe keeps the partial batch: ceil(36/5)
+    assert sorted(k for b in keep for k in b) == sorted(set(k for b in keep for k in b))
+    dassl = _epoch_keys(view, 5, 1, 0, 0)[0]
+    assert [len(b) for b in dassl] == [5] * 7  # Dassl drops it: floor(36/5)
+    assert [len(b) for b in _epoch_keys(view, 64, 1, 0, 0)[0]] == [36]  # n < B: one batch of n
+    loader = train_loader(view, 4, ViewConfig(SIZE, with_clean=True), 0, 0, 1, 3)
+    for b in loader:
+        assert b["image"].shape == (4, 3, SIZE, SIZE) == b["clean"].shape
+        assert b["label"].min() >= 0 and b["label"].max() < 18
+
+
+def test_epoch_order_is_seeded_by_job_seed_and_epoch():
+    a, b = EpochBatches(40, 8, 0, 1, 1, "dassl"), EpochBatches(40, 8, 0, 1, 1, "dassl")
+    assert a.order(0) == b.order(0) and a.order(0) != a.order(1)
+    assert EpochBatches(40, 8, 0, 1, 2, "dassl").order(0) != a.order(0)
+    two = [EpochBatches(41, 8, r, 2, 1, "dassl").order(5) for r in (0, 1)]
+    assert len(two[0]) == len(two[1]) == 20 and not set(two[0]) & set(two[1])
 
 
 def test_all_reduce_counts_without_process_group():

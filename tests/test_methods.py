@@ -8,8 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from dpl.methods import METHODS, build_method, method_config
-from dpl.methods.config import OptimConfig
-from dpl.optim import build_optimizer, lr_factor
+from dpl.optim import build_optimizer
 from tests.conftest import tiny
 
 CLASSES = ["dog", "cat", "red car", "sunflower"]
@@ -180,14 +179,12 @@ def test_gpa_averages_prompts_with_gaussian_weights():
             torch.testing.assert_close(p, torch.full_like(p, expected))
 
 
-def test_lr_schedule_and_param_groups():
-    cfg = OptimConfig(lr=1e-2, warmup_epochs=1, warmup_lr=1e-5, epochs=3)
-    assert lr_factor(0, 10, cfg) == pytest.approx(1e-3)
-    assert lr_factor(10, 10, cfg) == pytest.approx(1.0)
-    assert lr_factor(30, 10, cfg) == pytest.approx(0.0, abs=1e-12)
-    model = _model("dpl")
+def test_param_groups():
+    model = _model("dpl", optim={"lr": 2e-4, "lr_lora": 2e-5})
     groups = {g["name"]: g["lr"] for g in model.param_groups()}
     assert groups == {"prompts": 2e-4, "lora": 2e-5}
+    lora = next(g for g in model.param_groups() if g["name"] == "lora")["params"]
+    assert {id(p) for p in lora} == {id(p) for p in model.vision.lora.parameters()}
 
 
 def test_unknown_method_and_key():
@@ -195,3 +192,51 @@ def test_unknown_method_and_key():
         method_config("dplx")
     with pytest.raises(ValueError, match="unknown config key iwtd.p_mid"):
         method_config("dpl", {"iwtd": {"p_mid": 0.2}})
+
+
+@pytest.mark.parametrize("cache", [True, False])
+def test_frozen_branch_is_the_original_clip_after_lora_and_prompts_move(cache):
+    """f^o and t^o equal open_clip's own encode_image / encode_text however far LoRA, prompts
+    and MAG have moved, in training and eval, with the per-sample cache on and off."""
+    model = _model("dpl", cache_frozen_image_features=cache)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.add_(torch.randn_like(p) * 0.5)  # LoRA B starts at 0: now it is not
+    batch = _batch()
+    clip = model.clip
+    with torch.no_grad():
+        expected_img = F.normalize(clip.encode_image(batch["clean"]), dim=-1)
+        tokens = model.tokenizer([f"a photo of a {c}." for c in CLASSES])
+        expected_txt = F.normalize(clip.encode_text(tokens), dim=-1)
+    for mode in (True, False):
+        model.train(mode)
+        for _ in range(2):  # second pass: served from the cache when it is on
+            f_o = model.frozen_image_features(batch["clean"], batch["key"])
+            torch.testing.assert_close(f_o, expected_img, atol=1e-5, rtol=1e-5)
+    model.set_classes(CLASSES[::-1], "a photo of a {}.")
+    model.set_classes(CLASSES, "a photo of a {}.")
+    torch.testing.assert_close(model.classes.frozen_text, expected_txt, atol=1e-5, rtol=1e-5)
+    # and the learnable branch did move away from it
+    with torch.no_grad():
+        f_d = F.normalize(model.image_features(batch["image"]), dim=-1)
+    assert (f_d - expected_img).abs().max() > 1e-2
+
+
+def test_learnable_logit_scale_as_the_release():
+    model = _model("dpl", logit_scale={"learnable": True, "max_log": 4.605})
+    assert model.logit_scale.item() == pytest.approx(math.exp(4.605))  # clamped below ln 100
+    assert "logit_scale_log" in model.trainable_state()
+    model.train()
+    loss = sum(model.losses(_batch(), 0, 2).values())
+    loss.backward()
+    assert model.logit_scale_log.grad is not None and model.logit_scale_log.grad != 0
+    fixed = _model("ivlp")
+    assert fixed.logit_scale_log is None and fixed.logit_scale.item() <= 100.0
+
+
+def test_eval_logits_are_fp32_under_bf16_autocast():
+    model = _model("ivlp").eval()
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = model.logits(_batch()["image"])
+    assert logits.dtype == torch.float32

@@ -23,7 +23,7 @@ from dpl.mag import MAGBridge, alignment_loss
 from dpl.methods.config import MethodConfig
 from dpl.prompts import CoupledPrompts, DeepPrompts
 from dpl.residual_entropy import rer_lambda, residual_entropies
-from dpl.templates import template_set
+from dpl.templates import RAW_MEAN_SETS, template_set
 from dpl.token_dropout import IWTDHook
 
 log = logging.getLogger(__name__)
@@ -102,6 +102,13 @@ class PromptedCLIP(nn.Module):
         needs_bridge = cfg.mag.enabled or (iw.enabled and iw.needs_cross)
         self.mag = MAGBridge(self.vision.width, self.text.width, cfg.mag) if needs_bridge else None
 
+        ls = cfg.logit_scale
+        self.logit_scale_log = (
+            nn.Parameter(torch.tensor(ls.init_log, device=self.clip.logit_scale.device))
+            if ls.learnable
+            else None
+        )
+
         self._classes: dict[tuple, ClassSet] = {}
         self._current: tuple | None = None
         self._eval_text: torch.Tensor | None = None
@@ -133,7 +140,7 @@ class PromptedCLIP(nn.Module):
     ) -> None:
         """Select the class list; its frozen text features are computed once and cached."""
         names = tuple(n.replace("_", " ") for n in classnames)
-        templates = template_set(self.cfg.templates, dataset_template)
+        templates = template_set(self.cfg.templates, self.cfg.dataset_template or dataset_template)
         key = (names, templates)
         if key not in self._classes:
             self._classes[key] = self._build_class_set(names, templates)
@@ -151,11 +158,14 @@ class PromptedCLIP(nn.Module):
         device = self.clip.logit_scale.device
         ids = self.tokenizer([f"{self.prompt_prefix} {n}." for n in names]).to(device)
         embedded, eot = self.text.embed(ids)
+        # t^o: the original text tower (no prompts, no hooks), mean over the template set.
+        raw_mean = self.cfg.templates in RAW_MEAN_SETS
         feats = []
         for tpl in templates:
             t_ids = self.tokenizer([tpl.format(n) for n in names]).to(device)
             e, p = self.text.embed(t_ids)
-            feats.append(F.normalize(self.text(e, p).float(), dim=-1))
+            f = self.text(e, p).float()
+            feats.append(f if raw_mean else F.normalize(f, dim=-1))
         frozen = F.normalize(torch.stack(feats).mean(0), dim=-1)
         return ClassSet(names, embedded, eot, frozen)
 
@@ -179,6 +189,12 @@ class PromptedCLIP(nn.Module):
 
     @property
     def logit_scale(self) -> torch.Tensor:
+        if self.logit_scale_log is not None:
+            # DroPLe clamps the parameter's value in place before each forward, then takes exp
+            # with its full gradient (a clamp in the graph would freeze it at the bound).
+            with torch.no_grad():
+                self.logit_scale_log.clamp_(0.0, self.cfg.logit_scale.max_log)
+            return self.logit_scale_log.exp()
         return self.clip.logit_scale.exp().clamp(max=100.0)
 
     def _text_prompt_list(self) -> list[torch.Tensor]:
@@ -205,33 +221,36 @@ class PromptedCLIP(nn.Module):
     def frozen_image_features(
         self, images: torch.Tensor, keys: list[str] | None = None
     ) -> torch.Tensor:
-        """f^o [B,E] normalised. Cached per sample key when the frozen view is the clean one."""
+        """f^o [B,E] normalised: the original image tower (no prompts, LoRA or hooks). Cached per
+        sample key when the frozen view is the clean one."""
         cacheable = (
             keys is not None
             and self.cfg.cache_frozen_image_features
             and (self.cfg.frozen_view == "clean")
         )
         if not cacheable:
-            return F.normalize(self.vision(images).float(), dim=-1)
+            return F.normalize(self.vision(images, adapters=False).float(), dim=-1)
         missing = [i for i, k in enumerate(keys) if k not in self._frozen_images]
         if missing:
-            feats = F.normalize(self.vision(images[missing]).float(), dim=-1)
+            feats = F.normalize(self.vision(images[missing], adapters=False).float(), dim=-1)
             for i, f in zip(missing, feats):
                 self._frozen_images[keys[i]] = f
         return torch.stack([self._frozen_images[k] for k in keys])
 
     def logits(self, images: torch.Tensor) -> torch.Tensor:
-        """Class logits [B,C] for the current class list. In eval, text features are computed
-        once per class list and reused across batches."""
+        """Class logits [B,C] for the current class list, in fp32 (features may be bf16: an
+        argmax over bf16 logits ties and flips classes). In eval, text features are computed once
+        per class list and reused across batches."""
         if self.training:
-            t = F.normalize(self.text_features(), dim=-1)
+            t = F.normalize(self.text_features().float(), dim=-1)
         else:
             if self._eval_text is None:
                 with torch.no_grad():
                     self._eval_text = F.normalize(self.text_features().float(), dim=-1)
             t = self._eval_text
-        f = F.normalize(self.image_features(images), dim=-1)
-        return self.logit_scale * f @ t.to(f.dtype).T
+        f = F.normalize(self.image_features(images).float(), dim=-1)
+        with torch.autocast(f.device.type, enabled=False):  # the matmul in fp32 under autocast
+            return self.logit_scale.float() * f @ t.T
 
     forward = logits
 

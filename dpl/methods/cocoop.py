@@ -7,7 +7,7 @@ from torch import nn
 
 from dpl.methods import register
 from dpl.methods.base import PromptedCLIP
-from dpl.methods.config import MethodConfig, OptimConfig
+from dpl.methods.config import MethodConfig
 from dpl.prompts import PromptConfig
 
 
@@ -31,7 +31,8 @@ class CoCoOp(PromptedCLIP):
             cs.embedded.repeat(B, 1, 1), cs.eot.repeat(B), [shifted.repeat_interleave(C, 0)]
         )  # [B*C,E]
         t = F.normalize(t, dim=-1).view(B, C, -1)
-        return self.logit_scale * torch.einsum("be,bce->bc", f, t.to(f.dtype))
+        with torch.autocast(f.device.type, enabled=False):  # fp32 logits under autocast
+            return self.logit_scale * torch.einsum("be,bce->bc", f.float(), t.float())
 
     def logits(self, images: torch.Tensor) -> torch.Tensor:
         return self._per_image_logits(images)
@@ -48,7 +49,6 @@ register(
     MethodConfig(
         method="cocoop",
         prompts=PromptConfig(n_ctx_text=4, depth_text=1, ctx_init="a photo of a"),
-        optim=OptimConfig(name="sgd", lr=2e-3, batch_size=1, epochs=10),
     ),
     CoCoOp,
     plugins=False,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -47,20 +48,43 @@ class GPAConfig:
 
 @dataclass(frozen=True)
 class OptimConfig:
+    """Optimiser, schedule and epochs. Defaults are Dassl's (the CoOp family's trainer): SGD with
+    momentum 0.9 and weight decay 5e-4, one constant warm-up epoch at 1e-5, then a cosine stepped
+    per epoch (Dassl.pytorch dassl/config/defaults.py; dpl/schedules.py)."""
+
     name: str = "sgd"  # "sgd" | "adamw"
     lr: float = 2e-3  # prompts, meta-nets, MAG
     lr_lora: float = 2e-5
     momentum: float = 0.9
     betas: tuple[float, float] = (0.9, 0.999)
     weight_decay: float = 5e-4
-    warmup_epochs: int = 1  # constant warm-up lr, then cosine over the remaining epochs
+    schedule: str = "dassl"  # "dassl" | "dpl_release" (dpl/schedules.py)
+    warmup_epochs: int = 1  # dassl: epochs at the constant warm-up lr
     warmup_lr: float = 1e-5
     epochs: int = 20
     batch_size: int = 4  # per worker
+    # The last, partial batch of an epoch: "dassl" drops it when the set has at least one batch
+    # (Dassl data_manager.py: drop_last = len(data) >= batch_size), "keep" keeps it (DroPLe).
+    last_batch: str = "dassl"
 
     def __post_init__(self) -> None:
         if self.name not in ("sgd", "adamw"):
             raise ValueError(f"optim.name={self.name!r}: choose 'sgd' or 'adamw'")
+        if self.schedule not in ("dassl", "dpl_release"):
+            raise ValueError(f"optim.schedule={self.schedule!r}: choose 'dassl' or 'dpl_release'")
+        if self.last_batch not in ("dassl", "keep"):
+            raise ValueError(f"optim.last_batch={self.last_batch!r}: choose 'dassl' or 'keep'")
+
+
+@dataclass(frozen=True)
+class LogitScaleConfig:
+    """The scale s of the logits s·cos(f, t). Fixed: CLIP's own (exp of its logit_scale, at most
+    100). Learnable (DroPLe models/drople.py): a parameter initialised to ln(100) and clamped to
+    [0, max_log] before every use."""
+
+    learnable: bool = False
+    init_log: float = math.log(100.0)
+    max_log: float = math.log(100.0)
 
 
 @dataclass(frozen=True)
@@ -80,14 +104,19 @@ class MethodConfig:
     # so they are cached per sample key across epochs.
     frozen_view: str = "same"
     train_view: str = "clip"  # "clip" augmentation (PROTOCOLS §3) | "patch_randaugment" (METHOD §5)
-    templates: str = "dataset"  # frozen text features t^o: "dataset" | "openai_imagenet" (80)
+    # Frozen text features t^o: "dataset" (its hand-crafted template), "promptsrc" (PromptSRC's
+    # 60 ImageNet templates), "openai_imagenet" (CLIP's 80).
+    templates: str = "dataset"
+    # Replaces the dataset's hand-crafted template where a release uses another one (KgCoOp's DTD).
+    dataset_template: str | None = None
+    logit_scale: LogitScaleConfig = field(default_factory=LogitScaleConfig)
     cache_frozen_image_features: bool = True
 
     def __post_init__(self) -> None:
         checks = {
             "frozen_view": ("clean", "same"),
             "train_view": ("clip", "patch_randaugment"),
-            "templates": ("dataset", "openai_imagenet"),
+            "templates": ("dataset", "promptsrc", "openai_imagenet"),
         }
         for key, allowed in checks.items():
             if getattr(self, key) not in allowed:

@@ -1,7 +1,7 @@
 """CoOp: 4 learnable context vectors at the text input, CE (METHOD.md §6)."""
 
 from dpl.methods import register
-from dpl.methods.config import MethodConfig, OptimConfig
+from dpl.methods.config import MethodConfig
 from dpl.prompts import PromptConfig
 
 register(
@@ -9,6 +9,5 @@ register(
     MethodConfig(
         method="coop",
         prompts=PromptConfig(n_ctx_text=4, depth_text=1, ctx_init="a photo of a"),
-        optim=OptimConfig(name="sgd", lr=2e-3, batch_size=32, epochs=50),
     ),
 )

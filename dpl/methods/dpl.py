@@ -2,11 +2,13 @@
 depth 6), LoRA r8 on q/v of vision layers 6..11, IWTD (noise mode) in the prompted layers, RER with
 the annealed λ, MAG (weight 30), PromptSRC-style consistency (25 / 10 / 2.5). The frozen branch sees
 the clean view; the learnable one a patch-wise RandAugment view. No LLM prompts (README: deviations).
+The training recipe (AdamW, the release's schedule, learnable logit scale, epochs) is
+configs/methods/dpl.yaml.
 """
 
 from dpl.mag import MAGConfig
 from dpl.methods import register
-from dpl.methods.config import LoRAConfig, LossConfig, MethodConfig, OptimConfig
+from dpl.methods.config import LoRAConfig, LossConfig, MethodConfig
 from dpl.prompts import PromptConfig
 from dpl.residual_entropy import RERConfig
 from dpl.token_dropout import IWTDConfig
@@ -21,9 +23,6 @@ register(
         mag=MAGConfig(enabled=True, weight=30.0),
         rer=RERConfig(enabled=True, weight=0.05, lambda0=0.1),
         loss=LossConfig(text_l1=25.0, image_l1=10.0, kl=2.5),
-        optim=OptimConfig(
-            name="adamw", lr=2e-4, lr_lora=2e-5, weight_decay=5e-5, batch_size=4, epochs=20
-        ),
         frozen_view="clean",
         train_view="patch_randaugment",
     ),

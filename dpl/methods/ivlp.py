@@ -1,7 +1,7 @@
 """IVLP: independent deep text and vision prompts 4+4, depth 9/9, CE (METHOD.md §6)."""
 
 from dpl.methods import register
-from dpl.methods.config import MethodConfig, OptimConfig
+from dpl.methods.config import MethodConfig
 from dpl.prompts import PromptConfig
 
 register(
@@ -9,6 +9,5 @@ register(
     MethodConfig(
         method="ivlp",
         prompts=PromptConfig(n_ctx_text=4, depth_text=9, n_ctx_vision=4, depth_vision=9),
-        optim=OptimConfig(name="sgd", lr=2.5e-3, batch_size=4, epochs=20),
     ),
 )

@@ -2,7 +2,7 @@
 (text width -> vision width) of the text prompts of the same layer (METHOD.md §6)."""
 
 from dpl.methods import register
-from dpl.methods.config import MethodConfig, OptimConfig
+from dpl.methods.config import MethodConfig
 from dpl.prompts import PromptConfig
 
 register(
@@ -17,6 +17,5 @@ register(
             depth_vision=9,
             coupling="maple",
         ),
-        optim=OptimConfig(name="sgd", lr=3.5e-3, batch_size=4, epochs=5),
     ),
 )

@@ -2,7 +2,7 @@
 towards the frozen branch) and Gaussian prompt aggregation over epochs (METHOD.md §6)."""
 
 from dpl.methods import register
-from dpl.methods.config import GPAConfig, LossConfig, MethodConfig, OptimConfig
+from dpl.methods.config import GPAConfig, LossConfig, MethodConfig
 from dpl.prompts import PromptConfig
 
 register(
@@ -12,7 +12,6 @@ register(
         prompts=PromptConfig(n_ctx_text=4, depth_text=9, n_ctx_vision=4, depth_vision=9),
         loss=LossConfig(text_l1=25.0, image_l1=10.0, kl=1.0),
         gpa=GPAConfig(enabled=True, mean=15.0, std=1.0),
-        optim=OptimConfig(name="sgd", lr=2.5e-3, batch_size=4, epochs=20),
         frozen_view="same",  # PromptSRC feeds the frozen branch the same augmented view
     ),
 )

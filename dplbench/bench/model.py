@@ -16,8 +16,9 @@ import torch
 from open_clip.zero_shot_metadata import IMAGENET_CLASSNAMES
 
 from dpl.backbone import BackboneConfig, load_clip
-from dpl.methods import METHODS, build_method, method_config
+from dpl.methods import METHODS, build_method
 from dpl.optim import build_optimizer
+from dplbench.plan.methods import resolve_method
 
 
 @dataclass
@@ -75,7 +76,9 @@ def bench_models(
             over = {"backbone": {"model": model_name, "pretrained": None}}
             if label == "dpl-nocache":
                 over["cache_frozen_image_features"] = False
-            model = build_method(method_config(method, over), clip).to(dev)
+            # the method's base-to-novel recipe (configs/methods): its optimiser and schedule
+            cfg = resolve_method(method, over, protocol="base2novel", dataset="imagenet")
+            model = build_method(cfg, clip).to(dev)
             model.set_classes(names_c, "a photo of a {}.")
             autocast = (
                 torch.autocast(dev.type, dtype=torch.bfloat16)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import sys
 from typing import Annotated
 
 import typer
@@ -31,6 +33,7 @@ from dplbench.cli.common import (
     selections,
     user_errors,
 )
+from dplbench.errors import ConfigError
 
 Opt = typer.Option
 
@@ -54,6 +57,9 @@ def run(
     results_root: Results = RESULTS_DEFAULT,
     resume: Annotated[bool, Opt(help="run only jobs whose result rows are missing")] = False,
     dry_run: DryRun = False,
+    fmt: Annotated[
+        str, Opt("--format", help="--dry-run output: table | json (one object per job)")
+    ] = "table",
     ray: UseRay = True,
     loader_workers: LoaderWorkers = 2,
     override: Overrides = None,
@@ -66,9 +72,15 @@ def run(
     from dplbench.run.settings import ExecOptions, RunSettings
     from dplbench.run.suite import run_suite
 
+    if fmt not in ("table", "json"):
+        raise ConfigError(f"--format {fmt!r}: choose table or json")
     s = load_suite(suite, selections(methods, datasets, seeds, workers, override))
     table = JobTable(s.jobs)
     if dry_run:
+        if fmt == "json":  # the recipe view: what each job will train with
+            for j in s.jobs:
+                sys.stdout.write(json.dumps(recipe_view(j), sort_keys=True) + "\n")
+            return
         console.print(table.render())
         console.print(f"{len(s.jobs)} jobs; nothing was run (--dry-run)")
         return
@@ -89,6 +101,26 @@ def run(
         err.print(f"[red]failed[/red] {o.job.id} {o.job.method} {o.job.train.dataset}: {o.error}")
     if summary.failed:
         raise typer.Exit(1)
+
+
+def recipe_view(job) -> dict:
+    """One job as the recipe view shows it: what it trains on and its full resolved config."""
+    from dpl.methods.config import to_dict
+
+    return {
+        "job_id": job.id,
+        "method": job.method,
+        "protocol": job.protocol,
+        "dataset": job.train.dataset,
+        "subsample": job.train.subsample,
+        "shots": job.train.shots,
+        "imbalance": job.train.imbalance,
+        "seed": job.seed,
+        "evaluates": [f"{e.dataset}/{e.subsample}" for e in job.evals],
+        "source_job_id": job.source,
+        "trains": job.trains,
+        "config": to_dict(job.config),
+    }
 
 
 def _print_summary(results_root: str, job_ids: list[str]) -> None:

@@ -6,7 +6,8 @@
     protocols.py    few-shot (CoOp-exact), base/novel, long-tail rules
     fewshot.py      few-shot / long-tail selections written as small shard sets
     view.py         DatasetView: shards + classes + relabel + names + template of one split
-    shards.py       train_loader / eval_loader (split by rank and worker), all_reduce_counts
+    epochs.py       train_loader: exact epochs (a permutation per epoch, shared out by rank)
+    shards.py       eval_loader: one exact pass split by rank and worker; all_reduce_counts
     transforms.py   CLIP train/test views, clean view, patch-wise RandAugment
     synth.py        synthetic benchmark and mini $DATA trees for tests
     verify.py       checks shards against their metadata

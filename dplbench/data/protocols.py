@@ -72,19 +72,21 @@ def label_map(labels: Iterable[int], subsample: str) -> dict[int, int]:
 
 
 def longtail_counts(counts: dict[int, int], ratio: float) -> dict[int, int]:
-    """Samples kept per class under the long-tail protocol (PROTOCOLS §2).
+    """Samples kept per class under the long-tail protocol, as the DPL release computes them
+    (DroPLe data/coop/oxford_pets.py `gen_imbalanced_data`).
 
-    Classes in order of decreasing original count (ties: smaller label first); class i of C
-    keeps `max(int(n_max * ratio ** (-i / (C - 1))), 1)` samples, where int() truncates the
-    float product, capped at the class's own count. A single class keeps n_max."""
-    order = sorted(counts, key=lambda c: (-counts[c], c))
+    Classes in order of decreasing count, ties in the order of `counts` (the order of first
+    appearance in the train list, as `Counter.most_common`); class i of C keeps
+    `ceil(max(n_max * ratio ** (-i / (C - 1)), 1))` samples, at most the class's own count.
+    A single class keeps n_max."""
+    order = sorted(counts, key=lambda c: -counts[c])  # stable: ties keep their order
     if not order:
         return {}
     n_max, big_c = counts[order[0]], len(order)
     keep = {}
     for i, c in enumerate(order):
-        n = n_max if big_c == 1 else int(n_max * ratio ** (-i / (big_c - 1)))
-        keep[c] = min(max(n, 1), counts[c])
+        n = n_max if big_c == 1 else math.ceil(max(n_max * ratio ** (-i / (big_c - 1.0)), 1))
+        keep[c] = min(n, counts[c])
     return keep
 
 

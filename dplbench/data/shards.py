@@ -1,24 +1,11 @@
-"""Readers for Ray Train workers: one WebDataset pipeline, split by rank and loader worker inside.
+"""The evaluation reader: one WebDataset pipeline, split by rank and loader worker inside.
 
-Training (`train_loader`): every rank yields the same number of batches, whatever the shard
-count, so DDP never waits on a rank that ran out of data (STACK-NOTES: resampled + with_epoch):
-
-    shards of the rank (urls[rank::world_size] when there are at least world_size shards,
-    else all; the explicit-rank equivalent of wds.split_by_node)
-    -> resampled with replacement, seeded by (seed, rank, worker, epoch)
-    -> samples -> view's class subset + relabel -> seeded shuffle buffer
-    -> decode + transform -> fixed-size batches, `with_epoch(batches per worker)`
-
-Batches per epoch and rank: ceil(num_samples / (batch_size * world_size)) rounded up to a
-multiple of the loader workers (each worker yields the same count). Ceil, so that an epoch
-draws at least every sample once in expectation and a 1-shot set still gives one batch.
-
-Evaluation (`eval_loader`): an exact single pass, every sample counted exactly once across ranks
-and loader workers. With at least ranks x workers shards, each (rank, worker) reads
-urls[slot::ranks*workers] (slot = rank * workers + worker); with fewer shards every (rank,
-worker) reads all shards and keeps the samples whose position in the stream is slot modulo
-ranks*workers, so correctness never depends on the shard count. Sum counts with
-`all_reduce_counts`.
+`eval_loader` is an exact single pass, every sample counted exactly once across ranks and loader
+workers. With at least ranks x workers shards, each (rank, worker) reads urls[slot::ranks*workers]
+(slot = rank * workers + worker); with fewer shards every (rank, worker) reads all shards and keeps
+the samples whose position in the stream is slot modulo ranks*workers, so correctness never
+depends on the shard count. Sum counts with `all_reduce_counts`. (Training reads exact epochs by
+position instead: epochs.py.)
 
 Corrupt data: a shard that cannot be read or a sample that cannot be decoded raises
 `CorruptShardError` naming the shard and key (`on_error="raise"`), or is skipped, logged and
@@ -33,9 +20,7 @@ from __future__ import annotations
 
 import io
 import logging
-import math
 import multiprocessing as mp
-import random
 from collections.abc import Iterator
 
 import torch
@@ -50,7 +35,6 @@ from dplbench.data.view import DatasetView
 log = logging.getLogger(__name__)
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff")
 ON_ERROR = ("raise", "skip")
-TRAIN_VIEW = ViewConfig()  # CLIP train transform at 224
 EVAL_VIEW = ViewConfig(train_view="test")  # resize + centre crop at 224
 
 
@@ -88,22 +72,12 @@ def default_rank_world() -> tuple[int, int]:
 class _ShardSource:
     """First stage: yields {"url", "expected", "modulo"} for this rank and loader worker."""
 
-    def __init__(self, urls, counts, rank, world, train, seed, epoch) -> None:
+    def __init__(self, urls, counts, rank, world) -> None:
         self.urls, self.counts, self.rank, self.world = list(urls), list(counts), rank, world
-        self.train, self.seed, self.epoch = train, seed, epoch
-        self.calls = 0  # persistent workers: a new epoch per call even without set_epoch
 
     def __call__(self) -> Iterator[dict]:
         wid, nw = _worker()
-        self.calls += 1
         pairs = list(zip(self.urls, self.counts, strict=True))
-        if self.train:
-            mine = pairs[self.rank :: self.world] if len(pairs) >= self.world else pairs
-            rng = random.Random(f"{self.seed}|{self.rank}|{wid}|{self.epoch.value}|{self.calls}")
-            while mine:
-                url, n = rng.choice(mine)
-                yield {"url": url, "expected": n, "modulo": None, "drop": mine}
-            return
         slots, slot = self.world * nw, self.rank * nw + wid
         if len(pairs) >= slots:
             for url, n in pairs[slot::slots]:
@@ -139,8 +113,6 @@ class _Expand:
                 lost = max(mine - mine_got, 1)
                 self.skipped.add(lost)
                 log.warning("skipping %d sample(s): %s", lost, e)
-                if "drop" in shard:  # training: never resample a shard known to be corrupt
-                    shard["drop"][:] = [p for p in shard["drop"] if p[0] != shard["url"]]
                 got = n
             pos = start + got
 
@@ -148,6 +120,12 @@ class _Expand:
 def _count_mod(lo: int, hi: int, m: int, r: int) -> int:
     """How many i in [lo, hi) have i % m == r."""
     return (hi - r + m - 1) // m - (lo - r + m - 1) // m
+
+
+def decode_image(data: bytes, transform: SampleTransform) -> dict:
+    """Encoded image bytes -> {"image", ["clean"]} (RGB, transformed)."""
+    with Image.open(io.BytesIO(data)) as img:
+        return transform(img.convert("RGB"))
 
 
 class _Decode:
@@ -167,8 +145,7 @@ class _Decode:
                 ext = next((e for e in IMAGE_EXTS if e in sample), None)
                 if ext is None:
                     raise ValueError(f"no image among {sorted(sample)}")
-                with Image.open(io.BytesIO(sample[ext])) as img:
-                    out = self.transform(img.convert("RGB"))
+                out = decode_image(sample[ext], self.transform)
             except Exception as e:  # any decode failure: name shard and key, never silent
                 err = CorruptShardError(url, key, f"{type(e).__name__}: {e}")
                 if self.on_error == "raise":
@@ -179,30 +156,6 @@ class _Decode:
             out["label"] = self.lmap[orig]
             out["key"] = key
             yield out
-
-
-class _Shuffle:
-    """Buffer shuffle seeded by (seed, rank, worker, epoch), unlike wds.shuffle's time seed."""
-
-    def __init__(self, bufsize, seed, rank, epoch) -> None:
-        self.bufsize, self.seed, self.rank, self.epoch = bufsize, seed, rank, epoch
-        self.calls = 0
-
-    def __call__(self, src: Iterator[dict]) -> Iterator[dict]:
-        self.calls += 1
-        rng = random.Random(
-            f"shuffle|{self.seed}|{self.rank}|{_worker()[0]}|{self.epoch.value}|{self.calls}"
-        )
-        buf: list[dict] = []
-        for sample in src:
-            if len(buf) < self.bufsize:
-                buf.append(sample)
-                continue
-            j = rng.randrange(len(buf))
-            buf[j], sample = sample, buf[j]
-            yield sample
-        rng.shuffle(buf)
-        yield from buf
 
 
 def collate(samples: list[dict]) -> dict:
@@ -224,50 +177,6 @@ def _check(view: DatasetView, on_error: str, rank: int, world: int) -> None:
         raise DataError(f"{view.dataset}/{view.source}: no shards")
 
 
-def train_loader(
-    view: DatasetView,
-    batch_size: int,
-    views: ViewConfig = TRAIN_VIEW,
-    num_workers: int = 0,
-    rank: int | None = None,
-    world_size: int | None = None,
-    seed: int = 0,
-    shuffle_buffer: int = 1000,
-    on_error: str = "raise",
-) -> torch.utils.data.DataLoader:
-    """An endless-source training stream cut into equal epochs (see module doc).
-
-    Returns a plain DataLoader (Ray's prepare_data_loader accepts it) with attributes
-    `num_batches` (per epoch and rank), `skipped` (SharedCounter) and `set_epoch(e)`."""
-    if rank is None or world_size is None:
-        rank, world_size = default_rank_world()
-    _check(view, on_error, rank, world_size)
-    skipped, epoch = SharedCounter(), SharedCounter()
-    nw = max(1, num_workers)
-    n_batches = max(1, math.ceil(view.num_samples / (batch_size * world_size)))
-    per_worker = math.ceil(n_batches / nw)
-    pipeline = wds.DataPipeline(
-        _ShardSource(view.shard_urls, view.shard_counts, rank, world_size, True, seed, epoch),
-        _Expand(on_error, skipped),
-        _Decode(view.label_map, SampleTransform(views), on_error, skipped),
-        _Shuffle(shuffle_buffer, seed, rank, epoch),
-        wds.batched(batch_size, collation_fn=collate, partial=False),
-    ).with_epoch(per_worker)
-    loader = torch.utils.data.DataLoader(
-        pipeline,
-        batch_size=None,
-        num_workers=num_workers,
-        persistent_workers=num_workers > 0,
-        # Seeds each worker's torch RNG (the random transforms): reproducible per (seed, rank).
-        generator=torch.Generator().manual_seed(seed * 100_003 + rank),
-    )
-    loader.num_batches = per_worker * nw
-    loader.num_samples = loader.num_batches * batch_size
-    loader.skipped = skipped
-    loader.set_epoch = epoch.set
-    return loader
-
-
 def eval_loader(
     view: DatasetView,
     batch_size: int,
@@ -284,9 +193,7 @@ def eval_loader(
     _check(view, on_error, rank, world_size)
     skipped = SharedCounter()
     pipeline = wds.DataPipeline(
-        _ShardSource(
-            view.shard_urls, view.shard_counts, rank, world_size, False, 0, SharedCounter()
-        ),
+        _ShardSource(view.shard_urls, view.shard_counts, rank, world_size),
         _Expand(on_error, skipped),
         _Decode(view.label_map, SampleTransform(views), on_error, skipped),
         wds.batched(batch_size, collation_fn=collate, partial=True),

@@ -3,8 +3,8 @@
 - `clip_train`: random resized crop (scale 0.08-1, bicubic), horizontal flip, CLIP mean/std.
 - `clip_test` (= the clean view): resize the shorter side (bicubic), centre crop, CLIP mean/std.
 - `PatchRandAugment`: RandAugment applied independently to each p x p patch of the clean view
-  (2 ops per patch, magnitude 7 of 31 bins, ops identity/autocontrast/equalize/brightness/
-  contrast/color/sharpness), as the DPL release feeds its learnable branch.
+  (2 ops per patch at level 7, ops identity/autocontrast/equalize/brightness/contrast/color/
+  sharpness), as the DPL release feeds its learnable branch.
 
 Randomness: torchvision's random transforms draw from torch's global RNG, which the DataLoader
 seeds per worker; `PatchRandAugment` takes an optional `torch.Generator`.
@@ -57,15 +57,27 @@ def clip_test(size: int = 224) -> v2.Compose:
     return v2.Compose([clean_uint8(size), normalize()])
 
 
-def _blend(img: torch.Tensor, degenerate: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
-    # factor [n] -> [n, 1, 1, 1]; PIL/torchvision: factor * img + (1 - factor) * degenerate
-    f = factor.view(-1, 1, 1, 1)
-    return (f * img + (1 - f) * degenerate).clamp(0, 255)
+# The patch ops below follow DroPLe data/randaugment.py op for op on uint8 images (each op's
+# output is cast back to uint8, truncating, before the next op). Two of its quirks are kept on
+# purpose, because they are what the release trains with: the grey level of Contrast and Color
+# weights the channels 0.114 / 0.587 / 0.299 (OpenCV's BGR weights applied to RGB arrays). One is
+# not: its Sharpness casts out-of-range values to uint8 without clipping, which wraps around on x86
+# (platform-dependent); we saturate (README: deviations).
+GREY_WEIGHTS = (0.114, 0.587, 0.299)
 
 
-def _gray(x: torch.Tensor) -> torch.Tensor:
-    # x [n, 3, p, p] -> [n, 1, p, p], ITU-R 601-2 luma as PIL's convert("L")
-    return (0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3]).floor()
+def enhance_factor(level: float, max_level: float = 10.0) -> float:
+    """DroPLe `enhance_level_to_args`: (level / 10) * 1.8 + 0.1, i.e. 1.36 at level 7."""
+    return (level / max_level) * 1.8 + 0.1
+
+
+def _to_uint8(x: torch.Tensor) -> torch.Tensor:
+    # numpy's clip(0, 255).astype(uint8): truncation towards zero; kept as float64 between ops.
+    return x.clamp(0, 255).floor().double()
+
+
+# Each op computes in the dtype the release's numpy code does (float32 or float64), so that the
+# truncation to uint8 lands on the same integers.
 
 
 def _identity(x, f):
@@ -73,38 +85,60 @@ def _identity(x, f):
 
 
 def _brightness(x, f):
-    return _blend(x, torch.zeros_like(x), f)
+    # np.arange(256, dtype=float32) * factor
+    return _to_uint8(x.float() * torch.tensor(f, dtype=torch.float32))
 
 
 def _contrast(x, f):
-    return _blend(x, _gray(x).mean(dim=(1, 2, 3), keepdim=True), f)
+    # mean = sum(mean over the patch per channel * weights), float64 and not rounded
+    w = torch.tensor(GREY_WEIGHTS, dtype=torch.float64).view(1, 3)
+    mean = (x.mean(dim=(2, 3)) * w).sum(dim=1).view(-1, 1, 1, 1)
+    return _to_uint8((x - mean) * f + mean)
 
 
 def _color(x, f):
-    return _blend(x, _gray(x), f)
+    # img @ M with M = float32([[.886,-.114,-.114],[-.587,.413,-.587],[-.299,-.299,.701]]) * f
+    # + float32([[.114],[.587],[.299]]): out_c = f * x_c + (1 - f) * grey, in float32
+    base = torch.tensor(
+        [[0.886, -0.114, -0.114], [-0.587, 0.413, -0.587], [-0.299, -0.299, 0.701]],
+        dtype=torch.float32,
+    )
+    m = base * torch.tensor(f, dtype=torch.float32) + torch.tensor(
+        GREY_WEIGHTS, dtype=torch.float32
+    ).view(3, 1)
+    out = torch.einsum("nkhw,kc->nchw", x.float(), m)
+    return _to_uint8(out)
 
 
 def _sharpness(x, f):
-    # PIL's SMOOTH kernel on the interior, border pixels unchanged (as torchvision).
-    k = torch.tensor([[1.0, 1.0, 1.0], [1.0, 5.0, 1.0], [1.0, 1.0, 1.0]], dtype=x.dtype) / 13
+    # cv2.filter2D with ones(3,3), centre 5, /13 (rounded to uint8) on the interior; the 1-pixel
+    # border of each patch is left unchanged; the blend runs in float32.
+    k = torch.tensor([[1.0, 1.0, 1.0], [1.0, 5.0, 1.0], [1.0, 1.0, 1.0]], dtype=torch.float64) / 13
     n, c, h, w = x.shape
     if h < 3 or w < 3:
         return x
     smooth = torch.nn.functional.conv2d(x.reshape(n * c, 1, h, w), k.view(1, 1, 3, 3))
-    degenerate = x.clone()
-    degenerate[:, :, 1:-1, 1:-1] = smooth.round().view(n, c, h - 2, w - 2)
-    return _blend(x, degenerate, f)
+    degenerate = smooth.round().view(n, c, h - 2, w - 2).float()
+    inner = x[:, :, 1:-1, 1:-1].float()
+    out = x.clone()
+    factor = torch.tensor(f, dtype=torch.float32)
+    out[:, :, 1:-1, 1:-1] = _to_uint8(degenerate + factor * (inner - degenerate))
+    return out
 
 
 def _autocontrast(x, f):
+    # per channel: table = arange(256) * scale - low * scale, scale = 255 / (high - low), float64;
+    # unchanged where high <= low
     lo = x.amin(dim=(2, 3), keepdim=True)
     hi = x.amax(dim=(2, 3), keepdim=True)
-    scale = torch.where(hi > lo, 255.0 / (hi - lo).clamp(min=1e-6), torch.ones_like(hi))
-    return torch.where(hi > lo, (x - lo) * scale, x).clamp(0, 255)
+    # a true division (`255.0 / tensor` multiplies by a reciprocal, one ulp off numpy)
+    scale = torch.full_like(hi, 255.0) / (hi - lo).clamp(min=1.0)
+    return torch.where(hi > lo, _to_uint8(x * scale + (-lo * scale)), x)
 
 
 def _equalize(x, f):
-    return F.equalize(x.round().to(torch.uint8)).float()
+    # PIL's equalize (the release's cv2 version matches it exactly)
+    return F.equalize(x.to(torch.uint8)).double()
 
 
 PATCH_OPS = {
@@ -119,17 +153,17 @@ PATCH_OPS = {
 
 
 class PatchRandAugment:
-    """RandAugment per patch (METHOD.md §5): each p x p patch gets `num_ops` ops drawn
-    uniformly from `ops`; enhance ops use factor 1 +/- 0.9 * magnitude / (num_bins - 1) with a
-    random sign (torchvision RandAugment's magnitude scale). uint8 [3, H, W] -> uint8 [3, H, W];
-    H and W must be multiples of `patch_size`."""
+    """RandAugment per patch, as DroPLe's `PatchRandomAugment` (configs/patch_aug.json: patch 16,
+    stride 16, N 2, M 7): every p x p patch draws its own `num_ops` ops uniformly, with
+    replacement, from `ops`, and applies them in order at the fixed level `magnitude` (enhance
+    factor 1.36 at 7, no random sign). uint8 [3, H, W] -> uint8 [3, H, W]; H and W must be
+    multiples of `patch_size`."""
 
     def __init__(
         self,
         patch_size: int = 16,
         num_ops: int = 2,
         magnitude: int = 7,
-        num_bins: int = 31,
         ops: tuple[str, ...] = tuple(PATCH_OPS),
         generator: torch.Generator | None = None,
     ) -> None:
@@ -137,7 +171,7 @@ class PatchRandAugment:
         if unknown:
             raise ValueError(f"unknown ops {sorted(unknown)}; choose from {list(PATCH_OPS)}")
         self.patch_size, self.num_ops, self.ops = patch_size, num_ops, tuple(ops)
-        self.strength = 0.9 * magnitude / (num_bins - 1)
+        self.factor = enhance_factor(magnitude)
         self.generator = generator
 
     def __call__(self, img: torch.Tensor) -> torch.Tensor:
@@ -147,17 +181,15 @@ class PatchRandAugment:
             raise ValueError(f"image {h}x{w} is not a multiple of the patch size {p}")
         gh, gw = h // p, w // p
         # [3, H, W] -> [gh*gw, 3, p, p]
-        x = img.reshape(c, gh, p, gw, p).permute(1, 3, 0, 2, 4).reshape(-1, c, p, p).float()
+        x = img.reshape(c, gh, p, gw, p).permute(1, 3, 0, 2, 4).reshape(-1, c, p, p).double()
         n, g = x.shape[0], self.generator
         for _ in range(self.num_ops):
             which = torch.randint(len(self.ops), (n,), generator=g)  # [n]
-            sign = torch.where(torch.rand(n, generator=g) < 0.5, -1.0, 1.0)  # [n]
-            factor = 1.0 + sign * self.strength  # [n]
             for j, name in enumerate(self.ops):
                 sel = which == j
                 if sel.any():
-                    x[sel] = PATCH_OPS[name](x[sel], factor[sel])
-        x = x.round().clamp(0, 255).to(torch.uint8)
+                    x[sel] = PATCH_OPS[name](x[sel], self.factor)
+        x = x.to(torch.uint8)
         # [gh*gw, 3, p, p] -> [3, H, W]
         return x.reshape(gh, gw, c, p, p).permute(2, 0, 3, 1, 4).reshape(c, h, w)
 
@@ -172,7 +204,7 @@ class ViewConfig:
     with_clean: bool = False  # also return the clean resize + centre-crop view (frozen branch)
     patch_size: int = 16  # patch_randaugment: patch side
     num_ops: int = 2  # patch_randaugment: ops per patch
-    magnitude: int = 7  # patch_randaugment: magnitude out of 31 bins
+    magnitude: int = 7  # patch_randaugment: level out of 10 (DroPLe configs/patch_aug.json M=7)
 
 
 class SampleTransform:

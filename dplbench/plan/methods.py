@@ -1,7 +1,18 @@
-"""A method's resolved config: typed defaults < configs/methods/<name>.yaml < the caller's layers.
+"""A method's resolved config: its recipe for the protocol, dataset and shot count, then the
+caller's layers (suite overrides, then the command line).
 
-The method file may hold a `datasets:` section (e.g. ImageNet's 5 epochs), applied after the
-file's top level and before the caller's layers (suite overrides, then the command line).
+configs/methods/<name>.yaml is the method's release recipe, each value with its source:
+
+    <MethodConfig keys>           every protocol (e.g. optimiser, batch)
+    datasets: {<dataset>: ...}    every protocol, one dataset (e.g. KgCoOp's DTD template)
+    protocols:
+      <section>:                  base2novel | fewshot | xd (`PROTOCOL_SECTION` maps protocols)
+        <MethodConfig keys>
+        shots: {<K>: ...}         few-shot K
+        datasets: {<dataset>: ...}
+
+Layers apply in that order (typed defaults first), so a protocol's dataset section wins over its
+shot section: CoOp trains ImageNet 50 epochs at every K.
 """
 
 from __future__ import annotations
@@ -14,6 +25,17 @@ from dplbench.errors import ConfigError
 from dplbench.plan.config import CONFIG_DIR, deep_merge, load_yaml
 
 METHOD_DIR = CONFIG_DIR / "methods"
+# The recipe section each protocol trains with: dg evaluates xd's ImageNet-trained prompts (one
+# job for both when the configs agree), and the long-tail protocol trains on base classes as
+# base-to-novel does (the DPL release runs it with its base-to-novel settings).
+PROTOCOL_SECTION = {
+    "base2novel": "base2novel",
+    "longtail": "base2novel",
+    "fewshot": "fewshot",
+    "xd": "xd",
+    "dg": "xd",
+}
+SECTIONS = ("base2novel", "fewshot", "xd")
 
 
 def check_method(name: str) -> None:
@@ -21,13 +43,37 @@ def check_method(name: str) -> None:
         raise ConfigError(f"unknown method {name!r}; choose one of: {', '.join(METHODS.names())}")
 
 
-def resolve_method(name: str, *layers: dict[str, Any], dataset: str | None = None) -> MethodConfig:
-    check_method(name)
+def recipe_layers(
+    name: str, protocol: str | None, dataset: str | None, shots: int | None
+) -> list[dict[str, Any]]:
+    """The layers of configs/methods/<name>.yaml that apply, in order."""
     path = METHOD_DIR / f"{name}.yaml"
-    file_layer = load_yaml(path) if path.is_file() else {}
-    per_dataset = file_layer.pop("datasets", {}) or {}
+    recipe = load_yaml(path) if path.is_file() else {}
+    protocols = recipe.pop("protocols", None) or {}
+    per_dataset = recipe.pop("datasets", None) or {}
+    unknown = set(protocols) - set(SECTIONS)
+    if unknown:
+        raise ConfigError(
+            f"{path}: unknown protocol section {sorted(unknown)[0]}; valid: {', '.join(SECTIONS)}"
+        )
+    layers = [recipe, per_dataset.get(dataset) or {}]
+    section = dict(protocols.get(PROTOCOL_SECTION.get(protocol, ""), None) or {})
+    by_shots = section.pop("shots", None) or {}
+    by_dataset = section.pop("datasets", None) or {}
+    layers += [section, by_shots.get(shots) or {}, by_dataset.get(dataset) or {}]
+    return layers
+
+
+def resolve_method(
+    name: str,
+    *layers: dict[str, Any],
+    protocol: str | None = None,
+    dataset: str | None = None,
+    shots: int | None = None,
+) -> MethodConfig:
+    check_method(name)
     merged: dict[str, Any] = {}
-    for layer in (file_layer, per_dataset.get(dataset, {}), *layers):
+    for layer in (*recipe_layers(name, protocol, dataset, shots), *layers):
         merged = deep_merge(merged, layer or {})
     try:
         return method_config(name, merged)

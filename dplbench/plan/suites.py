@@ -123,11 +123,17 @@ def _block_jobs(suite: str, spec: SuiteSpec, sel: dict[str, Any]) -> list[Job]:
         return Job(suite, spec.protocol, method, seed, cfg, train, evals, workers, source)
 
     jobs = []
+
+    def config(method: str, dataset: str, shots: int | None):
+        return resolve_method(
+            method, overrides, protocol=spec.protocol, dataset=dataset, shots=shots
+        )
+
     if spec.protocol in ("xd", "dg"):
         for m in methods:
-            cfg = resolve_method(m, overrides, dataset=spec.source)
             for seed in seeds:
                 for shots in spec.shots:
+                    cfg = config(m, spec.source, shots)
                     train = TrainData(spec.source, shots, seed, "all")
                     src = job(m, seed, cfg, train, (EvalTarget(spec.source),))
                     jobs.append(src)
@@ -138,10 +144,9 @@ def _block_jobs(suite: str, spec: SuiteSpec, sel: dict[str, Any]) -> list[Job]:
         return jobs
     for d in pick(spec.datasets):
         for m in methods:
-            cfg = resolve_method(m, overrides, dataset=d)
             for seed in seeds:
                 for train, evals in PER_DATASET[spec.protocol](d, seed, spec):
-                    jobs.append(job(m, seed, cfg, train, evals))
+                    jobs.append(job(m, seed, config(m, d, train.shots), train, evals))
     return jobs
 
 

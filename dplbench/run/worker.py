@@ -26,9 +26,11 @@ from torch import nn
 
 from dpl.methods import build_method
 from dpl.methods.base import PromptedCLIP
-from dpl.optim import build_optimizer, build_scheduler
+from dpl.optim import build_optimizer
+from dpl.schedules import set_lr
 from dplbench.atomic import write_atomic
-from dplbench.data.shards import all_reduce_counts, eval_loader, train_loader
+from dplbench.data.epochs import train_loader
+from dplbench.data.shards import all_reduce_counts, eval_loader
 from dplbench.data.transforms import ViewConfig
 from dplbench.data.view import DatasetView
 from dplbench.errors import UserError
@@ -117,6 +119,7 @@ def train(model: PromptedCLIP, job: Job, settings: RunSettings, ctx: WorkerConte
         ctx.world_size,
         seed=job.seed,
         on_error=settings.on_data_error,
+        last_batch=cfg.optim.last_batch,
     )
     val_view = (
         DatasetView.open(settings.data, t.dataset, "val", t.shots, t.seed, t.subsample, None)
@@ -124,14 +127,12 @@ def train(model: PromptedCLIP, job: Job, settings: RunSettings, ctx: WorkerConte
         else None
     )
     optimizer = build_optimizer(model)
-    scheduler = build_scheduler(optimizer, loader.num_batches, cfg.optim)
     start = 0
     ckpt = ctx.latest_checkpoint()
     if ckpt:
         state = torch.load(Path(ckpt) / STATE_FILE, map_location=ctx.device, weights_only=True)
         model.load_trainable_state(state["model"])
         optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
         start = int(state["epoch"]) + 1
         log.info("job %s: resuming after epoch %d", job.id, start - 1)
     step_module = _ddp(_LossModule(model), ctx)
@@ -144,19 +145,22 @@ def train(model: PromptedCLIP, job: Job, settings: RunSettings, ctx: WorkerConte
                 raise RuntimeError(f"job {job.id}: failure injected at epoch {epoch}")
         loader.set_epoch(epoch)
         model.train()
-        tic, sums, n = time.perf_counter(), defaultdict(float), 0
-        for batch in loader:
+        tic, sums, n, samples = time.perf_counter(), defaultdict(float), 0, 0
+        for step, batch in enumerate(loader):
+            if batch is None:  # every sample of the batch was corrupt (on_data_error=skip)
+                continue
             batch = _to_device(batch, ctx.device)
             with _autocast(ctx.device, settings.bf16):
                 terms = step_module(batch, epoch, epochs)
             loss = sum(terms.values())
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            set_lr(optimizer, cfg.optim, epoch, step, loader.num_batches)
             optimizer.step()
-            scheduler.step()
             for k, v in terms.items():
                 sums[k] += float(v.detach())
             n += 1
+            samples += len(batch["label"])
         model.on_epoch_end(epoch, epochs)
         val_accuracy = None
         if settings.val_each_epoch:
@@ -167,9 +171,9 @@ def train(model: PromptedCLIP, job: Job, settings: RunSettings, ctx: WorkerConte
             "job_id": job.id,
             "run_id": settings.run_id,
             "epoch": epoch,
-            "lr": optimizer.param_groups[0]["lr"],
+            "lr": optimizer.param_groups[0]["lr"],  # at the epoch's last optimiser step
             "loss": sum(sums.values()) / max(n, 1),
-            "samples": n * cfg.optim.batch_size * ctx.world_size,
+            "samples": samples * ctx.world_size,
             "seconds": time.perf_counter() - tic,
             "val_accuracy": val_accuracy,
             **{f"loss_{k}": v / max(n, 1) for k, v in sums.items()},
@@ -181,7 +185,6 @@ def train(model: PromptedCLIP, job: Job, settings: RunSettings, ctx: WorkerConte
                     {
                         "model": model.trainable_state(),
                         "optimizer": optimizer.state_dict(),
-                        "scheduler": scheduler.state_dict(),
                         "epoch": epoch,
                     },
                     Path(tmp) / STATE_FILE,

@@ -1,14 +1,17 @@
-"""Images per second: WebDataset shards vs individual files, read + decode + train transform.
+"""Images per second of one pass over a train split, read + decode + CLIP train transform.
 
 Generates a synthetic set (CoOp layout, 256 px JPEGs) in a temporary directory, converts it to
-shards, then times one pass over the train split both ways with 1 and 2 loader workers:
+shards, then times one epoch four ways with 1 and 2 loader workers:
 
-- shards: `dplbench.data.shards.eval_loader` (an exact pass) with the CLIP train transform;
-- files: a plain map-style Dataset over the split JSON (ImageFolder-like) in a torch DataLoader,
-  same transform, same batch size.
+- epochs: `dplbench.data.epochs.train_loader`, the training reader (exact epochs, samples read
+  by position from the shards; its one-time shard index is included);
+- stream: the training reader it replaced, rebuilt here with webdataset (shards resampled with
+  replacement, a 1,000-sample shuffle buffer, `with_epoch`);
+- shards: `dplbench.data.shards.eval_loader`, the sequential exact pass used for evaluation;
+- files: a plain map-style Dataset over the split JSON (ImageFolder-like).
 
-Both read from the page cache (the files were just written): this measures the per-sample
-overhead of the two paths, not disk or network throughput, where shards gain most.
+All read from the page cache (the files were just written): this measures the per-sample
+overhead of the paths, not disk or network throughput.
 
     python tools/bench/bench_data.py [--images 2000] [--size 256] [--batch 32] [--repeats 2]
 """
@@ -26,7 +29,8 @@ from PIL import Image
 
 from dplbench.data.convert import ConvertOptions, convert
 from dplbench.data.datasets import get_spec
-from dplbench.data.shards import collate, eval_loader
+from dplbench.data.epochs import train_loader
+from dplbench.data.shards import collate, decode_image, eval_loader
 from dplbench.data.synth import make_synthetic
 from dplbench.data.transforms import SampleTransform, ViewConfig
 from dplbench.data.view import DatasetView
@@ -48,6 +52,26 @@ class SplitFiles(torch.utils.data.Dataset):
         with Image.open(self.root / rel) as img:
             out = self.transform(img.convert("RGB"))
         return {**out, "label": label, "key": rel}
+
+
+def stream_loader(view, batch: int, views: ViewConfig, workers: int):
+    """The previous training reader: resampled shards, a shuffle buffer, fixed-size epochs."""
+    import webdataset as wds
+
+    transform = SampleTransform(views)
+
+    def sample(s: dict) -> dict:
+        return {**decode_image(s["jpg"], transform), "label": int(s["cls"]), "key": s["__key__"]}
+
+    n_batches = view.num_samples // batch
+    ds = (
+        wds.WebDataset(view.shard_urls, resampled=True, shardshuffle=False, nodesplitter=None)
+        .shuffle(1000)
+        .map(sample)
+        .batched(batch, collation_fn=collate, partial=False)
+        .with_epoch(n_batches // max(1, workers))
+    )
+    return torch.utils.data.DataLoader(ds, batch_size=None, num_workers=workers)
 
 
 def _time(loader) -> tuple[int, float]:
@@ -92,10 +116,18 @@ def main() -> None:
         rows = []
         for nw in [int(w) for w in args.workers.split(",")]:
             best = {}
-            for name in ("shards", "files"):
+            for name in ("epochs", "stream", "shards", "files"):
                 rates = []
                 for _ in range(args.repeats):
-                    if name == "shards":
+                    t_build = time.perf_counter()
+                    expected = view.num_samples
+                    if name == "epochs":
+                        loader = train_loader(view, args.batch, views, nw, 0, 1, seed=0)
+                        expected = loader.num_batches * args.batch
+                    elif name == "stream":
+                        loader = stream_loader(view, args.batch, views, nw)
+                        expected = (view.num_samples // args.batch // max(1, nw)) * nw * args.batch
+                    elif name == "shards":
                         loader = eval_loader(view, args.batch, views, nw, rank=0, world_size=1)
                     else:
                         ds = SplitFiles(
@@ -105,16 +137,18 @@ def main() -> None:
                             ds, args.batch, shuffle=True, num_workers=nw, collate_fn=collate
                         )
                     n, dt = _time(loader)
-                    assert n == view.num_samples, (name, n)
+                    if name == "epochs":  # count its one-time shard index too
+                        dt = time.perf_counter() - t_build
+                    assert n == expected, (name, n, expected)
                     rates.append(n / dt)
                 best[name] = max(rates)
-            rows.append((nw, best["shards"], best["files"]))
-        print(
-            f"\n{'workers':>7} | {'shards img/s':>12} | {'files img/s':>11} | {'shards/files':>12}"
-        )
-        print("-" * 53)
-        for nw, s, f in rows:
-            print(f"{nw:>7} | {s:>12.0f} | {f:>11.0f} | {s / f:>12.2f}")
+            rows.append((nw, best))
+        names = ("epochs", "stream", "shards", "files")
+        print("\nimages/s, best of", args.repeats)
+        print(f"{'workers':>7} | " + " | ".join(f"{n:>7}" for n in names) + " | epochs/stream")
+        for nw, best in rows:
+            cells = " | ".join(f"{best[n]:>7.0f}" for n in names)
+            print(f"{nw:>7} | {cells} | {best['epochs'] / best['stream']:>13.2f}")
 
 
 if __name__ == "__main__":
