@@ -35,7 +35,7 @@ def register_model_configs() -> None:
 
 @dataclass(frozen=True)
 class BackboneConfig:
-    """Which CLIP to load (METHOD.md §1: the frozen branch and the base of the learnable one)."""
+    """Which CLIP to load (docs/method.md §1: the frozen branch and the base of the learnable one)."""
 
     model: str = "ViT-B-16"  # open_clip architecture name
     pretrained: str | None = "openai"  # hub tag, local .pt/.bin/.safetensors path, or None (random)

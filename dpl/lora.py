@@ -1,4 +1,4 @@
-"""LoRA on the q and v projections of open_clip attention (METHOD.md §2).
+"""LoRA on the q and v projections of open_clip attention (docs/method.md §2).
 
 open_clip packs q, k, v into one `in_proj_weight` [3D, D]; LoRA adds a low-rank delta to the q and v
 slices only. In training the delta runs as its own path (LoRA dropout acts on its input); in eval it is

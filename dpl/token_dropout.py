@@ -1,4 +1,4 @@
-"""Importance Weighted Token Dropout (METHOD.md §3): who is dropped, and what dropping means.
+"""Importance Weighted Token Dropout (docs/method.md §3): who is dropped, and what dropping means.
 
 `IWTDHook` is the layer hook the prompted encoders call in training: it scores the layer's tokens
 (importance.py), maps scores to drop probabilities, draws a fresh selection per sample, layer and step,
@@ -25,7 +25,7 @@ DROP_MODES = ("noise", "zero")
 
 @dataclass(frozen=True)
 class IWTDConfig:
-    """METHOD.md §3. Defaults: the paper's and the authors' release (noise mode)."""
+    """docs/method.md §3. Defaults: the paper's and the authors' release (noise mode)."""
 
     enabled: bool = False
     importance: tuple[str, ...] = ("cls", "self", "cross")  # non-empty subset, or ("uniform",)
@@ -104,7 +104,7 @@ def importance_drop_factor(
     width: int,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
-    """Scores -> importance -> p -> the drop factor, in one function (METHOD.md §3), so that on
+    """Scores -> importance -> p -> the drop factor, in one function (docs/method.md §3), so that on
     GPU torch.compile can fuse its few dozen small kernels per layer into a handful."""
     if names == ("uniform",):
         importance = imp.uniform_score(content)

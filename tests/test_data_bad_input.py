@@ -215,3 +215,16 @@ def test_verify_reports_problems_exit_1(dtd):
     shutil.rmtree(out / "dtd")
     res = CliRunner().invoke(app, ["data", "verify", str(out), "--datasets", "dtd"])
     assert res.exit_code == 1 and "dplbench.json" in res.output
+
+
+@pytest.mark.parametrize("bad", ["../../etc/passwd.tar", "/abs/0.tar", "s3://b/0.tar", "a/../../x"])
+def test_shard_paths_in_metadata_cannot_leave_the_dataset_folder(dtd, bad):
+    data, out, _ = dtd
+    convert(data, ["dtd"], out, OPTS, show_progress=False)
+    meta_file = out / "dtd" / "dplbench.json"
+    meta = json.loads(meta_file.read_text())
+    meta["splits"]["test"]["shards"][0] = bad
+    meta_file.write_text(json.dumps(meta))
+    with pytest.raises(DataError, match="leaves its dataset folder") as e:
+        DatasetView.open(out, "dtd", "test")
+    assert str(meta_file) in str(e.value)

@@ -1,4 +1,4 @@
-"""Protocols of PROTOCOLS.md §2 against references written here from the spec."""
+"""Protocols of docs/protocols.md §2 against references written here from the spec."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ from dplbench.data.view import DatasetView
 
 
 def reference_fewshot(train, val, k, seed):
-    """PROTOCOLS §2, written independently: fresh Random(seed), labels in first-appearance
+    """docs/protocols.md §2, written independently: fresh Random(seed), labels in first-appearance
     order, sample(k) if >= k else all; then val with min(k, 4), same rng."""
     rng = random.Random(seed)
 

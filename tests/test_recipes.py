@@ -1,7 +1,8 @@
-"""Every resolved recipe value against ../shared/spec/RECIPES.md (the releases' own configs).
+"""Every resolved recipe value against the releases' own configs.
 
-The table below is RECIPES.md transcribed by hand: (method, protocol, dataset, shots) -> the values
-a job of that cell must train with. It does not read configs/methods: a drift in either shows here.
+The table below is transcribed by hand from the release files that configs/methods/*.yaml name:
+(method, protocol, dataset, shots) -> the values a job of that cell must train with. It does not
+read configs/methods: a drift in either shows here.
 """
 
 import pytest
@@ -9,7 +10,7 @@ import pytest
 from dplbench.plan.methods import resolve_method
 from dplbench.plan.suites import load_suite
 
-DASSL = {  # RECIPES.md A: Dassl defaults shared by the CoOp family
+DASSL = {  # Dassl.pytorch defaults shared by the CoOp family
     "optim.name": "sgd",
     "optim.momentum": 0.9,
     "optim.weight_decay": 5e-4,
@@ -153,7 +154,9 @@ def test_dry_run_json_prints_one_object_per_job():
     jobs = [json.loads(line) for line in out.stdout.splitlines()]
     assert len(jobs) == 2 * 5  # two methods, five shot counts
     coop = {j["shots"]: j for j in jobs if j["method"] == "coop"}
-    assert coop[1]["config"]["optim"]["epochs"] == 50 and coop[8]["config"]["optim"]["epochs"] == 200
+    assert (
+        coop[1]["config"]["optim"]["epochs"] == 50 and coop[8]["config"]["optim"]["epochs"] == 200
+    )
     src = next(j for j in jobs if j["method"] == "promptsrc")
     assert (src["protocol"], src["dataset"], src["seed"]) == ("fewshot", "dtd", 1)
     assert src["config"]["gpa"] == {"enabled": True, "mean": 45.0, "std": 5.0}

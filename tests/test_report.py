@@ -1,4 +1,4 @@
-"""Aggregation (PROTOCOLS §2) and report rendering, on hand-computed synthetic tables and on the
+"""Aggregation (docs/protocols.md §2) and report rendering, on hand-computed synthetic tables and on the
 published reference numbers."""
 
 import json

@@ -78,6 +78,15 @@ def test_resume_adds_exactly_the_missing_rows(tmp_path, shards):
     first = _run(*common, env={"DPLBENCH_FAIL_JOB": f"{dpl.id}@1"})
     assert first.exit_code == 1
     assert f"failed {dpl.id}" in first.stderr
+    # one line: the root cause and where the full traceback went
+    line = next(ln for ln in first.stderr.splitlines() if dpl.id in ln)
+    assert "RuntimeError: job" in line and "failure injected at epoch 1" in line
+    log_file = line.rsplit("(log: ", 1)[1].rstrip(")")
+    assert "Traceback (most recent call last)" in open(log_file).read()
+    status = results.query(res, "SELECT job_id, status, error, log FROM status").to_pylist()
+    by_job = {r["job_id"]: r for r in status}
+    assert by_job[dpl.id]["status"] == "failed" and by_job[dpl.id]["log"] == log_file
+    assert {r["status"] for r in status if r["job_id"] != dpl.id} == {"done"}
     ids = lambda: results.query(res, "SELECT job_id, run_id FROM rows").to_pylist()  # noqa: E731
     before = ids()
     assert {r["job_id"] for r in before} == {j.id for j in jobs} - {dpl.id}
@@ -85,16 +94,20 @@ def test_resume_adds_exactly_the_missing_rows(tmp_path, shards):
 
     again = _run("--resume", *common)
     assert again.exit_code == 0, again.stderr
-    assert "--resume: 2 jobs already had results" in again.stdout
+    assert "--resume: 2 jobs already had results; ran 1 failed and 0 missing again" in again.stdout
     after = ids()
     assert len(after) == 6
     assert sorted(map(str, before)) == sorted(map(str, [r for r in after if r["job_id"] != dpl.id]))
     assert {r["job_id"] for r in after if r not in before} == {dpl.id}
-    # The resumed run trained only the missing epoch, from the first run's checkpoint.
+    # The resumed run trained only the missing epoch, from the first run's checkpoint; the
+    # failed run's epoch is on record, marked failed: every epoch once.
     epochs = results.query(
-        res, f"SELECT run_id, epoch FROM epochs WHERE job_id = '{dpl.id}'"
+        res, f"SELECT epoch, run_status FROM epochs WHERE job_id = '{dpl.id}' ORDER BY epoch"
     ).to_pylist()
-    assert [e["epoch"] for e in epochs] == [1]
+    assert [(e["epoch"], e["run_status"]) for e in epochs] == [(0, "failed"), (1, "done")]
+    assert (
+        results.query(res, "SELECT status FROM status").column("status").to_pylist() == ["done"] * 3
+    )
     rows = results.query(res, f"SELECT * FROM results WHERE job_id = '{dpl.id}'").to_pylist()
     assert {r["subsample"] for r in rows} == {"base", "novel"}
     for r in rows:  # provenance on every row

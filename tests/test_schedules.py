@@ -28,7 +28,7 @@ def test_dassl_is_per_epoch_warmup_then_cosine(epochs, lr):
     cfg = OptimConfig(lr=lr, epochs=epochs, schedule="dassl", warmup_epochs=1, warmup_lr=1e-5)
     ours = [group_lr(cfg, "prompts", e, step=3, steps_per_epoch=10) for e in range(epochs)]
     assert ours == pytest.approx(dassl_reference(lr, epochs), rel=1e-12)
-    # constant within an epoch, never 0; RECIPES.md's worked example for MaPLe (E=5, 0.0035)
+    # constant within an epoch, never 0; the worked example for MaPLe's B2N recipe (E=5, 0.0035)
     assert group_lr(cfg, "prompts", 2, 0, 10) == group_lr(cfg, "prompts", 2, 9, 10)
     assert ours[-1] > 0
     if epochs == 5:

@@ -18,7 +18,7 @@ from dpl.token_dropout import IWTDConfig
 
 @dataclass(frozen=True)
 class LoRAConfig:
-    """LoRA on q, v of vision layers (METHOD.md §2; ViT-B/16 numbering)."""
+    """LoRA on q, v of vision layers (docs/method.md §2; ViT-B/16 numbering)."""
 
     rank: int = 0  # 0: off
     alpha: float = 16.0
@@ -28,7 +28,7 @@ class LoRAConfig:
 
 @dataclass(frozen=True)
 class LossConfig:
-    """Weights of the named loss terms (METHOD.md §5, §6). IWTD/MAG/RER weights live in theirs."""
+    """Weights of the named loss terms (docs/method.md §5, §6). IWTD/MAG/RER weights live in theirs."""
 
     ce: float = 1.0
     text_l1: float = 0.0  # L1(t^d, t^o), normalised features, mean
@@ -99,11 +99,11 @@ class MethodConfig:
     loss: LossConfig = field(default_factory=LossConfig)
     gpa: GPAConfig = field(default_factory=GPAConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
-    # Frozen branch input (PROTOCOLS.md §3): "clean" resize+centre-crop (DPL release) or "same" as
+    # Frozen branch input (docs/protocols.md §3): "clean" resize+centre-crop (DPL release) or "same" as
     # the learnable branch (PromptSRC). Clean-view frozen features are a pure function of the image,
     # so they are cached per sample key across epochs.
     frozen_view: str = "same"
-    train_view: str = "clip"  # "clip" augmentation (PROTOCOLS §3) | "patch_randaugment" (METHOD §5)
+    train_view: str = "clip"  # "clip" augmentation (docs/protocols.md §3) | "patch_randaugment" (docs/method.md §5)
     # Frozen text features t^o: "dataset" (its hand-crafted template), "promptsrc" (PromptSRC's
     # 60 ImageNet templates), "openai_imagenet" (CLIP's 80).
     templates: str = "dataset"

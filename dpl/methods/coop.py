@@ -1,4 +1,4 @@
-"""CoOp: 4 learnable context vectors at the text input, CE (METHOD.md §6)."""
+"""CoOp: 4 learnable context vectors at the text input, CE (docs/method.md §6)."""
 
 from dpl.methods import register
 from dpl.methods.config import MethodConfig

@@ -1,4 +1,4 @@
-"""DPL, the default recipe (METHOD.md §5): IVLP base (text 4 ctx depth 9, vision 4 prompts
+"""DPL, the default recipe (docs/method.md §5): IVLP base (text 4 ctx depth 9, vision 4 prompts
 depth 6), LoRA r8 on q/v of vision layers 6..11, IWTD (noise mode) in the prompted layers, RER with
 the annealed λ, MAG (weight 30), PromptSRC-style consistency (25 / 10 / 2.5). The frozen branch sees
 the clean view; the learnable one a patch-wise RandAugment view. No LLM prompts (README: deviations).

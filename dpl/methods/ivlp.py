@@ -1,4 +1,4 @@
-"""IVLP: independent deep text and vision prompts 4+4, depth 9/9, CE (METHOD.md §6)."""
+"""IVLP: independent deep text and vision prompts 4+4, depth 9/9, CE (docs/method.md §6)."""
 
 from dpl.methods import register
 from dpl.methods.config import MethodConfig

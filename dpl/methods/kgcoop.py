@@ -1,4 +1,4 @@
-"""KgCoOp: CoOp + W·(1 − mean_c cos(t^d_c, t^o_c)) towards the hand-crafted prompt (METHOD.md §6);
+"""KgCoOp: CoOp + W·(1 − mean_c cos(t^d_c, t^o_c)) towards the hand-crafted prompt (docs/method.md §6);
 the release's scripts set W = 8 (configs/methods/kgcoop.yaml)."""
 
 from dpl.methods import register

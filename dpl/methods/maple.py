@@ -1,5 +1,5 @@
 """MaPLe: 2 text context tokens per layer to depth 9; vision prompts are a learnable linear map
-(text width -> vision width) of the text prompts of the same layer (METHOD.md §6)."""
+(text width -> vision width) of the text prompts of the same layer (docs/method.md §6)."""
 
 from dpl.methods import register
 from dpl.methods.config import MethodConfig

@@ -1,5 +1,5 @@
 """PromptSRC: IVLP 4+4 depth 9 with self-regulating constraints (25·L1 text, 10·L1 image, 1·KL
-towards the frozen branch) and Gaussian prompt aggregation over epochs (METHOD.md §6)."""
+towards the frozen branch) and Gaussian prompt aggregation over epochs (docs/method.md §6)."""
 
 from dpl.methods import register
 from dpl.methods.config import GPAConfig, LossConfig, MethodConfig

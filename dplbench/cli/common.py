@@ -8,6 +8,7 @@ import functools
 import logging
 import os
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any
@@ -40,6 +41,13 @@ Results = Annotated[str, Opt("--results", help="results root ($DPLBENCH_RESULTS)
 DryRun = Annotated[bool, Opt(help="list the jobs and exit")]
 UseRay = Annotated[bool, Opt("--ray/--no-ray", help="--no-ray: jobs in this process")]
 LoaderWorkers = Annotated[int, Opt(help="data loader processes per worker")]
+OnDataError = Annotated[
+    str,
+    Opt(
+        help="a corrupt image: raise (the job fails, naming shard and sample) or skip it "
+        "(counted in the rows' `skipped` column and shown in the report)"
+    ),
+]
 Overrides = Annotated[list[str], typer.Argument(help="method config overrides key=value")]
 
 
@@ -71,6 +79,24 @@ def int_list(value: str | None) -> list[int] | None:
         raise ConfigError(f"expected comma-separated integers, got {value!r}") from None
 
 
+OnLease = Annotated[
+    str,
+    Opt(help="a job another driver is running on this results root: skip it or wait for it"),
+]
+
+
+def check_choice(option: str, value: str, choices: tuple[str, ...]) -> str:
+    if value not in choices:
+        raise ConfigError(f"{option} {value!r}: choose {' or '.join(choices)}")
+    return value
+
+
+def check_on_data_error(value: str) -> str:
+    if value not in ("raise", "skip"):
+        raise ConfigError(f"--on-data-error {value!r}: choose raise or skip")
+    return value
+
+
 def abs_path(path: str) -> str:
     return path if "://" in path else str(Path(path).resolve())
 
@@ -98,51 +124,120 @@ def print_rows(rows: list[dict], title: str | None = None) -> None:
     console.print(t)
 
 
+def print_resume(summary) -> None:
+    """What --resume kept and what it runs again."""
+    if summary.skipped or summary.rerun_failed:
+        missing = len(summary.outcomes) - len(summary.rerun_failed)
+        console.print(
+            f"--resume: {len(summary.skipped)} jobs already had results; ran "
+            f"{len(summary.rerun_failed)} failed and {missing} missing again",
+            highlight=False,
+        )
+    if summary.elsewhere:
+        holders = sorted(set(summary.elsewhere.values()))
+        console.print(
+            f"skipped {len(summary.elsewhere)} jobs another driver is running "
+            f"({'; '.join(holders)}); --on-lease wait waits for them, --resume runs what is left",
+            highlight=False,
+        )
+
+
 # ---- live tables ---------------------------------------------------------------------------
 
 STYLE = {"done": "green", "failed": "red", "running": "yellow", "stopped": "cyan", "queued": "dim"}
 
 
+def _clock(seconds: float | None) -> str:
+    if seconds is None:
+        return ""
+    m, s = divmod(int(seconds), 60)
+    h, m = divmod(m, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+
+
+def _scores(accuracy: dict | None) -> str:
+    """base / novel / HM for base-to-novel jobs, else the accuracy of each evaluated set."""
+    if not accuracy:
+        return ""
+    if {"base", "novel"} <= set(accuracy):
+        b, n = accuracy["base"], accuracy["novel"]
+        hm = 2 * b * n / (b + n) if b + n else 0.0
+        return f"base {b:.1f}  novel {n:.1f}  HM {hm:.1f}"
+    return "  ".join(f"acc {v:.1f}" for v in accuracy.values())
+
+
 class JobTable:
-    """The live table of `dplbench run` / `ablate`: one line per job, updated from trial events."""
+    """The live table of `dplbench run` / `ablate`: one line per job (state, elapsed time, epoch
+    and loss while it trains, its scores once done), and the suite's elapsed time and ETA."""
 
     def __init__(self, jobs) -> None:
         self.jobs = {j.id: j for j in jobs}
-        self.state = {j.id: ("queued", "") for j in jobs}
+        self.state = {j.id: "queued" for j in jobs}
+        self.detail = {j.id: "" for j in jobs}
+        self.started: dict[str, float] = {}
+        self.ended: dict[str, float] = {}
+        self.t0 = time.monotonic()
+        self.most_running = 1
 
     def event(self, job_id: str, state: str, info: dict) -> None:
         if job_id not in self.jobs:
             return
-        j = self.jobs[job_id]
-        old_state, detail = self.state[job_id]
+        j, now = self.jobs[job_id], time.monotonic()
         if state == "result":
-            state = old_state
             if "epoch" in info:
                 detail = f"epoch {int(info['epoch']) + 1}/{j.epochs}"
                 if info.get("loss") is not None:
                     detail += f"  loss {info['loss']:.3f}"
-        if state == "failed" and info.get("error"):
-            detail = info["error"][:60]
-        self.state[job_id] = (state, detail)
+                self.detail[job_id] = detail
+            return
+        self.state[job_id] = state
+        if state == "running":
+            self.started.setdefault(job_id, now)
+            running = sum(1 for s in self.state.values() if s == "running")
+            self.most_running = max(self.most_running, running)
+        elif state in ("done", "failed", "stopped"):
+            self.ended[job_id] = now
+            if state == "done":
+                self.detail[job_id] = _scores((info.get("last") or {}).get("accuracy"))
+            elif info.get("error"):
+                self.detail[job_id] = info["error"][:80]
+
+    def eta(self) -> float | None:
+        """Seconds left: the mean duration of finished jobs times the jobs left, spread over
+        as many as have run at once."""
+        took = [self.ended[k] - self.started[k] for k in self.ended if k in self.started]
+        left = sum(1 for s in self.state.values() if s in ("queued", "running"))
+        if not took or not left:
+            return None
+        return sum(took) / len(took) * left / self.most_running
 
     def render(self) -> Table:
         counts = {
-            s: sum(1 for v in self.state.values() if v[0] == s)
+            s: sum(1 for v in self.state.values() if v == s)
             for s in ("queued", "running", "done", "failed")
         }
-        t = Table(title=" · ".join(f"{k} {v}" for k, v in counts.items()), title_justify="left")
-        for col in ("job", "method", "protocol", "train on", "evaluate", "seed", "state", ""):
+        head = " · ".join(f"{k} {v}" for k, v in counts.items())
+        head += f" · elapsed {_clock(time.monotonic() - self.t0)}"
+        if self.eta() is not None:
+            head += f" · ETA {_clock(self.eta())}"
+        t = Table(title=head, title_justify="left")
+        for col in ("job", "method", "protocol", "train on", "evaluate", "seed", "state", "time"):
             t.add_column(col)
+        t.add_column("")
+        now = time.monotonic()
         for jid, j in self.jobs.items():
-            state, detail = self.state[jid]
+            state = self.state[jid]
             evals = ",".join(f"{e.dataset}/{e.subsample}" for e in j.evals)
             train = "–"
             if j.trains:
                 train = f"{j.train.dataset}/{j.train.subsample}"
                 train += f" k{j.train.shots}" if j.train.shots else ""
+            took = None
+            if jid in self.started:
+                took = self.ended.get(jid, now) - self.started[jid]
             t.add_row(
                 jid[:10], j.method, j.protocol, train, evals, str(j.seed),
-                f"[{STYLE[state]}]{state}[/]", detail,
+                f"[{STYLE[state]}]{state}[/]", _clock(took), self.detail[jid],
             )  # fmt: skip
         return t
 

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markdown import Markdown
 
 from dplbench.cli.common import RESULTS_DEFAULT, Results, console, user_errors
 
@@ -35,5 +36,5 @@ def report(
     rows = store.latest_rows(results_root).to_pylist()
     out_dir = Path(out or Path(results_root) / "reports" / (suite or "all"))
     files = render_report(rows, out_dir, suite=suite, compare=compare)
-    console.print(files.markdown.read_text())
+    console.print(Markdown(files.markdown.read_text()))
     console.print(f"report: {files.markdown}" + "".join(f"\nplot: {p}" for p in files.plots))

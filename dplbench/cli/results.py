@@ -36,9 +36,17 @@ def results_ls(
         {"suite": suite},
     )
     print_rows(rows.to_pylist())
+    failed = store.query(
+        results_root,
+        "SELECT job_id, method, protocol, dataset, seed, status, error, log FROM status "
+        "WHERE status IN ('failed', 'stopped') AND ($suite IS NULL OR suite = $suite) "
+        "AND job_id NOT IN (SELECT job_id FROM rows) ORDER BY dataset, method, seed",
+        {"suite": suite},
+    ).to_pylist()
+    if failed:
+        print_rows(failed, f"{len(failed)} failed jobs without results (dplbench run --resume)")
 
 
-@app.command("query")
 @user_errors
 def results_query(
     sql: Annotated[str, typer.Argument(help="SQL over the views rows, results, epochs")],

@@ -20,15 +20,20 @@ from dplbench.cli.common import (
     Gpus,
     JobTable,
     LoaderWorkers,
+    OnDataError,
+    OnLease,
     Overrides,
     Results,
     Seeds,
     UseRay,
     Workers,
     abs_path,
+    check_choice,
+    check_on_data_error,
     console,
     err,
     live,
+    print_resume,
     print_rows,
     selections,
     user_errors,
@@ -62,6 +67,8 @@ def run(
     ] = "table",
     ray: UseRay = True,
     loader_workers: LoaderWorkers = 2,
+    on_data_error: OnDataError = "raise",
+    on_lease: OnLease = "skip",
     override: Overrides = None,
 ) -> None:
     """Run a suite: every job a Ray Train run, many at once, results into Parquet.
@@ -89,16 +96,29 @@ def run(
         results=abs_path(results_root),
         suite=s.name,
         loader_workers=loader_workers,
+        on_data_error=check_on_data_error(on_data_error),
         fail_job=os.environ.get("DPLBENCH_FAIL_JOB"),  # testing hook: make one job fail
     )
-    opts = ExecOptions(gpus=gpus, cpus=cpus, address=address, resume=resume, use_ray=ray)
+    opts = ExecOptions(
+        gpus=gpus,
+        cpus=cpus,
+        address=address,
+        resume=resume,
+        use_ray=ray,
+        on_lease=check_choice("--on-lease", on_lease, ("skip", "wait")),
+    )
     with live(table) as on_event:
         summary = run_suite(s, settings, opts, on_event)
-    if summary.skipped:
-        console.print(f"--resume: {len(summary.skipped)} jobs already had results")
+    print_resume(summary)
     _print_summary(settings.results, [o.job.id for o in summary.outcomes])
     for o in summary.failed:
-        err.print(f"[red]failed[/red] {o.job.id} {o.job.method} {o.job.train.dataset}: {o.error}")
+        err.print(
+            f"[red]failed[/red] {o.job.id} {o.job.method} {o.job.train.dataset}: {o.error}",
+            highlight=False,
+            soft_wrap=True,
+        )
+    if summary.status_file:
+        console.print(f"job status: {summary.status_file}", highlight=False)
     if summary.failed:
         raise typer.Exit(1)
 

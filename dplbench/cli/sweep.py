@@ -19,15 +19,20 @@ from dplbench.cli.common import (
     Gpus,
     JobTable,
     LoaderWorkers,
+    OnDataError,
+    OnLease,
     Results,
     Seeds,
     TrialTable,
     UseRay,
     Workers,
     abs_path,
+    check_choice,
+    check_on_data_error,
     console,
     err,
     live,
+    print_resume,
     selections,
     user_errors,
 )
@@ -67,6 +72,7 @@ def tune(
     data: Data = DATA_DEFAULT,
     results_root: Results = RESULTS_DEFAULT,
     loader_workers: LoaderWorkers = 2,
+    on_data_error: OnDataError = "raise",
     override: Annotated[
         list[str], typer.Argument(help="config overrides for every trial, key=value")
     ] = None,
@@ -120,6 +126,7 @@ def tune(
         results=abs_path(results_root),
         suite=sweep.suite,
         loader_workers=loader_workers,
+        on_data_error=check_on_data_error(on_data_error),
     )
     opts = ExecOptions(gpus=gpus, cpus=cpus, address=address, resume=resume)
     with live(table) as on_event:
@@ -177,6 +184,8 @@ def ablate(
     data: Data = DATA_DEFAULT,
     results_root: Results = RESULTS_DEFAULT,
     loader_workers: LoaderWorkers = 2,
+    on_data_error: OnDataError = "raise",
+    on_lease: OnLease = "skip",
     override: Annotated[
         list[str], typer.Argument(help="config overrides for every variant, key=value")
     ] = None,
@@ -190,7 +199,7 @@ def ablate(
     from dplbench.plan import ablations
     from dplbench.results import ablations as tables
     from dplbench.run.settings import ExecOptions, RunSettings
-    from dplbench.run.suite import run_ablation
+    from dplbench.run.suite import run_suite
 
     if name is None:
         for n in ablations.list_ablations():
@@ -209,13 +218,23 @@ def ablate(
             console.print(f"{len(s.jobs)} jobs; nothing was run (--dry-run)")
             return
         settings = RunSettings(
-            data=abs_path(data), results=root, suite=s.name, loader_workers=loader_workers
+            data=abs_path(data),
+            results=root,
+            suite=s.name,
+            loader_workers=loader_workers,
+            on_data_error=check_on_data_error(on_data_error),
         )
-        opts = ExecOptions(gpus=gpus, cpus=cpus, address=address, resume=resume, use_ray=ray)
+        opts = ExecOptions(
+            gpus=gpus,
+            cpus=cpus,
+            address=address,
+            resume=resume,
+            use_ray=ray,
+            on_lease=check_choice("--on-lease", on_lease, ("skip", "wait")),
+        )
         with live(jobs) as on_event:
-            summary = run_ablation(ab, s, settings, opts, on_event)
-        if summary.skipped:
-            console.print(f"--resume: {len(summary.skipped)} jobs already had results")
+            summary = run_suite(s, settings, opts, on_event)
+        print_resume(summary)
         for o in summary.failed:
             err.print(f"[red]failed[/red] {o.job.id} {o.job.params.get('variant')}: {o.error}")
     suite_name = Path(suite or ab.suite).stem

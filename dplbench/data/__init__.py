@@ -14,5 +14,5 @@
     tario.py, meta.py, images.py, parallel.py, progress.py, errors.py: helpers
 
 The runner needs: `DatasetView.open(...)`, `train_loader(view, ...)`, `eval_loader(view, ...)`,
-`all_reduce_counts(correct, total)` and `ViewConfig`.
+`all_reduce_counts(correct, total, ...)` and `ViewConfig`.
 """

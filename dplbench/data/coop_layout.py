@@ -1,4 +1,4 @@
-"""Reading $DATA in the CoOp layout (PROTOCOLS.md §1): one reader per layout kind.
+"""Reading $DATA in the CoOp layout (docs/protocols.md §1): one reader per layout kind.
 
 A reader turns `$DATA/<folder>` into a `SourceDataset`: class names, and per split the list of
 (image path, label) in the order of the split source. The reader kind is data in the dataset's

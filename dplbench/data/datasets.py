@@ -1,4 +1,4 @@
-"""The 15 benchmarks of PROTOCOLS.md §1 (plus `synthetic`), registered by key.
+"""The 15 benchmarks of docs/protocols.md §1 (plus `synthetic`), registered by key.
 
 Everything that differs between datasets is data in its `DatasetSpec`: the folder under $DATA,
 the reader kind (a key of `coop_layout.READERS`), the split file, the image folder and the
@@ -20,7 +20,9 @@ class DatasetSpec:
     key: str
     folder: str  # folder under $DATA (CoOp layout)
     reader: str  # reader kind: a key of coop_layout.READERS
-    classes: int  # class count of the real dataset (PROTOCOLS §1); mini trees may have fewer
+    classes: (
+        int  # class count of the real dataset (docs/protocols.md §1); mini trees may have fewer
+    )
     template: str = DEFAULT_TEMPLATE  # hand-crafted template, "{}" is the class name
     image_dir: str = ""  # image folder relative to `folder` ("" = `folder` itself)
     split_file: str = ""  # split_json: the split file inside `folder`
@@ -108,7 +110,7 @@ _SPECS = [
 for _spec in _SPECS:
     DATASETS.register(_spec.key, _spec)
 
-# Table order of PROTOCOLS §1 (= registration order), the order reports list datasets in.
+# Table order of docs/protocols.md §1 (= registration order), the order reports list datasets in.
 BENCHMARKS: tuple[str, ...] = tuple(s.key for s in _SPECS if s.benchmark)
 # The folder holding the 1000 ImageNet class names that the variants fall back to.
 IMAGENET_KEY = "imagenet"
@@ -140,5 +142,5 @@ def label(key: str) -> str:
 
 
 def prompt_name(name: str) -> str:
-    """Class names go into prompts with underscores replaced by spaces (PROTOCOLS §1)."""
+    """Class names go into prompts with underscores replaced by spaces (docs/protocols.md §1)."""
     return name.replace("_", " ").strip()

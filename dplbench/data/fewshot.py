@@ -22,6 +22,7 @@ from pathlib import Path
 
 from dplbench.atomic import write_atomic
 from dplbench.data import tario
+from dplbench.data.errors import DataError
 from dplbench.data.meta import (
     FEWSHOT_DIR,
     FORMAT_VERSION,
@@ -264,4 +265,8 @@ def make_fewshot(
 
 def load_selection(shards_root: str | Path, dataset: str, name: str) -> Selection:
     url = tario.join(shards_root, dataset, FEWSHOT_DIR, name, SELECTION_FILE)
-    return Selection.from_json(tario.read_text(url))
+    text = tario.read_text(url)
+    try:
+        return Selection.from_json(text)
+    except DataError as e:
+        raise DataError(f"{url}: {e}") from None

@@ -36,6 +36,21 @@ class SplitMeta:
     skipped: int = 0  # listed images skipped (missing or undecodable, --skip-missing)
     label_counts: list[int] = field(default_factory=list)  # samples per label, index = label
 
+    def __post_init__(self) -> None:
+        for rel in self.shards:
+            check_relative(rel)
+
+
+def check_relative(rel: str) -> None:
+    """A shard path from a metadata file stays below its dataset folder: relative, no `..`,
+    no URL scheme. (Metadata is data: an edited file must not point readers elsewhere.)"""
+    parts = rel.replace("\\", "/").split("/")
+    if not rel or rel.startswith("/") or "://" in rel or rel.startswith("pipe:") or ".." in parts:
+        raise DataError(
+            f"shard path {rel!r} leaves its dataset folder; metadata may only name paths below "
+            "it (convert the dataset again)"
+        )
+
 
 @dataclass
 class DatasetMeta:
@@ -77,7 +92,10 @@ def load_meta(shards_root: str | Path, dataset: str) -> DatasetMeta:
         text = tario.read_text(url)
     except (FileNotFoundError, OSError) as e:
         raise DataError(f"{dataset}: expected {url} (run `dplbench data convert`): {e}") from None
-    meta = DatasetMeta.from_json(text)
+    try:
+        meta = DatasetMeta.from_json(text)
+    except DataError as e:
+        raise DataError(f"{url}: {e}") from None
     if meta.format_version != FORMAT_VERSION:
         raise DataError(
             f"{url}: format version {meta.format_version}, this dplbench reads {FORMAT_VERSION};"

@@ -1,4 +1,4 @@
-"""The evaluation protocols of PROTOCOLS.md §2: one implementation of each rule.
+"""The evaluation protocols of docs/protocols.md §2: one implementation of each rule.
 
 Items are anything; `label_of(item)` gives the label (default: `item[1]`, as in CoOp's
 `[path, label, classname]` split entries). Functions keep the input order unless stated.
@@ -43,7 +43,7 @@ def fewshot_sample(
     seed: int,
     label_of: Callable[[T], int] = _second,
 ) -> tuple[list[T], list[T]]:
-    """CoOp-exact few-shot draw (PROTOCOLS §2): a fresh `random.Random(seed)`; per label, in
+    """CoOp-exact few-shot draw (docs/protocols.md §2): a fresh `random.Random(seed)`; per label, in
     order of first appearance in `train`, `rng.sample(items, shots)` if the label has at least
     `shots` items, else all of them; then, with the same rng, `val` with min(shots, 4) shots.
     `val=None` (ImageNet, whose val is its test set) draws no val list. Done over all classes,
@@ -57,7 +57,7 @@ def fewshot_sample(
 
 
 def subsample_labels(labels: Iterable[int], subsample: str) -> list[int]:
-    """Base-to-novel (PROTOCOLS §2): labels sorted, m = ceil(n/2); base = the first m, novel
+    """Base-to-novel (docs/protocols.md §2): labels sorted, m = ceil(n/2); base = the first m, novel
     the rest, all = every label. Returns the original labels of the subset, sorted."""
     if subsample not in SUBSAMPLES:
         raise ValueError(f"subsample must be one of {SUBSAMPLES}, got {subsample!r}")

@@ -204,18 +204,18 @@ def eval_loader(
     return loader
 
 
-def all_reduce_counts(correct: int, total: int) -> tuple[int, int]:
-    """(correct, total) summed over ranks when torch.distributed is initialised, else as is.
-    Call it on every rank (it is a collective). Do not run the eval forward through a DDP
-    wrapper: ranks see different batch counts; use the wrapped module."""
+def all_reduce_counts(*counts: int) -> tuple[int, ...]:
+    """Counts (correct, total, skipped, ...) summed over ranks when torch.distributed is
+    initialised, else as they are. Call it on every rank (it is a collective). Do not run the eval
+    forward through a DDP wrapper: ranks see different batch counts; use the wrapped module."""
     dist = torch.distributed
     if not (dist.is_available() and dist.is_initialized()):
-        return int(correct), int(total)
+        return tuple(int(c) for c in counts)
     device = (
         torch.device("cuda", torch.cuda.current_device())
         if dist.get_backend() == "nccl"
         else torch.device("cpu")
     )
-    t = torch.tensor([int(correct), int(total)], dtype=torch.int64, device=device)
+    t = torch.tensor([int(c) for c in counts], dtype=torch.int64, device=device)
     dist.all_reduce(t, op=dist.ReduceOp.SUM)
-    return int(t[0]), int(t[1])
+    return tuple(int(c) for c in t.tolist())

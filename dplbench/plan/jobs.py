@@ -1,8 +1,10 @@
 """A job: one method trained (or loaded) and evaluated. Its id is the hash of its resolved work.
 
-A job is (method, train data, evaluations, seed, workers, resolved `MethodConfig`). The id hashes
-all of that and nothing else (not the suite or protocol name), so the same work has the same id in
-every suite and `--resume` can find it. An evaluation job (xd, dg) names the training job whose
+A job is (method, train data, evaluations, seed, workers, resolved `MethodConfig`, and the sweep
+or ablation it belongs to). The id hashes all of that and nothing else (not the suite or protocol
+name), so the same work has the same id in every suite and `--resume` can find it; a sweep trial or
+ablation variant whose config equals a plain run's is still its own job, so no run's rows are
+ever shadowed by another's. An evaluation job (xd, dg) names the training job whose
 prompts it loads (`source`) and never trains.
 """
 
@@ -56,6 +58,8 @@ class Job:
             "workers": self.workers,
             "source": self.source,
         }
+        if self.params:  # sweep / ablation context (absent for plain runs: their ids stay)
+            work["params"] = self.params
         blob = json.dumps(work, sort_keys=True, separators=(",", ":"), default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 

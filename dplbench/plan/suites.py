@@ -154,7 +154,7 @@ def _base_novel(d: str) -> tuple[EvalTarget, ...]:
     return (EvalTarget(d, "base"), EvalTarget(d, "novel"))
 
 
-# What one dataset trains on and is evaluated on, per protocol (PROTOCOLS.md §2); xd and dg,
+# What one dataset trains on and is evaluated on, per protocol (docs/protocols.md §2); xd and dg,
 # which train once and evaluate elsewhere, are expanded above.
 PER_DATASET: dict[str, Callable[[str, int, SuiteSpec], list[tuple[TrainData, tuple]]]] = {
     "base2novel": lambda d, seed, spec: [

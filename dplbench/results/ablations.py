@@ -35,7 +35,7 @@ def _sort_key(values: tuple) -> tuple:
 def pivot(rows: Any, by: Sequence[str], value: str = "accuracy") -> list[Row]:
     """One row per distinct value of the `by` columns (columns or `params` keys): mean over seeds
     per dataset, then the mean over datasets (unless `dataset` is in `by`). Base/novel rows give
-    `base`, `novel` and `hm` (HM of the averages, PROTOCOLS §2); other rows give `value`, with
+    `base`, `novel` and `hm` (HM of the averages, docs/protocols.md §2); other rows give `value`, with
     `<value>_std` over seeds when one dataset is averaged. Sweep rows are included."""
     selected = [r for r in agg.as_rows(rows) if r.get("split") in (None, "test")]
     if value != "accuracy":  # `_by_seed` reads accuracy(); point it at the requested column
@@ -94,11 +94,6 @@ def ablation_rows(root: str, ablation: str, suite: str | None = None) -> list[di
     keys = ("job_id", "variant", "dataset", "subsample", "split")
     sql = store.latest_sql(labelled, keys) + " ORDER BY created_at"
     return store.query(root, sql, {"ablation": ablation, "suite": suite}).to_pylist()
-
-
-def done_job_ids(root: str, ab: Ablation, suite: str) -> set[str]:
-    """Jobs of this ablation whose rows exist with its labels (--resume)."""
-    return {r["job_id"] for r in ablation_rows(root, ab.name, suite)}
 
 
 def ablation_table(ab: Ablation, root: str, suite: str | None = None) -> list[Row]:

@@ -1,4 +1,4 @@
-"""Aggregation of result rows into the field's tables (PROTOCOLS.md §2), with published numbers.
+"""Aggregation of result rows into the field's tables (docs/protocols.md §2), with published numbers.
 
 Pure functions from table to table: the input is the results table (`results.ROW_SCHEMA`, as a
 pyarrow Table or a list of dicts), every output is a list of flat dict rows. Nothing here reads
@@ -51,7 +51,7 @@ def as_rows(table: Any) -> list[Row]:
 
 
 def harmonic_mean(values: Sequence[float | None]) -> float | None:
-    """HM of the values (for base and novel: 2·B·N/(B+N), PROTOCOLS §2); None when any value is
+    """HM of the values (for base and novel: 2·B·N/(B+N), docs/protocols.md §2); None when any value is
     missing, 0 when any is 0."""
     if not values or any(v is None for v in values):
         return None
@@ -104,7 +104,7 @@ def display_name(dataset: str) -> str:
 
 
 def datasets_in_order(datasets: Iterable[str]) -> list[str]:
-    """In the dataset registry's order (PROTOCOLS §1)."""
+    """In the dataset registry's order (docs/protocols.md §1)."""
     return _order(datasets, BENCHMARKS)
 
 
@@ -170,7 +170,7 @@ def published_name(method: str) -> str:
 
 
 def hm_average(per_dataset: Sequence[Row]) -> Row:
-    """The "Average" row rule (PROTOCOLS §2): mean of base and of novel over the datasets that have
+    """The "Average" row rule (docs/protocols.md §2): mean of base and of novel over the datasets that have
     both, then HM of those averages. Used for our rows and to recompute published averages."""
     both = [r for r in per_dataset if r.get("base") is not None and r.get("novel") is not None]
     base = mean(r["base"] for r in both)

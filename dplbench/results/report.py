@@ -28,7 +28,7 @@ from dplbench.results.markdown import MISSING, fmt, md_table
 RULE = (
     "Mean ± sample std over seeds (std shown with ≥ 2 seeds); the Average averages the per-dataset "
     "means, and for base-to-novel takes the HM of the averaged base and novel, not the mean of the "
-    "HMs (PROTOCOLS §2). Seeds b/n: base and novel seed counts when they differ. – marks missing "
+    "HMs (docs/protocols.md §2). Seeds b/n: base and novel seed counts when they differ. – marks missing "
     "data."
 )
 
@@ -230,11 +230,29 @@ def report_tables(
     ablations = ablation_tables(selected)
     if ablations:
         tables["ablations"] = ablations
+    partial = [r for r in selected if (r.get("skipped") or 0) > 0]
+    if partial:
+        tables["partial"] = partial
     return tables
 
 
 def _no_results(suite: str | None) -> str:
     return f"No results to report{f' for suite `{suite}`' if suite else ''}.\n"
+
+
+def _partial_markdown(rows: Sequence[Row]) -> str:
+    """Rows whose accuracy leaves corrupt samples out (run with --on-data-error skip)."""
+    body = [
+        [r["method"], agg.display_name(r["dataset"]), r.get("subsample") or "", str(r.get("seed")),
+         str(r["skipped"]), str(r["total"]), fmt(r.get("accuracy"))]
+        for r in sorted(rows, key=lambda r: (r["dataset"], r["method"], r.get("seed") or 0))
+    ]  # fmt: skip
+    note = (
+        "These accuracies are over the samples that could be read: the skipped ones (corrupt "
+        "images, `--on-data-error skip`) are left out of `total`."
+    )
+    head = ["Method", "Dataset", "Classes", "Seed", "Skipped", "Total", "Accuracy"]
+    return note + "\n\n" + md_table(head, body)
 
 
 def _markdown(tables: Mapping[str, Any], suite: str | None, images: Mapping[str, str]) -> str:
@@ -246,6 +264,9 @@ def _markdown(tables: Mapping[str, Any], suite: str | None, images: Mapping[str,
             parts.append("## Ablations and sweeps")
             for (name, protocol), pivot in table.items():
                 parts += [f"### {name} ({protocol})", pivot_markdown(pivot)]
+            continue
+        if name == "partial":
+            parts += ["## Partial splits", _partial_markdown(table)]
             continue
         parts += [f"## {SECTIONS[name].title}", SECTIONS[name].markdown(table)]
         if name in images:

@@ -42,6 +42,7 @@ ROW_SCHEMA = pa.schema(
         ("accuracy", pa.float64()),  # percent, micro: 100·correct/total
         ("correct", pa.int64()),
         ("total", pa.int64()),
+        ("skipped", pa.int64()),  # corrupt samples left out of `total` (on_data_error=skip)
         ("epochs", pa.int32()),  # epochs trained (0 for zsclip)
         ("source_job_id", pa.string()),  # the training job whose checkpoint was evaluated
         ("config", pa.string()),  # the full resolved job, JSON
@@ -68,6 +69,25 @@ EPOCH_SCHEMA_FIXED = pa.schema(
         ("samples", pa.int64()),
         ("seconds", pa.float64()),
         ("val_accuracy", pa.float64()),  # null when the job has no validation split
+        ("run_status", pa.string()),  # done | failed: the run that trained the epoch ended so
+    ]
+)
+STATUS_SCHEMA = pa.schema(
+    [
+        ("job_id", pa.string()),
+        ("run_id", pa.string()),
+        ("method", pa.string()),
+        ("protocol", pa.string()),
+        ("dataset", pa.string()),  # where the job trains (evaluation jobs: what they evaluate)
+        ("seed", pa.int32()),
+        ("status", pa.string()),  # queued | running | done | failed | stopped
+        ("attempts", pa.int32()),  # worker-group starts (restarts after a worker died count)
+        ("error", pa.string()),  # one line: what failed, where, how to fix it
+        ("log", pa.string()),  # the full traceback
+        ("node", pa.string()),
+        ("started_at", pa.timestamp("us", tz="UTC")),
+        ("ended_at", pa.timestamp("us", tz="UTC")),
+        ("updated_at", pa.timestamp("us", tz="UTC")),
     ]
 )
 PARTITIONS = ("suite", "method")  # in the path only (hive style), not inside the files
@@ -155,20 +175,30 @@ def has_rows(root: str | os.PathLike, table: str = "rows") -> bool:
 
 
 def connect(root: str | os.PathLike):
-    """A DuckDB connection with views `rows` (every run), `results` (latest run per job and split)
-    and `epochs`."""
+    """A DuckDB connection with views `rows` (every run), `results` (latest run per job and
+    split), `epochs` (every run's per-epoch metrics) and `status` (each job's newest state,
+    results/status.py)."""
     import duckdb
 
     con = duckdb.connect()
-    for table in ("rows", "epochs"):
-        if has_rows(root, table):
-            pattern = Path(root) / table / "**" / "*.parquet"
-            con.sql(f"CREATE VIEW {table} AS SELECT * FROM {parquet_source(pattern)}")
-        elif table == "rows":  # an empty table with the schema, so queries still bind
-            cols = ", ".join(f"NULL::{_duck(f.type)} AS {f.name}" for f in ROW_SCHEMA)
-            con.sql(f"CREATE VIEW rows AS SELECT {cols} WHERE false")
+    _view(con, root, "rows", ROW_SCHEMA, "rows")
+    _view(con, root, "epochs", EPOCH_SCHEMA_FIXED, "epochs", ("suite", "method"))
+    _view(con, root, "status", STATUS_SCHEMA, "status_all", ("suite",))
     con.sql(f"CREATE VIEW results AS {latest_sql('rows', LATEST_KEYS)}")
+    con.sql(f"CREATE VIEW status AS {latest_sql('status_all', ('job_id',), 'updated_at')}")
     return con
+
+
+def _view(con, root, table: str, schema: pa.Schema, name: str, partitions=()) -> None:
+    """View `name` over R/<table>/**/*.parquet, or an empty one with the schema and the
+    partition columns, so that queries still bind before anything was written."""
+    if has_rows(root, table):
+        pattern = Path(root) / table / "**" / "*.parquet"
+        con.sql(f"CREATE VIEW {name} AS SELECT * FROM {parquet_source(pattern)}")
+    else:
+        cols = [f"NULL::{_duck(f.type)} AS {f.name}" for f in schema]
+        cols += [f"NULL::VARCHAR AS {p}" for p in partitions]
+        con.sql(f"CREATE VIEW {name} AS SELECT {', '.join(cols)} WHERE false")
 
 
 def _duck(t: pa.DataType) -> str:

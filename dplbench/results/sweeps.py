@@ -40,7 +40,7 @@ def objective(val_by_job: dict[str, float], jobs: Sequence[Job]) -> float | None
 
 def trial_test_metrics(rows: Sequence[dict[str, Any]]) -> dict[str, float | None]:
     """Test metrics of a trial's rows: base/novel means over datasets (seed-means first) and their
-    HM (PROTOCOLS §2: HM of the averages), or the mean accuracy for all-class protocols."""
+    HM (docs/protocols.md §2: HM of the averages), or the mean accuracy for all-class protocols."""
     acc: dict[tuple[str, str], list[float]] = {}
     for r in rows:
         if r.get("split", "test") == "test":

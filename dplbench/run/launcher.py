@@ -3,10 +3,11 @@
 `dplbench run`, `tune` and `ablate` all go through `launch` (one Tuner: trial resources,
 concurrency, failure handling, events to the driver, placement-group cleanup), and every job
 inside a trial through `fit_job` (one `TorchTrainer`: DDP workers, per-epoch checkpoints, worker
-restarts). Two kinds of trial share them: `job_trial` (one job, `dplbench run`) and `sweep_trial`
-(one sweep setting: its jobs at once, the validation objective reported every epoch for ASHA).
+restarts). Two kinds of trial share them (run/trials.py): `job_trial` (one job, `dplbench run`)
+and `sweep_trial` (one sweep setting: its jobs at once, the validation objective reported every
+epoch for ASHA).
 
-Why Tune: it is Ray's supported way to run many Train runs at once (STACK-NOTES), with per-trial
+Why Tune: it is Ray's supported way to run many Train runs at once (docs/ray-notes.md), with per-trial
 failure isolation and callbacks for the live table. Tune does not count the Train workers'
 resources, so `concurrency` bounds the trials by what their workers need, and each trial itself
 holds only a token of memory.
@@ -21,7 +22,6 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -33,8 +33,8 @@ import torch
 
 from dplbench.errors import ConfigError
 from dplbench.plan.jobs import Job
-from dplbench.results.sweeps import objective, trial_test_metrics
 from dplbench.run import placement_groups
+from dplbench.run.failures import one_line
 from dplbench.run.settings import ExecOptions, RunSettings
 from dplbench.run.worker import final_val_accuracy, run_job
 
@@ -43,7 +43,7 @@ log = logging.getLogger(__name__)
 # A trial only drives its TorchTrainers and sleeps: it reserves a token of memory and no CPU
 # (Tune refuses an empty request, and a CPU sliver per trial would keep whole workers off a node).
 TRIAL_RESOURCES = {"memory": 2**20}
-# Train's controller retries a worker group that cannot start forever unless limited (STACK-NOTES).
+# Train's controller retries a worker group that cannot start forever unless limited (docs/ray-notes.md).
 CONTROLLER_FAILURE_LIMIT = 1
 # The newest checkpoint is all a restart or --resume needs.
 CHECKPOINTS_KEPT = 1
@@ -147,88 +147,6 @@ def fit_job(
     return result.return_value
 
 
-# ---- the trials ----------------------------------------------------------------------------
-
-
-def job_trial(config: dict[str, Any]) -> None:
-    """A Tune trial of `dplbench run`: one job; its epochs reach the live table through Tune."""
-    cfg = config["cfg"]
-    (job,) = cfg["jobs"]
-    fit_job(job, cfg["settings"], cfg["exec"], cfg["run_names"][job.id], None, cfg["pg_dir"], True)
-    tune.report({"trial_done": 1})
-
-
-def _value_at(history: dict[int, float], epoch: int) -> float | None:
-    """A job's validation accuracy at `epoch` (0-based): the latest at or before it; a job resumed
-    past `epoch` has only later values, and gives its earliest."""
-    before = [e for e in history if e <= epoch]
-    if before:
-        return history[max(before)]
-    return history[min(history)] if history else None
-
-
-def sweep_trial(config: dict[str, Any]) -> None:
-    """A Tune trial of `dplbench tune`: the setting's jobs, concurrently, one TorchTrainer each.
-    Reports the objective after every epoch all its jobs finished (time attribute `epoch`,
-    1-based), so ASHA can stop it; the last report also carries the test metrics and `trial_done`.
-    When ASHA stops the trial, Tune kills this actor, and with it the Train controllers it owns."""
-    from ray.util.queue import Empty, Queue
-
-    cfg = config["cfg"]
-    jobs: list[Job] = list(cfg["jobs"])
-    queue = Queue(actor_options={"num_cpus": 0})  # 0: never waits for a CPU on a full cluster
-    outcomes: dict[str, tuple[str, Any]] = {}
-
-    def fit(job: Job) -> None:
-        try:
-            out = fit_job(
-                job, cfg["settings"], cfg["exec"], cfg["run_names"][job.id], queue, cfg["pg_dir"]
-            )
-            outcomes[job.id] = ("done", out)
-        except BaseException as e:  # noqa: BLE001 - reported by the trial thread below
-            outcomes[job.id] = ("failed", e)
-
-    for j in jobs:
-        threading.Thread(target=fit, args=(j,), daemon=True).start()
-    history: dict[str, dict[int, float]] = {j.id: {} for j in jobs}
-    epochs = max(j.epochs for j in jobs)
-    reported = 0  # epochs reported to Tune so far
-
-    def ready(job: Job, epoch: int) -> bool:
-        h = history[job.id]
-        return job.id in outcomes or (bool(h) and max(h) >= min(epoch, job.epochs - 1))
-
-    while True:
-        try:
-            job_id, epoch, val = queue.get(timeout=0.5)
-            history[job_id][epoch] = val
-            continue
-        except Empty:
-            pass
-        for job_id, (status, value) in list(outcomes.items()):
-            if status == "failed":
-                raise RuntimeError(f"job {job_id}: {type(value).__name__}: {value}") from value
-        # The last epoch is reported only with the test metrics, once every job has finished.
-        while reported < epochs - 1 and all(ready(j, reported) for j in jobs):
-            vals = {j.id: _value_at(history[j.id], reported) for j in jobs}
-            tune.report({"epoch": reported + 1, "objective": objective(vals, jobs), "val": vals})
-            reported += 1
-        if len(outcomes) == len(jobs):
-            break
-    vals = {jid: out["val_accuracy"] for jid, (_, out) in outcomes.items()}
-    rows = {jid: out["rows"] for jid, (_, out) in outcomes.items()}
-    tune.report(
-        {
-            "epoch": epochs,
-            "objective": objective(vals, jobs),
-            "val": vals,
-            "tests": {jid: trial_test_metrics(r) for jid, r in rows.items()},
-            **trial_test_metrics([r for rs in rows.values() for r in rs]),
-            "trial_done": 1,
-        }
-    )
-
-
 # ---- the driver ----------------------------------------------------------------------------
 
 
@@ -277,11 +195,15 @@ class _TrialEvents(tune.Callback):
 
 
 def _error_line(trial: Any) -> str:
+    """The one line of a failed trial, from Tune's error file (our JobFailed line when there)."""
     try:
         lines = Path(trial.error_file).read_text().strip().splitlines()
-        return next((ln for ln in reversed(lines) if ln.strip()), "error")[:500]
     except (OSError, TypeError):
         return "error"
+    ours = [ln.split("JobFailed: ", 1)[1] for ln in lines if "JobFailed: " in ln]
+    return (ours[-1] if ours else next((ln for ln in reversed(lines) if ln.strip()), "error"))[
+        :1000
+    ]
 
 
 def init_ray(opts: ExecOptions) -> None:
@@ -294,11 +216,37 @@ def init_ray(opts: ExecOptions) -> None:
         return
     # Train's controller polls workers every 2 s by default: ~18 s of overhead per short job.
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
+    # Every running job is three kinds of Ray process at least (its Tune trial, its Train
+    # controller, its workers), so on a small machine more processes start at once than the
+    # raylet expects (its CPU count) and it prints a warning about it on the console. That is our
+    # design, not a leak: let a Ray we start expect four processes per CPU.
+    cpus = opts.cpus or os.cpu_count() or 1
+    os.environ.setdefault("RAY_worker_maximum_startup_concurrency", str(4 * cpus))
     kw = {"log_to_driver": False, "logging_level": logging.WARNING}
     if opts.address:
         ray.init(address=opts.address, **kw)
     else:
         ray.init(num_cpus=opts.cpus, num_gpus=opts.gpus, **kw)
+
+
+def ray_log_to_file(path: Path) -> None:
+    """Ray's own driver-side log lines (Tune's trial errors with their tracebacks, status lines)
+    go to `path`, not the console: the live table and the one-line failures are the console's."""
+    ray_log = logging.getLogger("ray")
+    for h in list(ray_log.handlers):
+        ours = getattr(h, "dplbench", False)
+        if ours or (
+            isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler)
+        ):
+            ray_log.removeHandler(h)
+            if ours:
+                h.close()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(path)
+    handler.dplbench = True
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    ray_log.addHandler(handler)
+    ray_log.propagate = False
 
 
 def concurrency(workers_per_trial: int, opts: ExecOptions) -> int:
@@ -385,6 +333,7 @@ def launch(
             verbose=0,
         ),
     )
+    ray_log_to_file(Path(settings.results) / "logs" / f"ray-{settings.run_id}.log")
     before = placement_groups.snapshot()
     try:
         grid = tuner.fit()
@@ -395,7 +344,7 @@ def launch(
     for r in grid:
         key = r.config["cfg"]["key"]
         if r.error is not None:
-            ends[key] = TrialEnd(key, "failed", f"{type(r.error).__name__}: {r.error}")
+            ends[key] = TrialEnd(key, "failed", one_line(r.error))
         else:
             done = (r.metrics or {}).get("trial_done")
             ends[key] = TrialEnd(key, "done" if done else "stopped")

@@ -19,7 +19,7 @@ class RunSettings:
     loader_workers: int = 2
     on_data_error: str = "raise"  # or "skip": corrupt samples are skipped and counted
     bf16: bool | None = None  # None: bf16 autocast on GPU, fp32 on CPU
-    fail_job: str | None = None  # testing hook: "<job id prefix>[@<epoch>]" raises at that epoch
+    fail_job: str | None = None  # testing hook (run/train_loop.py): "<job prefix>[@<epoch>][:kill]"
     val_each_epoch: bool = False  # evaluate the few-shot val split after every epoch (sweeps)
 
 
@@ -32,3 +32,5 @@ class ExecOptions:
     max_failures: int = 2  # Train restarts of one job from its last checkpoint
     resume: bool = False
     use_ray: bool = True  # False: jobs run one after the other in this process
+    on_lease: str = "skip"  # a job another driver is running: "skip" it or "wait" for it
+    lease_timeout: float = 300.0  # seconds without renewal after which a lease is stale

@@ -1,24 +1,28 @@
 """`dplbench run` and `dplbench ablate`: a suite's jobs, checked, prepared and executed in
 dependency order: training jobs first, then the evaluation jobs that load their checkpoints (xd,
-dg). Checks come first (unknown names, missing shards), so a run that never started writes nothing.
+dg). Checks come first (unknown names, missing shards), so a run that never started writes
+nothing. Every job's state goes to the status table (results/status.py) as it changes.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from dplbench.plan.ablations import Ablation
 from dplbench.plan.jobs import Job
 from dplbench.plan.suites import Suite
 from dplbench.results import store
-from dplbench.results.ablations import done_job_ids
+from dplbench.results.status import StatusBook
 from dplbench.run import launcher
 from dplbench.run.context import LocalContext
-from dplbench.run.launcher import TrialEvent, job_trial
+from dplbench.run.failures import JobFailed, log_path
+from dplbench.run.launcher import TrialEvent
+from dplbench.run.leases import Leases
 from dplbench.run.prepare import prepare
 from dplbench.run.settings import ExecOptions, RunSettings
+from dplbench.run.trials import job_summary, job_trial
 from dplbench.run.worker import run_job
 
 log = logging.getLogger(__name__)
@@ -37,6 +41,9 @@ class RunSummary:
     run_id: str
     outcomes: list[JobOutcome] = field(default_factory=list)
     skipped: list[Job] = field(default_factory=list)  # --resume: rows already there
+    rerun_failed: list[Job] = field(default_factory=list)  # --resume: failed in an earlier run
+    elsewhere: dict[str, str] = field(default_factory=dict)  # job id -> the driver running it
+    status_file: Path | None = None
 
     @property
     def failed(self) -> list[JobOutcome]:
@@ -47,6 +54,16 @@ def completed_job_ids(results_root: str) -> set[str]:
     if not store.has_rows(results_root):
         return set()
     table = store.query(results_root, "SELECT DISTINCT job_id FROM rows")
+    return set(table.column("job_id").to_pylist())
+
+
+def failed_job_ids(results_root: str) -> set[str]:
+    """Jobs whose newest recorded state is failed (or stopped)."""
+    if not store.has_rows(results_root, "status"):
+        return set()
+    table = store.query(
+        results_root, "SELECT job_id FROM status WHERE status IN ('failed', 'stopped')"
+    )
     return set(table.column("job_id").to_pylist())
 
 
@@ -68,22 +85,59 @@ def run_jobs(
         on_event,
     )
     by_id = {j.id: j for j in jobs}
-    return [
-        JobOutcome(by_id[e.key], "done" if e.status == "done" else "failed", e.error) for e in ends
-    ]
+    outcomes = []
+    for e in ends:
+        error = e.error
+        if e.status != "done":
+            error = _with_log(settings, e.key, error or "stopped")
+        outcomes.append(JobOutcome(by_id[e.key], "done" if e.status == "done" else "failed", error))
+    return outcomes
+
+
+def _with_log(settings: RunSettings, job_id: str, error: str) -> str:
+    """A failure that never reached the worker's own handler (a worker group that could not
+    start, a worker killed more often than allowed) still gets a log file and its path."""
+    if "(log: " in error:
+        return error
+    path = log_path(settings.results, job_id, settings.run_id)
+    if not path.exists():
+        from dplbench.atomic import write_atomic
+
+        write_atomic(path, f"job {job_id} failed on the cluster:\n{error}\n")
+    return f"{error} (log: {path})"
 
 
 def _run_local(job: Job, settings: RunSettings, emit: TrialEvent, resume: bool) -> JobOutcome:
     emit(job.id, "running", {})
     try:
-        run_job(job, settings, LocalContext(settings.results, job.id, resume=resume))
-    except Exception as e:  # a failed job is recorded; the others go on
-        log.exception("job %s failed", job.id)
-        error = f"{type(e).__name__}: {e}"
-        emit(job.id, "failed", {"error": error})
-        return JobOutcome(job, "failed", error)
-    emit(job.id, "done", {})
+        rows = run_job(job, settings, LocalContext(settings.results, job.id, resume=resume))
+    except JobFailed as e:  # a failed job is recorded; the others go on
+        log.debug("job %s failed", job.id, exc_info=True)
+        emit(job.id, "failed", {"error": str(e)})
+        return JobOutcome(job, "failed", str(e))
+    emit(job.id, "done", {"last": job_summary(rows)})
     return JobOutcome(job, "done")
+
+
+def _recording(book: StatusBook, leases: Leases, on_event: TrialEvent | None) -> TrialEvent:
+    """Trial events -> the status table (and the job's lease, released when it ends), then the
+    caller's sink (the live table)."""
+
+    def event(key: str, state: str, info: dict) -> None:
+        if state in ("done", "failed", "stopped"):
+            leases.release(key)
+        last = info.get("last") or {}
+        if state == "result":
+            book.update(key, attempts=info.get("attempt"))
+        elif state == "running":
+            book.update(key, status="running")
+        else:
+            error = info.get("error")
+            book.update(key, status=state, error=error, log=_log_of(error), node=last.get("node"))
+        if on_event is not None:
+            on_event(key, state, info)
+
+    return event
 
 
 def run_suite(
@@ -93,40 +147,68 @@ def run_suite(
     summary = RunSummary(suite.name, settings.run_id)
     jobs = list(suite.jobs)
     if opts.resume:
-        done = completed_job_ids(settings.results)
+        done, failed = completed_job_ids(settings.results), failed_job_ids(settings.results)
         summary.skipped = [j for j in jobs if j.id in done]
         jobs = [j for j in jobs if j.id not in done]
+        summary.rerun_failed = [j for j in jobs if j.id in failed]
     prepare(jobs, settings.data, suite.data.synthesize)
-    training = [j for j in jobs if j.source is None]
-    evaluation = [j for j in jobs if j.source is not None]
-    summary.outcomes += run_jobs(training, settings, opts, on_event)
-    failed_sources = {o.job.id for o in summary.outcomes if o.status != "done"}
-    blocked = [j for j in evaluation if j.source in failed_sources]
-    for j in blocked:
-        summary.outcomes.append(JobOutcome(j, "failed", f"its training job {j.source} failed"))
-        if on_event:
-            on_event(j.id, "failed", {})
-    runnable = [j for j in evaluation if j.source not in failed_sources]
-    summary.outcomes += run_jobs(runnable, settings, opts, on_event)
+    book = StatusBook(settings.results, suite.name, settings.run_id, jobs)
+    summary.status_file = book.path
+    leases = Leases(settings.results, settings.run_id, opts.lease_timeout)
+    event = _recording(book, leases, on_event)
+    try:
+        pending = jobs
+        while pending:
+            pending = _run_phases(pending, settings, opts, leases, event, summary)
+            if pending:  # --on-lease wait: held by another driver when we got to them
+                time.sleep(min(5.0, opts.lease_timeout / 10))
+                done = completed_job_ids(settings.results)
+                summary.skipped += [j for j in pending if j.id in done]
+                pending = [j for j in pending if j.id not in done]
+    finally:
+        leases.release_all()
+    # The final word of each job, whatever the callbacks saw (a trial that never started).
+    for o in summary.outcomes:
+        book.update(o.job.id, status=o.status, error=o.error, log=_log_of(o.error))
     return summary
 
 
-def run_ablation(
-    ab: Ablation,
-    suite: Suite,
-    settings: RunSettings,
-    opts: ExecOptions,
-    on_event: TrialEvent | None = None,
-) -> RunSummary:
-    """Run an ablation's suite (opts.resume: skip jobs with this ablation's rows)."""
-    skipped: list[Job] = []
-    if opts.resume:
-        done = done_job_ids(settings.results, ab, suite.name)
-        skipped = [j for j in suite.jobs if j.id in done]
-        suite = replace(suite, jobs=tuple(j for j in suite.jobs if j.id not in done))
-    if not suite.jobs:
-        return RunSummary(suite.name, settings.run_id, [], skipped)
-    # The runner's own --resume looks at any rows of a job id, labelled or not: ours is above.
-    summary = run_suite(suite, settings, replace(opts, resume=False), on_event)
-    summary.skipped = skipped
-    return summary
+def _run_phases(jobs, settings, opts, leases, event, summary) -> list[Job]:
+    """Training jobs, then the evaluation jobs of those that trained; each job only once its
+    lease is ours. Returns the jobs another driver holds, when the caller waits for them."""
+    waiting = []
+    for phase in ([j for j in jobs if j.source is None], [j for j in jobs if j.source]):
+        failed = {o.job.id for o in summary.outcomes if o.status != "done"}
+        runnable = []
+        for j in phase:
+            if j.source in summary.elsewhere:  # its training job runs in another driver
+                summary.elsewhere[j.id] = summary.elsewhere[j.source]
+                event(j.id, "stopped", {"error": f"its training job {j.source} runs elsewhere"})
+                continue
+            if j.source in {w.id for w in waiting}:
+                waiting.append(j)
+                continue
+            if j.source in failed:
+                error = f"its training job {j.source} failed"
+                summary.outcomes.append(JobOutcome(j, "failed", error))
+                event(j.id, "failed", {"error": error})
+                continue
+            holder = leases.acquire(j.id)
+            if holder is None:
+                runnable.append(j)
+            elif opts.on_lease == "wait":
+                waiting.append(j)
+            else:
+                summary.elsewhere[j.id] = holder.describe()
+                event(
+                    j.id, "stopped", {"error": f"running in another driver ({holder.describe()})"}
+                )
+        summary.outcomes += run_jobs(runnable, settings, opts, event)
+    return waiting
+
+
+def _log_of(error: str | None) -> str | None:
+    """The log path a failure line ends with: "... (log: PATH)"."""
+    if not error or "(log: " not in error:
+        return None
+    return error.rsplit("(log: ", 1)[1].rstrip(")")

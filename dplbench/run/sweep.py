@@ -18,9 +18,10 @@ from dplbench.plan.sweeps import Sweep
 from dplbench.results import sweeps as records
 from dplbench.results.sweeps import SweepResult
 from dplbench.run import launcher
-from dplbench.run.launcher import TrialEvent, sweep_trial
+from dplbench.run.launcher import TrialEvent
 from dplbench.run.prepare import prepare
 from dplbench.run.settings import ExecOptions, RunSettings
+from dplbench.run.trials import sweep_trial
 
 
 def without_restarts(opts: ExecOptions) -> ExecOptions:

@@ -1,57 +1,37 @@
-"""The per-worker train / evaluate loop of one job. No Ray in here: the launcher calls it inside a
-Ray Train worker, and it runs in-process too (local mode, tests) with a `LocalContext`.
+"""One job on one worker: build the model, train (or load) it, evaluate, write the rows. No Ray in
+here: the launcher calls it inside a Ray Train worker, and it runs in-process too (local mode,
+tests) with a `LocalContext`.
 
-Rank 0 writes the job's checkpoints (trainable state + optimiser, one per epoch, through the
-context), the final trainable state (`R/checkpoints/<job_id>/final.pt`, what xd/dg evaluation jobs
-load) and the result rows (results/store.py). Every rank trains on its share of the stream and
-evaluates its share of each test split; counts are summed over ranks.
+Rank 0 writes the final trainable state (`R/checkpoints/<job_id>/final.pt`, what xd/dg evaluation
+jobs load), the result rows and the epoch rows (results/store.py). A job that fails writes its
+epochs so far (marked failed) and its traceback (`R/logs/<job>-<run>.log`), then raises
+`JobFailed` with one line saying what failed and how to fix it.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
-import logging
 import random
-import tempfile
 import time
-from collections import defaultdict
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
 
 from dpl.methods import build_method
 from dpl.methods.base import PromptedCLIP
-from dpl.optim import build_optimizer
-from dpl.schedules import set_lr
 from dplbench.atomic import write_atomic
-from dplbench.data.epochs import train_loader
-from dplbench.data.shards import all_reduce_counts, eval_loader
-from dplbench.data.transforms import ViewConfig
 from dplbench.data.view import DatasetView
 from dplbench.errors import UserError
 from dplbench.plan.jobs import Job
 from dplbench.results import provenance, store
+from dplbench.run import failures
 from dplbench.run.context import WorkerContext
+from dplbench.run.evaluate import count_correct, evaluate
 from dplbench.run.settings import RunSettings
-
-log = logging.getLogger(__name__)
-STATE_FILE = "state.pt"
-
-
-class _LossModule(nn.Module):
-    """DDP syncs gradients of what its forward computed: route the loss through forward."""
-
-    def __init__(self, model: PromptedCLIP) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, batch: dict, epoch: int, epochs: int) -> dict[str, torch.Tensor]:
-        return self.model.losses(batch, epoch, epochs)
+from dplbench.run.train_loop import train
 
 
 def seed_everything(seed: int) -> None:
@@ -76,181 +56,6 @@ def load_final_state(model: PromptedCLIP, job: Job, settings: RunSettings, sourc
     model.load_trainable_state(torch.load(path, map_location=device, weights_only=True))
 
 
-def _to_device(batch: dict, device: torch.device) -> dict:
-    return {
-        k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()
-    }
-
-
-def _autocast(device: torch.device, bf16: bool | None):
-    use = device.type == "cuda" if bf16 is None else bf16
-    return torch.autocast(device.type, dtype=torch.bfloat16) if use else contextlib.nullcontext()
-
-
-def _image_size(model: PromptedCLIP) -> int:
-    size = model.clip.visual.image_size
-    return size[0] if isinstance(size, (tuple, list)) else int(size)
-
-
-def _ddp(module: nn.Module, ctx: WorkerContext) -> nn.Module:
-    dist = torch.distributed
-    if ctx.world_size > 1 and dist.is_available() and dist.is_initialized():
-        ids = [ctx.device.index] if ctx.device.type == "cuda" else None
-        return nn.parallel.DistributedDataParallel(module, device_ids=ids)
-    return module
-
-
-def train(model: PromptedCLIP, job: Job, settings: RunSettings, ctx: WorkerContext) -> list[dict]:
-    """Train `model` for the job's epochs (resuming from the context's last checkpoint); returns
-    per-epoch metric rows."""
-    cfg = model.cfg
-    t = job.train
-    view = DatasetView.open(
-        settings.data, t.dataset, "train", t.shots, t.seed, t.subsample, t.imbalance
-    )
-    model.set_classes(view.classnames, view.template)
-    views = ViewConfig(_image_size(model), cfg.train_view, with_clean=cfg.frozen_view == "clean")
-    loader = train_loader(
-        view,
-        cfg.optim.batch_size,
-        views,
-        settings.loader_workers,
-        ctx.rank,
-        ctx.world_size,
-        seed=job.seed,
-        on_error=settings.on_data_error,
-        last_batch=cfg.optim.last_batch,
-    )
-    val_view = (
-        DatasetView.open(settings.data, t.dataset, "val", t.shots, t.seed, t.subsample, None)
-        if settings.val_each_epoch
-        else None
-    )
-    optimizer = build_optimizer(model)
-    start = 0
-    ckpt = ctx.latest_checkpoint()
-    if ckpt:
-        state = torch.load(Path(ckpt) / STATE_FILE, map_location=ctx.device, weights_only=True)
-        model.load_trainable_state(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        start = int(state["epoch"]) + 1
-        log.info("job %s: resuming after epoch %d", job.id, start - 1)
-    step_module = _ddp(_LossModule(model), ctx)
-    epochs = cfg.optim.epochs
-    rows = []
-    for epoch in range(start, epochs):
-        if settings.fail_job:  # testing hook: "<job id prefix>[@<epoch>]"
-            prefix, _, at = settings.fail_job.partition("@")
-            if job.id.startswith(prefix) and epoch == int(at or 0):
-                raise RuntimeError(f"job {job.id}: failure injected at epoch {epoch}")
-        loader.set_epoch(epoch)
-        model.train()
-        tic, sums, n, samples = time.perf_counter(), defaultdict(float), 0, 0
-        for step, batch in enumerate(loader):
-            if batch is None:  # every sample of the batch was corrupt (on_data_error=skip)
-                continue
-            batch = _to_device(batch, ctx.device)
-            with _autocast(ctx.device, settings.bf16):
-                terms = step_module(batch, epoch, epochs)
-            loss = sum(terms.values())
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            set_lr(optimizer, cfg.optim, epoch, step, loader.num_batches)
-            optimizer.step()
-            for k, v in terms.items():
-                sums[k] += float(v.detach())
-            n += 1
-            samples += len(batch["label"])
-        model.on_epoch_end(epoch, epochs)
-        val_accuracy = None
-        if settings.val_each_epoch:
-            c, n_val = count_correct(model, val_view, settings, ctx)
-            model.set_classes(view.classnames, view.template)
-            val_accuracy = 100.0 * c / max(n_val, 1)
-        row = {
-            "job_id": job.id,
-            "run_id": settings.run_id,
-            "epoch": epoch,
-            "lr": optimizer.param_groups[0]["lr"],  # at the epoch's last optimiser step
-            "loss": sum(sums.values()) / max(n, 1),
-            "samples": samples * ctx.world_size,
-            "seconds": time.perf_counter() - tic,
-            "val_accuracy": val_accuracy,
-            **{f"loss_{k}": v / max(n, 1) for k, v in sums.items()},
-        }
-        rows.append(row)
-        with tempfile.TemporaryDirectory() as tmp:
-            if ctx.rank == 0:
-                torch.save(
-                    {
-                        "model": model.trainable_state(),
-                        "optimizer": optimizer.state_dict(),
-                        "epoch": epoch,
-                    },
-                    Path(tmp) / STATE_FILE,
-                )
-            ctx.report(
-                {k: v for k, v in row.items() if k != "run_id" and v is not None},
-                tmp if ctx.rank == 0 else None,
-            )
-    if loader.skipped.value:
-        log.warning("job %s: skipped %d corrupt training samples", job.id, loader.skipped.value)
-    return rows
-
-
-def count_correct(
-    model: PromptedCLIP, view: DatasetView, settings: RunSettings, ctx: WorkerContext
-) -> tuple[int, int]:
-    """(correct, total) of `model` on this view, each rank reading its share, summed over ranks."""
-    model.set_classes(view.classnames, view.template)
-    was_training = model.training
-    model.eval()
-    loader = eval_loader(
-        view,
-        settings.eval_batch_size,
-        ViewConfig(_image_size(model), "test"),
-        settings.loader_workers,
-        ctx.rank,
-        ctx.world_size,
-        on_error=settings.on_data_error,
-    )
-    correct = total = 0
-    with torch.no_grad(), _autocast(ctx.device, settings.bf16):
-        for batch in loader:
-            pred = model.logits(batch["image"].to(ctx.device)).argmax(-1).cpu()
-            correct += int((pred == batch["label"]).sum())
-            total += len(pred)
-    if loader.skipped.value:
-        log.warning(
-            "%s/%s: skipped %d corrupt samples", view.dataset, view.split, loader.skipped.value
-        )
-    model.train(was_training)
-    return all_reduce_counts(correct, total)
-
-
-def evaluate(
-    model: PromptedCLIP, job: Job, settings: RunSettings, ctx: WorkerContext
-) -> list[dict]:
-    """(correct, total) per evaluation target, summed over ranks."""
-    out = []
-    t = job.train
-    for target in job.evals:
-        view = DatasetView.open(
-            settings.data, target.dataset, target.split, t.shots, t.seed, target.subsample
-        )
-        tic = time.perf_counter()
-        correct, total = count_correct(model, view, settings, ctx)
-        out.append(
-            {
-                "target": target,
-                "correct": correct,
-                "total": total,
-                "seconds": time.perf_counter() - tic,
-            }
-        )
-    return out
-
-
 def build_model(job: Job, ctx: WorkerContext) -> PromptedCLIP:
     # Same seed on every rank while building: random-init weights (tests, smoke) and prompt inits
     # must be identical across DDP ranks. Then a per-rank seed for dropout draws and augmentation.
@@ -267,19 +72,34 @@ def final_val_accuracy(job: Job, settings: RunSettings, ctx: WorkerContext) -> f
     load_final_state(model, job, settings, job.id)
     t = job.train
     view = DatasetView.open(settings.data, t.dataset, "val", t.shots, t.seed, t.subsample, None)
-    correct, total = count_correct(model, view, settings, ctx)
+    correct, total, _ = count_correct(model, view, settings, ctx)
     return 100.0 * correct / max(total, 1)
 
 
 def run_job(job: Job, settings: RunSettings, ctx: WorkerContext) -> list[dict]:
-    """Train (or load) and evaluate one job; rank 0 writes its rows. Returns the result rows."""
+    """Train (or load) and evaluate one job; rank 0 writes its rows. Returns the result rows.
+    Any failure is written down (epochs so far, traceback) and raised as `JobFailed`."""
+    epoch_rows: list[dict] = []
+    try:
+        return _run(job, settings, ctx, epoch_rows)
+    except Exception as e:
+        path = failures.log_path(settings.results, job.id, settings.run_id, ctx.rank)
+        header = f"job {job.id} ({job.method} on {job.train.dataset}, seed {job.seed}) failed"
+        failures.write_log(path, header, e)
+        if ctx.rank == 0 and epoch_rows:
+            failed = [{**r, "run_status": "failed"} for r in epoch_rows]
+            store.write_epochs(settings.results, settings.suite, job.method, failed)
+        line = failures.out_of_memory_line(job.id, e) or failures.one_line(e)
+        raise failures.JobFailed(line, str(path)) from e
+
+
+def _run(job: Job, settings: RunSettings, ctx: WorkerContext, epoch_rows: list[dict]) -> list[dict]:
     wall = time.perf_counter()
     model = build_model(job, ctx)
-    epoch_rows: list[dict] = []
     train_s = 0.0
     if job.trains:
         tic = time.perf_counter()
-        epoch_rows = train(model, job, settings, ctx)
+        train(model, job, settings, ctx, epoch_rows)
         train_s = time.perf_counter() - tic
         if ctx.rank == 0:
             state = model.trainable_state()
@@ -310,6 +130,7 @@ def run_job(job: Job, settings: RunSettings, ctx: WorkerContext) -> list[dict]:
             accuracy=100.0 * e["correct"] / max(e["total"], 1),
             correct=e["correct"],
             total=e["total"],
+            skipped=e["skipped"],
             epochs=job.epochs if job.trains else 0,
             source_job_id=job.source or job.id,
             config=_json(job.describe()),
@@ -326,7 +147,8 @@ def run_job(job: Job, settings: RunSettings, ctx: WorkerContext) -> list[dict]:
         )
         for e in evals
     ]
-    store.write_epochs(settings.results, settings.suite, job.method, epoch_rows)
+    done = [{**r, "run_status": "done"} for r in epoch_rows]
+    store.write_epochs(settings.results, settings.suite, job.method, done)
     store.write_rows(settings.results, rows)
     return rows
 

@@ -1,0 +1,180 @@
+"""The training epochs of one job on one worker (no Ray: the context reports and checkpoints).
+
+Every epoch ends with a checkpoint through the context: the trainable state, the optimiser, and
+the epoch rows of this run so far, so a worker restarted from it continues the same `epochs`
+table (every epoch once). The lr schedule is a pure function of (epoch, step): nothing else to
+restore.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from dpl.methods.base import PromptedCLIP
+from dpl.optim import build_optimizer
+from dpl.schedules import set_lr
+from dplbench.data.epochs import train_loader
+from dplbench.data.transforms import ViewConfig
+from dplbench.data.view import DatasetView
+from dplbench.plan.jobs import Job
+from dplbench.run.context import WorkerContext
+from dplbench.run.evaluate import autocast, count_correct, image_size
+from dplbench.run.settings import RunSettings
+
+log = logging.getLogger(__name__)
+STATE_FILE = "state.pt"
+
+
+class _LossModule(nn.Module):
+    """DDP syncs gradients of what its forward computed: route the loss through forward."""
+
+    def __init__(self, model: PromptedCLIP) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, batch: dict, epoch: int, epochs: int) -> dict[str, torch.Tensor]:
+        return self.model.losses(batch, epoch, epochs)
+
+
+def _ddp(module: nn.Module, ctx: WorkerContext) -> nn.Module:
+    dist = torch.distributed
+    if ctx.world_size > 1 and dist.is_available() and dist.is_initialized():
+        ids = [ctx.device.index] if ctx.device.type == "cuda" else None
+        return nn.parallel.DistributedDataParallel(module, device_ids=ids)
+    return module
+
+
+def _to_device(batch: dict, device: torch.device) -> dict:
+    return {
+        k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()
+    }
+
+
+def _fail_if_asked(job: Job, settings: RunSettings, epoch: int) -> None:
+    """Testing hook, RunSettings.fail_job "<job id prefix>[@<epoch>][:kill]": raise at that
+    epoch, or (":kill") SIGKILL this worker process there, once per run (a marker file says so)."""
+    if not settings.fail_job:
+        return
+    spec, _, how = settings.fail_job.partition(":")
+    prefix, _, at = spec.partition("@")
+    if job.id.startswith(prefix) and epoch == int(at or 0):
+        if how == "kill":
+            marker = Path(settings.results) / "logs" / f".killed-{job.id}-{settings.run_id}"
+            if not marker.exists():
+                marker.parent.mkdir(parents=True, exist_ok=True)
+                marker.touch()
+                os.kill(os.getpid(), signal.SIGKILL)
+            return
+        raise RuntimeError(f"job {job.id}: failure injected at epoch {epoch}")
+
+
+def train(
+    model: PromptedCLIP,
+    job: Job,
+    settings: RunSettings,
+    ctx: WorkerContext,
+    rows: list[dict],
+) -> list[dict]:
+    """Train `model` for the job's epochs, resuming from the context's last checkpoint. Appends
+    one metrics row per epoch to `rows` as it goes (the caller keeps them if training fails)."""
+    cfg = model.cfg
+    t = job.train
+    view = DatasetView.open(
+        settings.data, t.dataset, "train", t.shots, t.seed, t.subsample, t.imbalance
+    )
+    model.set_classes(view.classnames, view.template)
+    views = ViewConfig(image_size(model), cfg.train_view, with_clean=cfg.frozen_view == "clean")
+    loader = train_loader(
+        view,
+        cfg.optim.batch_size,
+        views,
+        settings.loader_workers,
+        ctx.rank,
+        ctx.world_size,
+        seed=job.seed,
+        on_error=settings.on_data_error,
+        last_batch=cfg.optim.last_batch,
+    )
+    val_view = (
+        DatasetView.open(settings.data, t.dataset, "val", t.shots, t.seed, t.subsample, None)
+        if settings.val_each_epoch
+        else None
+    )
+    optimizer = build_optimizer(model)
+    start, attempt = 0, 1
+    ckpt = ctx.latest_checkpoint()
+    if ckpt:
+        state = torch.load(Path(ckpt) / STATE_FILE, map_location=ctx.device, weights_only=True)
+        model.load_trainable_state(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        start = int(state["epoch"]) + 1
+        attempt = int(state.get("attempt", 1)) + 1
+        # A restart within this run continues its epochs table; a --resume run (another run id)
+        # records only what it trains, the earlier run's file keeps the rest.
+        rows += [r for r in state.get("epoch_rows", []) if r["run_id"] == settings.run_id]
+        log.info("job %s: resuming after epoch %d (attempt %d)", job.id, start - 1, attempt)
+    step_module = _ddp(_LossModule(model), ctx)
+    epochs = cfg.optim.epochs
+    for epoch in range(start, epochs):
+        _fail_if_asked(job, settings, epoch)
+        loader.set_epoch(epoch)
+        model.train()
+        tic, sums, n, samples = time.perf_counter(), defaultdict(float), 0, 0
+        for step, batch in enumerate(loader):
+            if batch is None:  # every sample of the batch was corrupt (on_data_error=skip)
+                continue
+            batch = _to_device(batch, ctx.device)
+            with autocast(ctx.device, settings.bf16):
+                terms = step_module(batch, epoch, epochs)
+            loss = sum(terms.values())
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            set_lr(optimizer, cfg.optim, epoch, step, loader.num_batches)
+            optimizer.step()
+            for k, v in terms.items():
+                sums[k] += float(v.detach())
+            n += 1
+            samples += len(batch["label"])
+        model.on_epoch_end(epoch, epochs)
+        val_accuracy = None
+        if val_view is not None:
+            c, n_val, _ = count_correct(model, val_view, settings, ctx)
+            model.set_classes(view.classnames, view.template)
+            val_accuracy = 100.0 * c / max(n_val, 1)
+        rows.append(
+            {
+                "job_id": job.id,
+                "run_id": settings.run_id,
+                "epoch": epoch,
+                "lr": optimizer.param_groups[0]["lr"],  # at the epoch's last optimiser step
+                "loss": sum(sums.values()) / max(n, 1),
+                "samples": samples * ctx.world_size,
+                "seconds": time.perf_counter() - tic,
+                "val_accuracy": val_accuracy,
+                **{f"loss_{k}": v / max(n, 1) for k, v in sums.items()},
+            }
+        )
+        with tempfile.TemporaryDirectory() as tmp:
+            if ctx.rank == 0:
+                state = {
+                    "model": model.trainable_state(),
+                    "optimizer": optimizer.state_dict(),
+                    "epoch": epoch,
+                    "attempt": attempt,
+                    "epoch_rows": rows,
+                }
+                torch.save(state, Path(tmp) / STATE_FILE)
+            metrics = {k: v for k, v in rows[-1].items() if k != "run_id" and v is not None}
+            ctx.report({**metrics, "attempt": attempt}, tmp if ctx.rank == 0 else None)
+    if loader.skipped.value:
+        log.warning("job %s: skipped %d corrupt training samples", job.id, loader.skipped.value)
+    return rows
