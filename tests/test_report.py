@@ -3,6 +3,7 @@ published reference numbers."""
 
 import json
 import statistics
+from pathlib import Path
 
 import pyarrow as pa
 import pytest
@@ -257,12 +258,12 @@ def all_protocol_rows():
 def test_render_report_writes_markdown_and_pngs(tmp_path):
     files = render_report(all_protocol_rows(), tmp_path / "out")
     assert isinstance(files, ReportFiles)
-    md = files.markdown.read_text()
-    assert files.markdown == tmp_path / "out" / "report.md"
-    assert {p.name for p in files.plots} == {
+    md = Path(files.markdown).read_text()
+    assert md == files.text and files.markdown == str(tmp_path / "out" / "report.md")
+    assert {Path(p).name for p in files.plots} == {
         "base2novel.png", "xd.png", "dg.png", "fewshot.png", "longtail.png",
     }  # fmt: skip
-    for png in files.plots:
+    for png in map(Path, files.plots):
         assert png.read_bytes().startswith(PNG_SIGNATURE)
         assert f"]({png.name})" in md
     assert not list((tmp_path / "out").glob(".*tmp"))  # temporaries renamed away
@@ -297,4 +298,4 @@ def test_empty_input_gives_one_line(tmp_path, empty):
         "No results to report for suite `nope`.\n"
     )
     files = render_report(empty, tmp_path)
-    assert files.plots == () and files.markdown.read_text() == "No results to report.\n"
+    assert files.plots == () and Path(files.markdown).read_text() == "No results to report.\n"

@@ -135,3 +135,8 @@ def test_cli_runs_as_a_real_subprocess(tmp_path):
     )
     assert out.returncode == 0, out.stderr
     assert "jobs; nothing was run" in out.stdout
+
+
+def test_results_commands_are_all_there():
+    out = CliRunner().invoke(app, ["results", "--help"])
+    assert all(cmd in out.output for cmd in ("ls", "query", "show"))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -30,11 +29,11 @@ def report(
 
     Example: dplbench report --suite base2novel --out reports/b2n
     """
-    from dplbench.results import store
+    from dplbench.results import location, store
     from dplbench.results.report import render_report
 
     rows = store.latest_rows(results_root).to_pylist()
-    out_dir = Path(out or Path(results_root) / "reports" / (suite or "all"))
+    out_dir = out or location.join(results_root, "reports", suite or "all")
     files = render_report(rows, out_dir, suite=suite, compare=compare)
-    console.print(Markdown(files.markdown.read_text()))
+    console.print(Markdown(files.text))
     console.print(f"report: {files.markdown}" + "".join(f"\nplot: {p}" for p in files.plots))

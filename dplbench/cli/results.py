@@ -47,6 +47,7 @@ def results_ls(
         print_rows(failed, f"{len(failed)} failed jobs without results (dplbench run --resume)")
 
 
+@app.command("query")
 @user_errors
 def results_query(
     sql: Annotated[str, typer.Argument(help="SQL over the views rows, results, epochs")],

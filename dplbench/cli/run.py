@@ -76,8 +76,6 @@ def run(
     Example: dplbench run --suite base2novel --methods dpl,promptsrc --gpus 32 iwtd.p_max=0.4
     """
     from dplbench.plan.suites import load_suite
-    from dplbench.run.settings import ExecOptions, RunSettings
-    from dplbench.run.suite import run_suite
 
     if fmt not in ("table", "json"):
         raise ConfigError(f"--format {fmt!r}: choose table or json")
@@ -91,6 +89,24 @@ def run(
         console.print(table.render())
         console.print(f"{len(s.jobs)} jobs; nothing was run (--dry-run)")
         return
+    summary = run_live(
+        s, data, results_root, loader_workers, on_data_error, gpus, cpus, address, resume, ray,
+        on_lease,
+    )  # fmt: skip
+    _print_summary(abs_path(results_root), [o.job.id for o in summary.outcomes])
+    print_failures(summary)
+    if summary.failed:
+        raise typer.Exit(1)
+
+
+def run_live(
+    s, data, results_root, loader_workers, on_data_error, gpus, cpus, address, resume, ray,
+    on_lease,
+):  # fmt: skip
+    """A suite's jobs with the live table, from the options `run` and `ablate` share."""
+    from dplbench.run.settings import ExecOptions, RunSettings
+    from dplbench.run.suite import run_suite
+
     settings = RunSettings(
         data=abs_path(data),
         results=abs_path(results_root),
@@ -107,20 +123,20 @@ def run(
         use_ray=ray,
         on_lease=check_choice("--on-lease", on_lease, ("skip", "wait")),
     )
-    with live(table) as on_event:
+    with live(JobTable(s.jobs)) as on_event:
         summary = run_suite(s, settings, opts, on_event)
     print_resume(summary)
-    _print_summary(settings.results, [o.job.id for o in summary.outcomes])
+    return summary
+
+
+def print_failures(summary) -> None:
     for o in summary.failed:
+        label = o.job.params.get("variant") or f"{o.job.method} {o.job.train.dataset}"
         err.print(
-            f"[red]failed[/red] {o.job.id} {o.job.method} {o.job.train.dataset}: {o.error}",
-            highlight=False,
-            soft_wrap=True,
+            f"[red]failed[/red] {o.job.id} {label}: {o.error}", highlight=False, soft_wrap=True
         )
     if summary.status_file:
         console.print(f"job status: {summary.status_file}", highlight=False)
-    if summary.failed:
-        raise typer.Exit(1)
 
 
 def recipe_view(job) -> dict:

@@ -27,12 +27,10 @@ from dplbench.cli.common import (
     UseRay,
     Workers,
     abs_path,
-    check_choice,
     check_on_data_error,
     console,
     err,
     live,
-    print_resume,
     selections,
     user_errors,
 )
@@ -196,10 +194,9 @@ def ablate(
 
     Example: dplbench ablate rer --suite smoke --seeds 1 optim.epochs=2
     """
+    from dplbench.cli.run import print_failures, run_live
     from dplbench.plan import ablations
     from dplbench.results import ablations as tables
-    from dplbench.run.settings import ExecOptions, RunSettings
-    from dplbench.run.suite import run_suite
 
     if name is None:
         for n in ablations.list_ablations():
@@ -217,26 +214,11 @@ def ablate(
             console.print(jobs.render())
             console.print(f"{len(s.jobs)} jobs; nothing was run (--dry-run)")
             return
-        settings = RunSettings(
-            data=abs_path(data),
-            results=root,
-            suite=s.name,
-            loader_workers=loader_workers,
-            on_data_error=check_on_data_error(on_data_error),
-        )
-        opts = ExecOptions(
-            gpus=gpus,
-            cpus=cpus,
-            address=address,
-            resume=resume,
-            use_ray=ray,
-            on_lease=check_choice("--on-lease", on_lease, ("skip", "wait")),
-        )
-        with live(jobs) as on_event:
-            summary = run_suite(s, settings, opts, on_event)
-        print_resume(summary)
-        for o in summary.failed:
-            err.print(f"[red]failed[/red] {o.job.id} {o.job.params.get('variant')}: {o.error}")
+        summary = run_live(
+            s, data, root, loader_workers, on_data_error, gpus, cpus, address, resume, ray,
+            on_lease,
+        )  # fmt: skip
+        print_failures(summary)
     suite_name = Path(suite or ab.suite).stem
     text = tables.ablation_markdown(ab, tables.ablation_table(ab, root, suite_name), suite_name)
     path = tables.write_markdown(text, root, f"{ab.name}-{suite_name}")

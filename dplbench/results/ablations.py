@@ -8,13 +8,11 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
-from dplbench.atomic import write_atomic
 from dplbench.plan.ablations import Ablation
 from dplbench.results import aggregate as agg
-from dplbench.results import store
+from dplbench.results import location, store
 from dplbench.results.aggregate import Row
 from dplbench.results.markdown import fmt, md_table
 
@@ -142,6 +140,6 @@ def ablation_markdown(ab: Ablation, table: list[Row], suite: str | None = None) 
     return "\n\n".join(parts) + "\n"
 
 
-def write_markdown(text: str, root: str, name: str) -> Path:
-    """R/reports/ablations/NAME.md, written under a temporary name and renamed into place."""
-    return write_atomic(Path(root) / "reports" / "ablations" / f"{name}.md", text)
+def write_markdown(text: str, root: str, name: str) -> str:
+    """R/reports/ablations/NAME.md, published whole."""
+    return location.write(location.join(root, "reports", "ablations", f"{name}.md"), text)

@@ -13,14 +13,12 @@ import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
-from pathlib import Path
 from typing import Any, NamedTuple
 
-from dplbench.atomic import write_atomic
 from dplbench.data.datasets import BENCHMARKS
 from dplbench.plan.suites import protocol_spec
 from dplbench.results import aggregate as agg
-from dplbench.results import plots
+from dplbench.results import location, plots
 from dplbench.results.ablations import ablation_tables, pivot_markdown
 from dplbench.results.aggregate import AVERAGE, Row
 from dplbench.results.markdown import MISSING, fmt, md_table
@@ -40,8 +38,9 @@ SUBSET_NOTE = (
 
 @dataclass(frozen=True)
 class ReportFiles:
-    markdown: Path
-    plots: tuple[Path, ...]
+    markdown: str  # path or URI of report.md
+    plots: tuple[str, ...]
+    text: str  # the Markdown itself
 
 
 # ---------------------------------------------------------------- cells and tables
@@ -291,17 +290,18 @@ def render_report(
     compare: bool = True,
     refs: Mapping[str, list[Row]] | None = None,
 ) -> ReportFiles:
-    """Write `out_dir/report.md` and one PNG per protocol section (`<protocol>.png`)."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    """Write `out_dir/report.md` and one PNG per protocol section (`<protocol>.png`); `out_dir`
+    may be a local folder or a URI (results/location.py)."""
     tables = report_tables(rows, suite, compare, refs)
     images, plots = {}, []
     for name, table in tables.items():
         if name in SECTIONS:
             fig = SECTIONS[name].plot(table)
-            path = write_atomic(out / f"{name}.png", partial(fig.savefig, format="png", dpi=120))
-            images[name] = path.name
+            path = location.write(
+                location.join(out_dir, f"{name}.png"), partial(fig.savefig, format="png", dpi=120)
+            )
+            images[name] = f"{name}.png"
             plots.append(path)
     text = _markdown(tables, suite, images)
-    md = write_atomic(out / "report.md", lambda p: p.write_text(text, encoding="utf-8"))
-    return ReportFiles(markdown=md, plots=tuple(plots))
+    md = location.write(location.join(out_dir, "report.md"), text)
+    return ReportFiles(markdown=md, plots=tuple(plots), text=text)

@@ -14,11 +14,11 @@ import threading
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 
+from dplbench.results import location
 from dplbench.results.store import STATUS_SCHEMA, write_parquet
 
 
@@ -40,8 +40,8 @@ class JobStatus:
     updated_at: datetime | None = None
 
 
-def status_path(root: str, suite: str, run_id: str) -> Path:
-    return Path(root) / "status" / f"suite={suite}" / f"{run_id}.parquet"
+def status_path(root: str, suite: str, run_id: str) -> str:
+    return location.join(root, "status", f"suite={suite}", f"{run_id}.parquet")
 
 
 class StatusBook:

@@ -22,7 +22,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from dplbench.atomic import write_atomic
+from dplbench.results import location
 
 # One row per (job, evaluated split). Partition columns (suite, method) live in the path.
 ROW_SCHEMA = pa.schema(
@@ -109,13 +109,13 @@ def result_row(**values: Any) -> dict[str, Any]:
     return {name: values[name] for name in ROW_SCHEMA.names}
 
 
-def _partition_dir(root: str | os.PathLike, table: str, suite: str, method: str) -> Path:
-    return Path(root) / table / f"suite={suite}" / f"method={method}"
+def _partition_dir(root: str | os.PathLike, table: str, suite: str, method: str) -> str:
+    return location.join(root, table, f"suite={suite}", f"method={method}")
 
 
-def write_parquet(table: pa.Table, path: Path) -> Path:
-    """One Parquet file, written atomically."""
-    return write_atomic(path, lambda tmp: pq.write_table(table, tmp))
+def write_parquet(table: pa.Table, path: str | os.PathLike) -> str:
+    """One Parquet file, published whole (results/location.py)."""
+    return location.write(path, lambda tmp: pq.write_table(table, tmp))
 
 
 def write_rows(root: str | os.PathLike, rows: Sequence[Mapping[str, Any]]) -> Path:
@@ -131,7 +131,7 @@ def write_rows(root: str | os.PathLike, rows: Sequence[Mapping[str, Any]]) -> Pa
     )
     name = f"{first['job_id']}-{first['run_id']}.parquet"
     return write_parquet(
-        table, _partition_dir(root, "rows", first["suite"], first["method"]) / name
+        table, location.join(_partition_dir(root, "rows", first["suite"], first["method"]), name)
     )
 
 
@@ -149,7 +149,7 @@ def write_epochs(
     schema = pa.schema(list(EPOCH_SCHEMA_FIXED) + [(k, pa.float64()) for k in extra])
     table = pa.Table.from_pylist([{k: r.get(k) for k in schema.names} for r in rows], schema=schema)
     name = f"{rows[0]['job_id']}-{rows[0]['run_id']}.parquet"
-    return write_parquet(table, _partition_dir(root, "epochs", suite, method) / name)
+    return write_parquet(table, location.join(_partition_dir(root, "epochs", suite, method), name))
 
 
 def sql_string(value: str | os.PathLike) -> str:
@@ -157,8 +157,39 @@ def sql_string(value: str | os.PathLike) -> str:
     return "'" + str(value).replace("'", "''") + "'"
 
 
-def parquet_source(pattern: str | os.PathLike) -> str:
-    return f"read_parquet({sql_string(pattern)}, hive_partitioning=true, union_by_name=true)"
+def parquet_relation(con, root: str | os.PathLike, table: str, hive: bool = True) -> str:
+    """A SQL source over the Parquet files under root/table: DuckDB's own reader for a local
+    folder; on an object store a pyarrow dataset registered in `con` (DuckDB's httpfs extension
+    would be a download at run time)."""
+    folder = location.join(root, table)
+    if not location.is_uri(folder):
+        pattern = sql_string(Path(folder) / "**" / "*.parquet")
+        return f"read_parquet({pattern}, hive_partitioning={str(hive).lower()}, union_by_name=true)"
+    import pyarrow.dataset as ds
+
+    fs, inner = location.filesystem(folder)
+    files = [location.filesystem(f)[1] for f in location.listdir(folder, "*.parquet", True)]
+    # union_by_name: files of one table may differ (loss_<term> columns by method)
+    schema = pa.unify_schemas([pq.read_schema(f, filesystem=fs) for f in files])
+    keys = dict.fromkeys(
+        part.split("=", 1)[0]
+        for f in files
+        for part in f[len(inner) :].strip("/").split("/")[:-1]
+        if "=" in part
+    )
+    keys = [k for k in keys if hive and k not in schema.names]
+    parts = pa.schema([(k, pa.string()) for k in keys])
+    dataset = ds.dataset(
+        files,
+        schema=pa.unify_schemas([schema, parts]),
+        filesystem=fs,
+        format="parquet",
+        partitioning=ds.partitioning(parts, flavor="hive") if keys else None,
+        partition_base_dir=inner,
+    )
+    name = f"_{table.replace('/', '_')}_files"
+    con.register(name, dataset)
+    return name
 
 
 def latest_sql(source: str, keys: Sequence[str], order: str = "created_at") -> str:
@@ -171,7 +202,7 @@ def latest_sql(source: str, keys: Sequence[str], order: str = "created_at") -> s
 
 
 def has_rows(root: str | os.PathLike, table: str = "rows") -> bool:
-    return any((Path(root) / table).glob("**/*.parquet"))
+    return bool(location.listdir(location.join(root, table), "*.parquet", recursive=True))
 
 
 def connect(root: str | os.PathLike):
@@ -193,8 +224,7 @@ def _view(con, root, table: str, schema: pa.Schema, name: str, partitions=()) ->
     """View `name` over R/<table>/**/*.parquet, or an empty one with the schema and the
     partition columns, so that queries still bind before anything was written."""
     if has_rows(root, table):
-        pattern = Path(root) / table / "**" / "*.parquet"
-        con.sql(f"CREATE VIEW {name} AS SELECT * FROM {parquet_source(pattern)}")
+        con.sql(f"CREATE VIEW {name} AS SELECT * FROM {parquet_relation(con, root, table)}")
     else:
         cols = [f"NULL::{_duck(f.type)} AS {f.name}" for f in schema]
         cols += [f"NULL::VARCHAR AS {p}" for p in partitions]

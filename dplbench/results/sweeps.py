@@ -14,15 +14,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from functools import partial
-from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 
-from dplbench.atomic import write_atomic
 from dplbench.plan.jobs import Job
 from dplbench.plan.sweeps import Sweep, Trial, best_overrides
-from dplbench.results import store
+from dplbench.results import location, store
 from dplbench.results.aggregate import harmonic_mean
 from dplbench.results.markdown import fmt, md_table
 
@@ -58,8 +56,8 @@ def trial_test_metrics(rows: Sequence[dict[str, Any]]) -> dict[str, float | None
 # ---- records ------------------------------------------------------------------------------
 
 
-def sweep_dir(results_root: str, name: str) -> Path:
-    return Path(results_root) / "sweeps" / name
+def sweep_dir(results_root: str, name: str) -> str:
+    return location.join(results_root, "sweeps", name)
 
 
 def trial_rows(
@@ -94,8 +92,9 @@ def trial_rows(
     return rows
 
 
-def write_trial(results_root: str, sweep: str, run_id: str, rows: list[dict[str, Any]]) -> Path:
-    path = sweep_dir(results_root, sweep) / "trials" / f"{rows[0]['trial']}-{run_id}.parquet"
+def write_trial(results_root: str, sweep: str, run_id: str, rows: list[dict[str, Any]]) -> str:
+    name = f"{rows[0]['trial']}-{run_id}.parquet"
+    path = location.join(sweep_dir(results_root, sweep), "trials", name)
     return store.write_parquet(pa.Table.from_pylist(rows), path)
 
 
@@ -103,12 +102,13 @@ def read_trials(results_root: str, sweep: str) -> list[dict[str, Any]]:
     """The latest record of each (trial, job) of a sweep."""
     import duckdb
 
-    files = sweep_dir(results_root, sweep) / "trials"
-    if not any(files.glob("*.parquet")):
+    folder = sweep_dir(results_root, sweep)
+    if not location.listdir(location.join(folder, "trials"), "*.parquet"):
         return []
-    source = f"read_parquet({store.sql_string(files / '*.parquet')}, union_by_name=true)"
+    con = duckdb.connect()
+    source = store.parquet_relation(con, folder, "trials", hive=False)
     sql = store.latest_sql(source, ("trial", "job_id")) + " ORDER BY trial, job_id"
-    return duckdb.connect().sql(sql).to_arrow_table().to_pylist()
+    return con.sql(sql).to_arrow_table().to_pylist()
 
 
 def pending_trials(sweep: Sweep, results_root: str) -> list[Trial]:
@@ -146,7 +146,7 @@ class SweepResult:
     sweep: Sweep
     records: list[dict[str, Any]]  # read_trials
     skipped: list[str]  # trial keys kept from an earlier run (--resume)
-    files: dict[str, Path] = field(default_factory=dict)
+    files: dict[str, str] = field(default_factory=dict)
 
     def trials(self) -> list[dict[str, Any]]:
         return summary_rows(self.records, self.sweep.params)
@@ -208,22 +208,24 @@ def summary_markdown(result: SweepResult) -> str:
     return "\n\n".join(lines) + "\n"
 
 
-def write_outputs(result: SweepResult, out: Path) -> dict[str, Path]:
+def write_outputs(result: SweepResult, out: str) -> dict[str, str]:
     """summary.md, objective.png and best.txt, each written atomically."""
     from dplbench.results.plots import objective_plot
 
-    files = {"trials": out / "trials"}
-    files["summary"] = write_atomic(out / "summary.md", summary_markdown(result))
+    files = {"trials": location.join(out, "trials")}
+    files["summary"] = location.write(location.join(out, "summary.md"), summary_markdown(result))
     if result.records:
         fig = objective_plot(result.trials(), result.sweep.params, result.sweep.name)
-        files["plot"] = write_atomic(
-            out / "objective.png", partial(fig.savefig, format="png", dpi=110)
+        files["plot"] = location.write(
+            location.join(out, "objective.png"), partial(fig.savefig, format="png", dpi=110)
         )
     setting = result.best_setting()
     if setting:
-        files["best"] = write_atomic(out / "best.txt", " ".join(best_overrides(setting)) + "\n")
+        best = " ".join(best_overrides(setting)) + "\n"
+        files["best"] = location.write(location.join(out, "best.txt"), best)
     return files
 
 
-def write_description(sweep: Sweep, out: Path) -> Path:
-    return write_atomic(out / "sweep.json", json.dumps(describe(sweep), indent=1, default=str))
+def write_description(sweep: Sweep, out: str) -> str:
+    text = json.dumps(describe(sweep), indent=1, default=str)
+    return location.write(location.join(out, "sweep.json"), text)

@@ -1,18 +1,22 @@
 """Where a worker runs: its rank, device, and how it reports epochs and finds checkpoints.
 
 `LocalContext` runs a job in this process (no Ray); the launcher's `RayTrainContext` runs it on a
-Ray Train worker. The train loop (run/worker.py) sees only this protocol.
+Ray Train worker. The train loop (run/train_loop.py) sees only this protocol. A checkpoint is a
+folder holding STATE_FILE.
 """
 
 from __future__ import annotations
 
-import os
-import shutil
 import socket
+import tempfile
 from pathlib import Path
 from typing import Any, Protocol
 
 import torch
+
+from dplbench.results import location
+
+STATE_FILE = "state.pt"
 
 
 class WorkerContext(Protocol):
@@ -27,7 +31,8 @@ class WorkerContext(Protocol):
 
 
 class LocalContext:
-    """In-process, single worker: checkpoints go to R/checkpoints/<job>/epoch_XXX/."""
+    """In-process, single worker: each epoch's checkpoint is R/checkpoints/<job>/epoch_XXX.pt
+    (the newest is kept), on whatever filesystem the results root is (results/location.py)."""
 
     def __init__(
         self,
@@ -40,21 +45,29 @@ class LocalContext:
         self.rank, self.world_size = 0, 1
         self.node = socket.gethostname()
         self.device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        self.dir = Path(results_root) / "checkpoints" / job_id
+        self.dir = location.join(results_root, "checkpoints", job_id)
         self.reports: list[dict[str, Any]] = []
+        self._restored: tempfile.TemporaryDirectory | None = None
 
     def report(self, metrics: dict[str, Any], checkpoint_dir: str | None) -> None:
         self.reports.append(metrics)
         if checkpoint_dir:
-            dest = self.dir / f"epoch_{metrics['epoch']:03d}"
-            tmp = dest.with_name(dest.name + ".tmp")
-            shutil.rmtree(tmp, ignore_errors=True)
-            shutil.copytree(checkpoint_dir, tmp)
-            shutil.rmtree(dest, ignore_errors=True)  # a rerun of the same epoch replaces it
-            os.replace(tmp, dest)
+            older = self._checkpoints()
+            data = (Path(checkpoint_dir) / STATE_FILE).read_bytes()
+            location.write(location.join(self.dir, f"epoch_{metrics['epoch']:03d}.pt"), data)
+            for path in older:  # the newest is all a resume needs
+                if not path.endswith(f"epoch_{metrics['epoch']:03d}.pt"):
+                    location.remove(path)
+
+    def _checkpoints(self) -> list[str]:
+        return location.listdir(self.dir, "epoch_[0-9][0-9][0-9].pt")
 
     def latest_checkpoint(self) -> str | None:
         if not self.resume:
             return None  # a fresh run starts from scratch whatever an earlier run left
-        done = sorted(self.dir.glob("epoch_[0-9][0-9][0-9]"))
-        return str(done[-1]) if done else None
+        done = self._checkpoints()
+        if not done:
+            return None
+        self._restored = tempfile.TemporaryDirectory()
+        (Path(self._restored.name) / STATE_FILE).write_bytes(location.read_bytes(done[-1]))
+        return self._restored.name

@@ -10,10 +10,9 @@ from __future__ import annotations
 
 import traceback
 from datetime import datetime, timezone
-from pathlib import Path
 
-from dplbench.atomic import write_atomic
 from dplbench.errors import UserError
+from dplbench.results import location
 
 LOG_DIR = "logs"
 
@@ -29,9 +28,9 @@ class JobFailed(RuntimeError):
         return (JobFailed, (self.line, self.log))
 
 
-def log_path(results_root: str, job_id: str, run_id: str, rank: int = 0) -> Path:
+def log_path(results_root: str, job_id: str, run_id: str, rank: int = 0) -> str:
     suffix = f".rank{rank}" if rank else ""
-    return Path(results_root) / LOG_DIR / f"{job_id}-{run_id}{suffix}.log"
+    return location.join(results_root, LOG_DIR, f"{job_id}-{run_id}{suffix}.log")
 
 
 def root_cause(exc: BaseException) -> BaseException:
@@ -81,14 +80,8 @@ def out_of_memory_line(job_id: str, exc: BaseException) -> str | None:
     )
 
 
-def write_log(path: Path, header: str, exc: BaseException) -> Path:
+def write_log(path: str, header: str, exc: BaseException) -> str:
     """The failure's full traceback, with a header saying which job and when."""
     when = datetime.now(timezone.utc).isoformat(timespec="seconds")
     trace = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-    return write_atomic(path, f"{header}\n{when}\n\n{trace}")
-
-
-def append_log(path: Path, text: str) -> None:
-    """Add the driver's view (Ray's report) to a job's log."""
-    old = path.read_text() if path.is_file() else ""
-    write_atomic(path, old + ("\n" if old else "") + text + "\n")
+    return location.write(path, f"{header}\n{when}\n\n{trace}")

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -33,6 +33,7 @@ import torch
 
 from dplbench.errors import ConfigError
 from dplbench.plan.jobs import Job
+from dplbench.results import location
 from dplbench.run import placement_groups
 from dplbench.run.failures import one_line
 from dplbench.run.settings import ExecOptions, RunSettings
@@ -72,7 +73,7 @@ class RayTrainContext:
         self.reports = 0
         self.last_val: float | None = None
         if self.rank == 0 and pg_dir:
-            placement_groups.announce(Path(pg_dir), job_id)
+            placement_groups.announce(pg_dir, job_id)
 
     def report(self, metrics: dict[str, Any], checkpoint_dir: str | None) -> None:
         import ray.train
@@ -171,10 +172,11 @@ class _TrialEvents(tune.Callback):
 
     def _emit(self, trial, state: str, info: dict) -> None:
         if state in ("done", "stopped", "failed"):
-            pg_dir = Path(trial.config["cfg"]["pg_dir"])
+            pg_dir = trial.config["cfg"]["pg_dir"]
             if state != "done":  # its Train placement groups may outlive it
                 placement_groups.release(pg_dir)
-            shutil.rmtree(pg_dir, ignore_errors=True)
+            for f in location.listdir(pg_dir):
+                location.remove(f)
         sink = _SINKS.get(self.token)
         if sink is not None:
             sink(trial.config["cfg"]["key"], state, info)
@@ -229,6 +231,14 @@ def init_ray(opts: ExecOptions) -> None:
         ray.init(num_cpus=opts.cpus, num_gpus=opts.gpus, **kw)
 
 
+def ray_log_path(settings: RunSettings) -> Path:
+    """R/logs/ray-<run>.log; a local temporary folder when results live on an object store (a
+    log file is appended to, which object stores cannot do)."""
+    root = settings.results
+    logs = Path(tempfile.gettempdir(), "dplbench-logs") if location.is_uri(root) else Path(root)
+    return logs / "logs" / f"ray-{settings.run_id}.log"
+
+
 def ray_log_to_file(path: Path) -> None:
     """Ray's own driver-side log lines (Tune's trial errors with their tracebacks, status lines)
     go to `path`, not the console: the live table and the one-line failures are the console's."""
@@ -272,13 +282,14 @@ def concurrency(workers_per_trial: int, opts: ExecOptions) -> int:
     return max(1, int(cpus // need))
 
 
-def run_name(storage: Path, job: Job, run_id: str, resume: bool) -> str:
-    """`<job>-<run>`; with --resume the job's newest earlier run, which Ray restarts from its
-    last checkpoint."""
+def run_name(storage: str, job: Job, run_id: str, resume: bool) -> str:
+    """`<job>-<run>`; with --resume the job's earlier run with the newest checkpoint (Ray names
+    checkpoints by time), which Ray restarts from that checkpoint."""
     if resume:
-        previous = sorted(storage.glob(f"{job.id}-*"), key=lambda p: p.stat().st_mtime)
+        previous = [d for d in location.subdirs(storage) if d.startswith(f"{job.id}-")]
+        newest = {d: max(location.subdirs(location.join(storage, d)), default="") for d in previous}
         if previous:
-            return previous[-1].name
+            return max(previous, key=lambda d: newest[d])
     return f"{job.id}-{run_id}"
 
 
@@ -287,14 +298,14 @@ def launch(
     trials: dict[str, list[Job]],
     settings: RunSettings,
     opts: ExecOptions,
-    storage: Path,
+    storage: str,
     on_event: TrialEvent | None = None,
     scheduler: Any = None,
 ) -> list[TrialEnd]:
     """Run `trials` (key -> its jobs) as Tune trials of `trainable` on Ray; returns how each
     ended. Jobs' Train runs live under `storage/jobs`, the Tune experiment under `storage`."""
     init_ray(opts)
-    jobs_storage = storage / "jobs"
+    jobs_storage = location.join(storage, "jobs")
     ex = {
         "gpus": opts.gpus,
         "cpus_per_worker": opts.cpus_per_worker,
@@ -310,7 +321,7 @@ def launch(
             },
             "settings": settings,
             "exec": ex,
-            "pg_dir": str(storage / "placement_groups" / settings.run_id / key),
+            "pg_dir": location.join(storage, "placement_groups", settings.run_id, key),
         }
         for key, jobs in trials.items()
     ]
@@ -333,7 +344,7 @@ def launch(
             verbose=0,
         ),
     )
-    ray_log_to_file(Path(settings.results) / "logs" / f"ray-{settings.run_id}.log")
+    ray_log_to_file(ray_log_path(settings))
     before = placement_groups.snapshot()
     try:
         grid = tuner.fit()

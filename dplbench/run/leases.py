@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from dplbench.atomic import write_atomic
+from dplbench.results import location
 
 DEFAULT_TIMEOUT = 300.0  # seconds without renewal after which a lease is stale
 
@@ -51,7 +51,8 @@ class Leases:
     """The leases one driver holds, renewed by a background thread until `release`d."""
 
     def __init__(self, root: str, run_id: str, timeout: float = DEFAULT_TIMEOUT) -> None:
-        self.dir = Path(root) / "leases"
+        self.dir = location.join(root, "leases")
+        self.local = not location.is_uri(root)
         self.host, self.pid = socket.gethostname(), os.getpid()
         self.owner = f"{self.host}:{self.pid}:{run_id}"
         self.timeout = timeout
@@ -60,8 +61,8 @@ class Leases:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
-    def _path(self, job_id: str) -> Path:
-        return self.dir / f"{job_id}.json"
+    def _path(self, job_id: str) -> str:
+        return location.join(self.dir, f"{job_id}.json")
 
     def _record(self) -> str:
         return json.dumps(
@@ -72,32 +73,39 @@ class Leases:
         """Who holds the job's live lease (None: free or stale)."""
         path = self._path(job_id)
         try:
-            d = json.loads(path.read_text())
-            age = time.time() - path.stat().st_mtime
-        except (FileNotFoundError, ValueError):
+            d = json.loads(location.read_text(path))
+            age = time.time() - (location.mtime(path) or 0.0)
+        except (FileNotFoundError, OSError, ValueError):
             return None
         if age > self.timeout or (d.get("host") == self.host and not _alive(int(d["pid"]))):
             return None
         return Holder(d["owner"], d["host"], int(d["pid"]), float(d["since"]))
 
     def acquire(self, job_id: str) -> Holder | None:
-        """Take the job's lease; returns None when taken, else the live holder."""
-        self.dir.mkdir(parents=True, exist_ok=True)
+        """Take the job's lease; returns None when taken, else the live holder. Locally an
+        exclusive create decides between drivers starting at once; an object store has none, so
+        there the lease is written and read back (the last writer wins, the other sees it)."""
         path = self._path(job_id)
-        try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
+        created = False
+        if self.local:
+            Path(self.dir).mkdir(parents=True, exist_ok=True)
+            try:
+                fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                pass
+            else:
+                with os.fdopen(fd, "w") as f:
+                    f.write(self._record())
+                created = True
+        if not created:
             held = self.holder(job_id)
             if held is not None and held.owner != self.owner:
                 return held
-            write_atomic(path, self._record())  # stale (or ours): take it over
-            time.sleep(0.05)  # a driver taking it over at the same moment: the last write wins
+            location.write(path, self._record())  # free, stale or ours: take it (over)
+            time.sleep(0.05)  # a driver taking it at the same moment: the last write wins
             current = self.holder(job_id)
             if current is not None and current.owner != self.owner:
                 return current
-        else:
-            with os.fdopen(fd, "w") as f:
-                f.write(self._record())
         with self._lock:
             self.held.add(job_id)
         self._start()
@@ -110,7 +118,7 @@ class Leases:
             self.held.discard(job_id)
         held = self.holder(job_id)
         if held is None or held.owner == self.owner:
-            self._path(job_id).unlink(missing_ok=True)
+            location.remove(self._path(job_id))
 
     def release_all(self) -> None:
         for job_id in list(self.held):
@@ -127,7 +135,11 @@ class Leases:
             with self._lock:
                 held = list(self.held)
             for job_id in held:
+                path = self._path(job_id)
                 try:
-                    os.utime(self._path(job_id))
-                except FileNotFoundError:
+                    if self.local:
+                        os.utime(path)
+                    else:
+                        location.write(path, location.read_bytes(path))
+                except (FileNotFoundError, OSError):
                     pass

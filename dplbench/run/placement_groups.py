@@ -4,7 +4,8 @@ run/launcher.py only)."""
 from __future__ import annotations
 
 import logging
-from pathlib import Path
+
+from dplbench.results import location
 
 log = logging.getLogger(__name__)
 
@@ -14,7 +15,7 @@ def snapshot() -> set[str]:
     return _live_groups_of_this_job()
 
 
-def announce(pg_dir: Path, job_id: str) -> None:
+def announce(pg_dir: str, job_id: str) -> None:
     """Leave this Train run's placement group id where the driver finds it.
 
     Why: when ASHA stops a trial (or a trial fails), Tune kills the trial actor and with it the
@@ -27,11 +28,10 @@ def announce(pg_dir: Path, job_id: str) -> None:
 
     pg = ray.util.get_current_placement_group()
     if pg is not None:
-        pg_dir.mkdir(parents=True, exist_ok=True)
-        (pg_dir / f"{job_id}-{pg.id.hex()}").touch()
+        location.write(location.join(pg_dir, f"{job_id}-{pg.id.hex()}"), b"")
 
 
-def release(pg_dir: Path) -> int:
+def release(pg_dir: str) -> int:
     """Remove the announced placement groups under `pg_dir` that still exist; returns how many."""
     from ray._raylet import PlacementGroupID
     from ray.util.placement_group import (
@@ -41,13 +41,13 @@ def release(pg_dir: Path) -> int:
     )
 
     removed = 0
-    for f in sorted(pg_dir.glob("*-*")) if pg_dir.is_dir() else []:
-        pg = PlacementGroup(PlacementGroupID(bytes.fromhex(f.name.rsplit("-", 1)[1])))
+    for f in location.listdir(pg_dir, "*-*"):
+        pg = PlacementGroup(PlacementGroupID(bytes.fromhex(f.rsplit("-", 1)[1])))
         if placement_group_table(pg).get("state") not in (None, "REMOVED"):
             remove_placement_group(pg)
             removed += 1
     if removed:
-        log.info("released %d placement groups of %s", removed, pg_dir.name)
+        log.info("released %d placement groups of %s", removed, pg_dir)
     return removed
 
 

@@ -9,11 +9,10 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 
 from dplbench.plan.jobs import Job
 from dplbench.plan.suites import Suite
-from dplbench.results import store
+from dplbench.results import location, store
 from dplbench.results.status import StatusBook
 from dplbench.run import launcher
 from dplbench.run.context import LocalContext
@@ -43,7 +42,7 @@ class RunSummary:
     skipped: list[Job] = field(default_factory=list)  # --resume: rows already there
     rerun_failed: list[Job] = field(default_factory=list)  # --resume: failed in an earlier run
     elsewhere: dict[str, str] = field(default_factory=dict)  # job id -> the driver running it
-    status_file: Path | None = None
+    status_file: str | None = None
 
     @property
     def failed(self) -> list[JobOutcome]:
@@ -81,7 +80,7 @@ def run_jobs(
         {j.id: [j] for j in jobs},
         settings,
         opts,
-        Path(settings.results).resolve() / "ray",
+        location.join(settings.results, "ray"),
         on_event,
     )
     by_id = {j.id: j for j in jobs}
@@ -100,10 +99,8 @@ def _with_log(settings: RunSettings, job_id: str, error: str) -> str:
     if "(log: " in error:
         return error
     path = log_path(settings.results, job_id, settings.run_id)
-    if not path.exists():
-        from dplbench.atomic import write_atomic
-
-        write_atomic(path, f"job {job_id} failed on the cluster:\n{error}\n")
+    if not location.exists(path):
+        location.write(path, f"job {job_id} failed on the cluster:\n{error}\n")
     return f"{error} (log: {path})"
 
 

@@ -11,10 +11,10 @@ trial keys.
 from __future__ import annotations
 
 from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
 from dplbench.plan.sweeps import Sweep
+from dplbench.results import location
 from dplbench.results import sweeps as records
 from dplbench.results.sweeps import SweepResult
 from dplbench.run import launcher
@@ -79,7 +79,7 @@ def run_sweep(
             {t.key: list(t.jobs) for t in trials},
             settings,
             without_restarts(opts),
-            Path(settings.results).resolve() / "ray" / "sweeps" / sweep.name,
+            location.join(settings.results, "ray", "sweeps", sweep.name),
             record,
             _scheduler(sweep),
         )

@@ -26,12 +26,12 @@ from dplbench.data.epochs import train_loader
 from dplbench.data.transforms import ViewConfig
 from dplbench.data.view import DatasetView
 from dplbench.plan.jobs import Job
-from dplbench.run.context import WorkerContext
+from dplbench.results import location
+from dplbench.run.context import STATE_FILE, WorkerContext
 from dplbench.run.evaluate import autocast, count_correct, image_size
 from dplbench.run.settings import RunSettings
 
 log = logging.getLogger(__name__)
-STATE_FILE = "state.pt"
 
 
 class _LossModule(nn.Module):
@@ -68,13 +68,22 @@ def _fail_if_asked(job: Job, settings: RunSettings, epoch: int) -> None:
     prefix, _, at = spec.partition("@")
     if job.id.startswith(prefix) and epoch == int(at or 0):
         if how == "kill":
-            marker = Path(settings.results) / "logs" / f".killed-{job.id}-{settings.run_id}"
-            if not marker.exists():
-                marker.parent.mkdir(parents=True, exist_ok=True)
-                marker.touch()
+            marker = location.join(settings.results, "logs", f".killed-{job.id}-{settings.run_id}")
+            if not location.exists(marker):
+                location.write(marker, b"")
                 os.kill(os.getpid(), signal.SIGKILL)
             return
         raise RuntimeError(f"job {job.id}: failure injected at epoch {epoch}")
+
+
+def _count_attempt(job: Job, settings: RunSettings) -> int:
+    """This start of the job's training in this run: 1, then 2 after a worker restart, ... (a
+    marker per start; checkpoints cannot count them: a restart may come before the newest one
+    is registered)."""
+    folder = location.join(settings.results, "logs", ".attempts")
+    n = len(location.listdir(folder, f"{job.id}-{settings.run_id}-*")) + 1
+    location.write(location.join(folder, f"{job.id}-{settings.run_id}-{n}"), b"")
+    return n
 
 
 def train(
@@ -110,14 +119,13 @@ def train(
         else None
     )
     optimizer = build_optimizer(model)
-    start, attempt = 0, 1
+    start, attempt = 0, _count_attempt(job, settings) if ctx.rank == 0 else 0
     ckpt = ctx.latest_checkpoint()
     if ckpt:
         state = torch.load(Path(ckpt) / STATE_FILE, map_location=ctx.device, weights_only=True)
         model.load_trainable_state(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         start = int(state["epoch"]) + 1
-        attempt = int(state.get("attempt", 1)) + 1
         # A restart within this run continues its epochs table; a --resume run (another run id)
         # records only what it trains, the earlier run's file keeps the rest.
         rows += [r for r in state.get("epoch_rows", []) if r["run_id"] == settings.run_id]
@@ -169,7 +177,6 @@ def train(
                     "model": model.trainable_state(),
                     "optimizer": optimizer.state_dict(),
                     "epoch": epoch,
-                    "attempt": attempt,
                     "epoch_rows": rows,
                 }
                 torch.save(state, Path(tmp) / STATE_FILE)

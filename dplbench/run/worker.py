@@ -10,11 +10,11 @@ epochs so far (marked failed) and its traceback (`R/logs/<job>-<run>.log`), then
 
 from __future__ import annotations
 
+import io
 import json
 import random
 import time
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -22,11 +22,10 @@ import torch
 
 from dpl.methods import build_method
 from dpl.methods.base import PromptedCLIP
-from dplbench.atomic import write_atomic
 from dplbench.data.view import DatasetView
 from dplbench.errors import UserError
 from dplbench.plan.jobs import Job
-from dplbench.results import provenance, store
+from dplbench.results import location, provenance, store
 from dplbench.run import failures
 from dplbench.run.context import WorkerContext
 from dplbench.run.evaluate import count_correct, evaluate
@@ -40,20 +39,23 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def final_state_path(results_root: str, job_id: str) -> Path:
-    return Path(results_root) / "checkpoints" / job_id / "final.pt"
+def final_state_path(results_root: str, job_id: str) -> str:
+    return location.join(results_root, "checkpoints", job_id, "final.pt")
 
 
 def load_final_state(model: PromptedCLIP, job: Job, settings: RunSettings, source: str) -> None:
     """Load the trainable state that job `source` left after training."""
     path = final_state_path(settings.results, source)
-    if not path.is_file():
+    if not location.exists(path):
         raise UserError(
             f"job {job.id} evaluates the prompts of job {source}, but {path} is missing; "
             "run the suite's training jobs first (dplbench run --resume)"
         )
     device = next(model.parameters()).device
-    model.load_trainable_state(torch.load(path, map_location=device, weights_only=True))
+    state = torch.load(
+        io.BytesIO(location.read_bytes(path)), map_location=device, weights_only=True
+    )
+    model.load_trainable_state(state)
 
 
 def build_model(job: Job, ctx: WorkerContext) -> PromptedCLIP:
@@ -103,7 +105,7 @@ def _run(job: Job, settings: RunSettings, ctx: WorkerContext, epoch_rows: list[d
         train_s = time.perf_counter() - tic
         if ctx.rank == 0:
             state = model.trainable_state()
-            write_atomic(
+            location.write(
                 final_state_path(settings.results, job.id), lambda tmp: torch.save(state, tmp)
             )
     elif job.source is not None and model.trainable:

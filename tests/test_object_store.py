@@ -1,0 +1,85 @@
+"""Results on an object store: a smoke run that fails a job, then `--resume`, `results query` and
+`report`, with the results root on an S3-compatible server started here (moto, on loopback)."""
+
+import os
+
+import pytest
+from typer.testing import CliRunner
+
+from dplbench.cli import app
+from dplbench.plan.config import parse_overrides
+from dplbench.plan.suites import load_suite
+from dplbench.results import location, store
+from dplbench.run.prepare import ensure_synthetic
+
+pytestmark = [pytest.mark.slow, pytest.mark.cluster]
+ray = pytest.importorskip("ray")
+moto_server = pytest.importorskip("moto.server")
+
+BUCKET = "dplbench-results"
+
+
+@pytest.fixture(scope="module")
+def s3():
+    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0)
+    server.start()
+    host, port = server.get_host_and_port()
+    env = {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_ENDPOINT_URL": f"http://{host}:{port}",
+    }
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)  # before Ray starts: its workers inherit the endpoint
+    import boto3
+
+    boto3.client("s3").create_bucket(Bucket=BUCKET)
+    ray.shutdown()
+    ray.init(address="local", num_cpus=2, log_to_driver=False)
+    yield f"s3://{BUCKET}"
+    ray.shutdown()
+    server.stop()
+    for k, v in old.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
+def test_smoke_run_resume_query_and_report_on_an_object_store(tmp_path, s3):
+    shards = tmp_path / "shards"
+    ensure_synthetic(str(shards))
+    res = f"{s3}/team/results"
+    over = ["optim.epochs=2"]
+    (coop, zs) = load_suite(
+        "smoke", {"methods": ["coop", "zsclip"], "seeds": [1], "overrides": parse_overrides(over)}
+    ).jobs
+    args = ["run", "--suite", "smoke", "--methods", "coop,zsclip", "--seeds", "1"]
+    args += ["--data", str(shards), "--results", res, "--loader-workers", "0", *over]
+    first = CliRunner().invoke(app, args, env={"DPLBENCH_FAIL_JOB": f"{coop.id}@1"})
+    assert first.exit_code == 1
+    assert f"failed {coop.id}" in first.stderr and f"(log: {res}/logs/" in first.stderr
+    assert not (tmp_path / "s3:").exists()  # nothing went to a local folder named like the URI
+    assert location.listdir(f"{res}/rows", "*.parquet", recursive=True)  # zsclip's rows
+    assert location.listdir(f"{res}/ray/jobs", "state.pt", recursive=True)  # Ray's checkpoints
+
+    again = CliRunner().invoke(app, [*args, "--resume"])
+    assert again.exit_code == 0, again.output
+    assert "1 jobs already had results; ran 1 failed and 0 missing again" in again.stdout
+    rows = store.query(res, "SELECT job_id, subsample FROM results ORDER BY ALL").to_pylist()
+    assert len(rows) == 4 and {r["job_id"] for r in rows} == {coop.id, zs.id}
+    epochs = store.query(
+        res, "SELECT epoch, run_status FROM epochs WHERE job_id = $j ORDER BY epoch", {"j": coop.id}
+    ).to_pylist()
+    assert epochs == [{"epoch": 0, "run_status": "failed"}, {"epoch": 1, "run_status": "done"}]
+    status = store.query(res, "SELECT job_id, status FROM status").to_pylist()
+    assert {s["status"] for s in status} == {"done"} and len(status) == 2
+
+    query = CliRunner().invoke(
+        app, ["results", "query", "SELECT count(*) AS n FROM rows", "--results", res]
+    )
+    assert query.exit_code == 0 and "4" in query.stdout, query.output
+    report = CliRunner().invoke(app, ["report", "--suite", "smoke", "--results", res])
+    assert report.exit_code == 0, report.output
+    assert "Base-to-novel generalisation" in location.read_text(f"{res}/reports/smoke/report.md")
