@@ -63,9 +63,10 @@ def test_smoke_suite_end_to_end_through_the_cli(tmp_path, shards, local_ray):
     assert {x["epochs"] for x in rows} == {0, 2}
     epochs = results.query(res, "SELECT job_id, epoch FROM epochs").to_pylist()
     assert len(epochs) == 4  # coop and dpl, 2 epochs each
-    # Ray kept each job's newest checkpoint (trainable state only) on the run's storage path.
-    ckpts = sorted((res / "ray" / "jobs").glob("*/checkpoint_*/state.pt"))
-    assert len(ckpts) == 2
+    # Each job ran as a plain Tune trial and kept its newest checkpoint (trainable state only)
+    # in the results root.
+    ckpts = sorted((res / "checkpoints").glob("*/*/epoch_*.pt"))
+    assert [c.name for c in ckpts] == ["epoch_001.pt", "epoch_001.pt"]
     import torch
 
     for ckpt in ckpts:
@@ -86,7 +87,7 @@ def test_two_ddp_workers_evaluate_like_one(tmp_path, shards, local_ray):
         data=str(shards), results=str(tmp_path / "r"), loader_workers=0, eval_batch_size=7
     )
     ensure_selections([train_job], str(shards))
-    run_job(train_job, settings, LocalContext(settings.results, train_job.id))
+    run_job(train_job, settings, LocalContext(settings.results, train_job.id, "x"))
     evals = [dataclasses.replace(train_job, source=train_job.id, workers=w) for w in (1, 2)]
     outcomes = run_jobs(evals, settings, ExecOptions(cpus=2))
     assert [o.status for o in outcomes] == ["done", "done"], [o.error for o in outcomes]

@@ -20,7 +20,9 @@ def shards(tmp_path_factory):
 def test_run_tune_and_ablate_all_go_through_launch(tmp_path, shards, monkeypatch):
     calls = []
 
-    def fake_launch(trainable, trials, settings, opts, storage, on_event=None, scheduler=None):
+    def fake_launch(
+        trainable, trials, settings, opts, storage, on_event=None, scheduler=None, plain=False
+    ):
         calls.append((trainable.__name__, {k: [j.id for j in js] for k, js in trials.items()}))
         return [TrialEnd(k, "done") for k in trials]
 

@@ -62,7 +62,9 @@ def test_smoke_run_resume_query_and_report_on_an_object_store(tmp_path, s3):
     assert f"failed {coop.id}" in first.stderr and f"(log: {res}/logs/" in first.stderr
     assert not (tmp_path / "s3:").exists()  # nothing went to a local folder named like the URI
     assert location.listdir(f"{res}/rows", "*.parquet", recursive=True)  # zsclip's rows
-    assert location.listdir(f"{res}/ray/jobs", "state.pt", recursive=True)  # Ray's checkpoints
+    # the job's checkpoint (a plain trial's) and Ray Tune's experiment state are there too
+    assert location.listdir(f"{res}/checkpoints", "epoch_000.pt", recursive=True)
+    assert location.listdir(f"{res}/ray", "*.json", recursive=True)
 
     again = CliRunner().invoke(app, [*args, "--resume"])
     assert again.exit_code == 0, again.output

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
+import weakref
 from dataclasses import dataclass
 
 import open_clip
@@ -27,6 +28,8 @@ from dpl.templates import RAW_MEAN_SETS, template_set
 from dpl.token_dropout import IWTDHook
 
 log = logging.getLogger(__name__)
+# Frozen text features per frozen CLIP object (see PromptedCLIP._frozen_text).
+_FROZEN_TEXT: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 @dataclass
@@ -158,16 +161,26 @@ class PromptedCLIP(nn.Module):
         device = self.clip.logit_scale.device
         ids = self.tokenizer([f"{self.prompt_prefix} {n}." for n in names]).to(device)
         embedded, eot = self.text.embed(ids)
-        # t^o: the original text tower (no prompts, no hooks), mean over the template set.
+        return ClassSet(names, embedded, eot, self._frozen_text(names, templates).to(device))
+
+    @torch.no_grad()
+    def _frozen_text(self, names: tuple[str, ...], templates: tuple[str, ...]) -> torch.Tensor:
+        """t^o: the original text tower (no prompts, no hooks), mean over the template set. A
+        pure function of the frozen CLIP: cached per CLIP object, so jobs that share a frozen
+        backbone in one process (reused trial actors) encode a class list once."""
         raw_mean = self.cfg.templates in RAW_MEAN_SETS
-        feats = []
-        for tpl in templates:
-            t_ids = self.tokenizer([tpl.format(n) for n in names]).to(device)
-            e, p = self.text.embed(t_ids)
-            f = self.text(e, p).float()
-            feats.append(f if raw_mean else F.normalize(f, dim=-1))
-        frozen = F.normalize(torch.stack(feats).mean(0), dim=-1)
-        return ClassSet(names, embedded, eot, frozen)
+        key = (names, templates, raw_mean)
+        cache = _FROZEN_TEXT.setdefault(self.clip, {})
+        if key not in cache:
+            device = self.clip.logit_scale.device
+            feats = []
+            for tpl in templates:
+                t_ids = self.tokenizer([tpl.format(n) for n in names]).to(device)
+                e, p = self.text.embed(t_ids)
+                f = self.text(e, p).float()
+                feats.append(f if raw_mean else F.normalize(f, dim=-1))
+            cache[key] = F.normalize(torch.stack(feats).mean(0), dim=-1)
+        return cache[key]
 
     def _apply(self, fn, recurse=True):  # .to()/.cuda()/.half(): cached tensors follow
         out = super()._apply(fn, recurse)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import torch
 from open_clip.zero_shot_metadata import IMAGENET_CLASSNAMES
@@ -25,9 +25,12 @@ from dplbench.plan.methods import resolve_method
 class BenchRow:
     model: str
     method: str
-    train_ms: float | None
+    train_ms: float | None  # one training step at `batch`
     eval_img_s: float
-    peak_mib: float | None
+    peak_mib: float | None  # GPU memory at peak while training and evaluating
+    params: int  # trainable parameters
+    batch: int
+    eval_batch: int
 
 
 def _sync(device: torch.device) -> None:
@@ -56,11 +59,16 @@ def bench_models(
     warmup: int = 2,
     device: str | None = None,
     bf16: bool | None = None,
+    compile_step: str | None = None,
 ) -> list[BenchRow]:
+    """compile_step: also time `dpl` with its training step under torch.compile (this mode or
+    backend) as `dpl-compiled`."""
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     use_bf16 = dev.type == "cuda" if bf16 is None else bf16
     names = methods or METHODS.names()
     variants = [(m, m) for m in names] + ([("dpl-nocache", "dpl")] if "dpl" in names else [])
+    if compile_step and "dpl" in names:
+        variants.append(("dpl-compiled", "dpl"))
     rows = []
     for model_name in models:
         clip = load_clip(BackboneConfig(model=model_name, pretrained=None)).to(dev)
@@ -88,25 +96,39 @@ def bench_models(
             if dev.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(dev)
             batch_d = {"image": images, "clean": images, "label": labels, "key": keys}
-            train_s = _time_train(model, batch_d, autocast, dev, warmup, steps)
+            how = compile_step if label == "dpl-compiled" else None
+            train_s = _time_train(model, batch_d, autocast, dev, warmup, steps, how)
             eval_s = _time_eval(model, eval_images, autocast, dev, warmup, steps)
             peak = torch.cuda.max_memory_allocated(dev) / 2**20 if dev.type == "cuda" else None
+            params = sum(p.numel() for p in model.parameters() if p.requires_grad)
             rows.append(
-                BenchRow(model_name, label, train_s and train_s * 1e3, eval_batch / eval_s, peak)
+                BenchRow(
+                    model_name,
+                    label,
+                    train_s and train_s * 1e3,
+                    eval_batch / eval_s,
+                    peak,
+                    params,
+                    batch,
+                    eval_batch,
+                )  # fmt: skip
             )
     return rows
 
 
-def _time_train(model, batch, autocast, dev, warmup, steps) -> float | None:
+def _time_train(model, batch, autocast, dev, warmup, steps, how=None) -> float | None:
+    from dplbench.run.train_loop import _LossModule, _Step
+
     if not model.trainable:
         return None
     opt = build_optimizer(model)
     model.train()
+    forward = _Step(_LossModule(model), how)  # the train loop's step, compiled or not
 
     def step():
         opt.zero_grad(set_to_none=True)
         with autocast:
-            loss = sum(model.losses(batch, 1, 20).values())
+            loss = sum(forward(batch, 1, 20).values())
         loss.backward()
         opt.step()
 
@@ -131,15 +153,21 @@ def ratio_table(rows: list[BenchRow]) -> list[dict]:
         ref_e = next((x for x in rows if x.model == r.model and x.method == "zsclip"), None)
         out.append(
             {
-                "model": r.model,
-                "method": r.method,
-                "train_ms": r.train_ms,
+                **asdict(r),
                 "train_vs_ivlp": r.train_ms / ref_t.train_ms
                 if r.train_ms and ref_t and ref_t.train_ms
                 else None,
-                "eval_img_s": r.eval_img_s,
                 "eval_vs_zsclip": r.eval_img_s / ref_e.eval_img_s if ref_e else None,
-                "peak_mib": r.peak_mib,
             }
         )
     return out
+
+
+def method_hm(results_root: str) -> dict[str, float]:
+    """Each method's base-to-novel Average HM in the results (HM of the averaged base and novel,
+    results/aggregate.py)."""
+    from dplbench.results import store
+    from dplbench.results.aggregate import AVERAGE, base2novel
+
+    table = base2novel(store.latest_rows(results_root).to_pylist())
+    return {r["method"]: r["hm"] for r in table if r["dataset"] == AVERAGE and r["hm"] is not None}

@@ -25,12 +25,22 @@ def bench_model(
     warmup: int = typer.Option(2),
     device: str = typer.Option(None, help="cuda / cpu (default: cuda if available)"),
     bf16: bool = typer.Option(None, "--bf16/--fp32", help="autocast (default: bf16 on GPU)"),
+    results_root: str = typer.Option(
+        None,
+        "--results",
+        help="add each method's HM from these results; save the calibration there",
+    ),
 ) -> None:
-    """Train-step time and eval throughput of every method, with ratios to ivlp and zsclip.
+    """Trainable parameters, train-step time, eval throughput and peak memory of every method,
+    with ratios to ivlp and zsclip. Saved as this machine's calibration (--jobs-per-gpu auto,
+    run --dry-run estimates).
 
     Example: dplbench bench model --models dpl-tiny --steps 10
     """
-    from dplbench.bench.model import bench_models, ratio_table
+    import torch
+
+    from dplbench.bench import calibration
+    from dplbench.bench.model import bench_models, method_hm, ratio_table
 
     logging.getLogger().setLevel(logging.ERROR)
     rows = ratio_table(
@@ -46,8 +56,10 @@ def bench_model(
             bf16,
         )
     )
+    hm = method_hm(results_root) if results_root else {}
     table = Table(title=f"train batch {batch}, eval batch {eval_batch}, {classes} classes")
-    for col in ("model", "method", "train ms", "× ivlp", "eval img/s", "× zsclip", "peak MiB"):
+    cols = ["model", "method", "params", "train ms", "× ivlp", "eval img/s", "× zsclip", "peak MiB"]
+    for col in [*cols, *(["HM"] if hm else [])]:
         table.add_column(col, justify="right" if col not in ("model", "method") else "left")
 
     def fmt(v, spec):
@@ -57,10 +69,15 @@ def bench_model(
         table.add_row(
             r["model"],
             r["method"],
+            f"{r['params']:,}",
             fmt(r["train_ms"], ".1f"),
             fmt(r["train_vs_ivlp"], ".3f"),
             fmt(r["eval_img_s"], ".1f"),
             fmt(r["eval_vs_zsclip"], ".3f"),
             fmt(r["peak_mib"], ".0f"),
+            *([fmt(hm.get(r["method"]), ".2f")] if hm else []),
         )
     console.print(table, width=max(console.width, 100))
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    for path in calibration.save(rows, dev, results_root):
+        console.print(f"calibration: {path}", highlight=False)

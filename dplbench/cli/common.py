@@ -79,6 +79,21 @@ def int_list(value: str | None) -> list[int] | None:
         raise ConfigError(f"expected comma-separated integers, got {value!r}") from None
 
 
+JobsPerGpu = Annotated[
+    str,
+    Opt(
+        help="jobs sharing one GPU (fractional GPU resources); auto: as many as the calibrated "
+        "peak memory fits, capped by the CPUs per GPU (dplbench bench model calibrates)"
+    ),
+]
+Compile = Annotated[
+    str,
+    Opt(
+        "--compile",
+        help="torch.compile the training step: reduce-overhead (CUDA graphs: the launch-bound "
+        "DPL step), default, max-autotune, or a backend (aot_eager); eager if it fails",
+    ),
+]
 OnLease = Annotated[
     str,
     Opt(help="a job another driver is running on this results root: skip it or wait for it"),
@@ -89,6 +104,27 @@ def check_choice(option: str, value: str, choices: tuple[str, ...]) -> str:
     if value not in choices:
         raise ConfigError(f"{option} {value!r}: choose {' or '.join(choices)}")
     return value
+
+
+def jobs_per_gpu(value: str, jobs, gpus: int, cpus: int | None, results_root: str) -> int:
+    """--jobs-per-gpu N or auto, resolved (auto needs the GPU calibration)."""
+    if value != "auto":
+        try:
+            n = int(value)
+        except ValueError:
+            n = 0
+        if n < 1:
+            raise ConfigError(f"--jobs-per-gpu {value!r}: a positive integer or auto")
+        return n
+    if not gpus:
+        return 1
+    from dplbench.bench import calibration
+
+    calib = calibration.load_for(gpus, abs_path(results_root))
+    cpus_per_gpu = (cpus or os.cpu_count() or 1) / gpus
+    n, why = calibration.auto_jobs_per_gpu(calib, list(jobs), cpus_per_gpu, 1.0)
+    console.print(f"--jobs-per-gpu auto: {why}", highlight=False)
+    return n
 
 
 def check_on_data_error(value: str) -> str:
@@ -168,9 +204,11 @@ def _scores(accuracy: dict | None) -> str:
 
 class JobTable:
     """The live table of `dplbench run` / `ablate`: one line per job (state, elapsed time, epoch
-    and loss while it trains, its scores once done), and the suite's elapsed time and ETA."""
+    and loss while it trains, its scores once done), and the suite's elapsed time, ETA and how
+    jobs are packed onto GPUs."""
 
-    def __init__(self, jobs) -> None:
+    def __init__(self, jobs, packing: str = "") -> None:
+        self.packing = packing
         self.jobs = {j.id: j for j in jobs}
         self.state = {j.id: "queued" for j in jobs}
         self.detail = {j.id: "" for j in jobs}
@@ -220,6 +258,8 @@ class JobTable:
         head += f" · elapsed {_clock(time.monotonic() - self.t0)}"
         if self.eta() is not None:
             head += f" · ETA {_clock(self.eta())}"
+        if self.packing:
+            head += f" · {self.packing}"
         t = Table(title=head, title_justify="left")
         for col in ("job", "method", "protocol", "train on", "evaluate", "seed", "state", "time"):
             t.add_column(col)

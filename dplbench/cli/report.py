@@ -29,11 +29,14 @@ def report(
 
     Example: dplbench report --suite base2novel --out reports/b2n
     """
+    from dplbench.bench.calibration import load_all
     from dplbench.results import location, store
     from dplbench.results.report import render_report
 
     rows = store.latest_rows(results_root).to_pylist()
     out_dir = out or location.join(results_root, "reports", suite or "all")
-    files = render_report(rows, out_dir, suite=suite, compare=compare)
+    calibrations = load_all(results_root)  # `bench model --results R`: the cost figure
+    bench = calibrations[0].rows if calibrations else []
+    files = render_report(rows, out_dir, suite=suite, compare=compare, bench=bench)
     console.print(Markdown(files.text))
     console.print(f"report: {files.markdown}" + "".join(f"\nplot: {p}" for p in files.plots))

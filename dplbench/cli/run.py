@@ -13,11 +13,13 @@ from dplbench.cli.common import (
     DATA_DEFAULT,
     RESULTS_DEFAULT,
     Address,
+    Compile,
     Cpus,
     Data,
     Datasets,
     DryRun,
     Gpus,
+    JobsPerGpu,
     JobTable,
     LoaderWorkers,
     OnDataError,
@@ -37,6 +39,9 @@ from dplbench.cli.common import (
     print_rows,
     selections,
     user_errors,
+)
+from dplbench.cli.common import (
+    jobs_per_gpu as resolve_jobs_per_gpu,
 )
 from dplbench.errors import ConfigError
 
@@ -69,6 +74,8 @@ def run(
     loader_workers: LoaderWorkers = 2,
     on_data_error: OnDataError = "raise",
     on_lease: OnLease = "skip",
+    jobs_per_gpu: JobsPerGpu = "1",
+    compile_step: Compile = None,
     override: Overrides = None,
 ) -> None:
     """Run a suite: every job a Ray Train run, many at once, results into Parquet.
@@ -88,10 +95,12 @@ def run(
             return
         console.print(table.render())
         console.print(f"{len(s.jobs)} jobs; nothing was run (--dry-run)")
+        per_gpu = resolve_jobs_per_gpu(jobs_per_gpu, s.jobs, gpus, cpus, results_root)
+        print_estimate(s.jobs, gpus, per_gpu, cpus, results_root)
         return
     summary = run_live(
         s, data, results_root, loader_workers, on_data_error, gpus, cpus, address, resume, ray,
-        on_lease,
+        on_lease, jobs_per_gpu, compile_step,
     )  # fmt: skip
     _print_summary(abs_path(results_root), [o.job.id for o in summary.outcomes])
     print_failures(summary)
@@ -99,9 +108,28 @@ def run(
         raise typer.Exit(1)
 
 
+def print_estimate(jobs, gpus: int, per_gpu: int, cpus: int | None, results_root: str) -> None:
+    """GPU-hours and wall time of the suite from this machine's bench calibration."""
+    from dplbench.bench import calibration
+
+    calib = calibration.load_for(gpus, abs_path(results_root))
+    if calib is None:
+        console.print("no calibration: run `dplbench bench model` for estimates", highlight=False)
+        return
+    slots = gpus * per_gpu if gpus else (cpus or os.cpu_count() or 1)
+    est = calibration.estimate(list(jobs), calib, slots)
+    hours = "GPU-hours" if gpus else "CPU-job-hours"
+    bound = " (at least: packed jobs are taken not to slow each other)" if per_gpu > 1 else ""
+    console.print(
+        f"estimate from {calib.device}: {est.gpu_hours:.2f} {hours}, {est.wall_hours:.2f} h wall "
+        f"on {slots} job places{bound}; {est.covered} of {est.jobs} jobs calibrated",
+        highlight=False,
+    )
+
+
 def run_live(
     s, data, results_root, loader_workers, on_data_error, gpus, cpus, address, resume, ray,
-    on_lease,
+    on_lease, jobs_per_gpu="1", compile_step=None,
 ):  # fmt: skip
     """A suite's jobs with the live table, from the options `run` and `ablate` share."""
     from dplbench.run.settings import ExecOptions, RunSettings
@@ -114,7 +142,9 @@ def run_live(
         loader_workers=loader_workers,
         on_data_error=check_on_data_error(on_data_error),
         fail_job=os.environ.get("DPLBENCH_FAIL_JOB"),  # testing hook: make one job fail
+        compile=compile_step or None,
     )
+    per_gpu = resolve_jobs_per_gpu(jobs_per_gpu, s.jobs, gpus, cpus, results_root)
     opts = ExecOptions(
         gpus=gpus,
         cpus=cpus,
@@ -122,8 +152,10 @@ def run_live(
         resume=resume,
         use_ray=ray,
         on_lease=check_choice("--on-lease", on_lease, ("skip", "wait")),
+        jobs_per_gpu=per_gpu,
     )
-    with live(JobTable(s.jobs)) as on_event:
+    packing = f"{per_gpu} jobs per GPU" if gpus else ""
+    with live(JobTable(s.jobs, packing)) as on_event:
         summary = run_suite(s, settings, opts, on_event)
     print_resume(summary)
     return summary

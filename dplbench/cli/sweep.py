@@ -12,11 +12,13 @@ from dplbench.cli.common import (
     DATA_DEFAULT,
     RESULTS_DEFAULT,
     Address,
+    Compile,
     Cpus,
     Data,
     Datasets,
     DryRun,
     Gpus,
+    JobsPerGpu,
     JobTable,
     LoaderWorkers,
     OnDataError,
@@ -33,6 +35,9 @@ from dplbench.cli.common import (
     live,
     selections,
     user_errors,
+)
+from dplbench.cli.common import (
+    jobs_per_gpu as resolve_jobs_per_gpu,
 )
 from dplbench.errors import ConfigError
 
@@ -71,6 +76,8 @@ def tune(
     results_root: Results = RESULTS_DEFAULT,
     loader_workers: LoaderWorkers = 2,
     on_data_error: OnDataError = "raise",
+    jobs_per_gpu: JobsPerGpu = "1",
+    compile_step: Compile = None,
     override: Annotated[
         list[str], typer.Argument(help="config overrides for every trial, key=value")
     ] = None,
@@ -125,8 +132,11 @@ def tune(
         suite=sweep.suite,
         loader_workers=loader_workers,
         on_data_error=check_on_data_error(on_data_error),
+        compile=compile_step or None,
     )
-    opts = ExecOptions(gpus=gpus, cpus=cpus, address=address, resume=resume)
+    jobs = [j for t in sweep.trials for j in t.jobs]
+    per_gpu = resolve_jobs_per_gpu(jobs_per_gpu, jobs, gpus, cpus, results_root)
+    opts = ExecOptions(gpus=gpus, cpus=cpus, address=address, resume=resume, jobs_per_gpu=per_gpu)
     with live(table) as on_event:
         result = run_sweep(sweep, settings, opts, on_event)
     _print_sweep(result)
@@ -184,6 +194,8 @@ def ablate(
     loader_workers: LoaderWorkers = 2,
     on_data_error: OnDataError = "raise",
     on_lease: OnLease = "skip",
+    jobs_per_gpu: JobsPerGpu = "1",
+    compile_step: Compile = None,
     override: Annotated[
         list[str], typer.Argument(help="config overrides for every variant, key=value")
     ] = None,
@@ -216,7 +228,7 @@ def ablate(
             return
         summary = run_live(
             s, data, root, loader_workers, on_data_error, gpus, cpus, address, resume, ray,
-            on_lease,
+            on_lease, jobs_per_gpu, compile_step,
         )  # fmt: skip
         print_failures(summary)
     suite_name = Path(suite or ab.suite).stem

@@ -136,3 +136,26 @@ def objective_plot(trials: Sequence[Row], params: Sequence[str], name: str):
     fig.suptitle(f"sweep {name}")
     fig.tight_layout()
     return fig
+
+
+def cost_plot(table: Sequence[Row]):
+    """The paper's Fig. 5b: training cost and inference speed against base-to-novel HM, one
+    point per method."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(10, 4), layout="constrained")
+    FigureCanvasAgg(fig)
+    for i, (key, label) in enumerate(
+        (("train_ms", "training cost (ms per step)"), ("eval_img_s", "inference (images/s)"))
+    ):
+        ax = fig.add_subplot(1, 2, i + 1)
+        pts = [r for r in table if r.get(key)]
+        ax.scatter([r[key] for r in pts], [r["hm"] for r in pts])
+        for r in pts:
+            ax.annotate(r["method"], (r[key], r["hm"]), fontsize="small", xytext=(3, 3),
+                        textcoords="offset points")  # fmt: skip
+        ax.set_xlabel(label)
+        ax.set_ylabel("base-to-novel HM (%)")
+    fig.suptitle("Cost and accuracy")
+    return fig

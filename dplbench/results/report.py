@@ -208,14 +208,28 @@ def _select(rows: Any, suite: str | None) -> list[Row]:
     return selected if suite is None else [r for r in selected if r.get("suite") == suite]
 
 
+def cost_table(b2n: Sequence[Row], bench: Sequence[Row]) -> list[Row]:
+    """Each method's training cost and inference speed (bench rows of one device, the backbone
+    its results ran on) beside its base-to-novel Average HM (the paper's Fig. 5b)."""
+    hm = {r["method"]: r["hm"] for r in b2n if r["dataset"] == AVERAGE and r["hm"] is not None}
+    out = []
+    for r in bench:
+        if r["method"] in hm:
+            keep = ("method", "model", "params", "train_ms", "eval_img_s", "peak_mib")
+            out.append({**{k: r.get(k) for k in keep}, "hm": hm[r["method"]]})
+    return out
+
+
 def report_tables(
     rows: Any,
     suite: str | None = None,
     compare: bool = True,
     refs: Mapping[str, list[Row]] | None = None,
+    bench: Sequence[Row] = (),
 ) -> dict[str, Any]:
     """The aggregated tables of the protocols present (keys of SECTIONS, in that order) plus
-    `ablations` ({(ablation, protocol): pivot table}) when sweep rows exist."""
+    `ablations` ({(ablation, protocol): pivot table}) when sweep rows exist, `partial` splits,
+    and `cost` (bench rows beside base-to-novel HM) when `bench` rows are given."""
     selected = _select(rows, suite)
     if compare and refs is None:
         refs = agg.reference_tables()
@@ -232,11 +246,39 @@ def report_tables(
     partial = [r for r in selected if (r.get("skipped") or 0) > 0]
     if partial:
         tables["partial"] = partial
+    models = {json_model(r) for r in selected if r.get("protocol") == "base2novel"}
+    cost = cost_table(tables.get("base2novel", []), [b for b in bench if b["model"] in models])
+    if cost:
+        tables["cost"] = cost
     return tables
+
+
+def json_model(row: Row) -> str | None:
+    """The backbone a result row's job ran on (its `config` column)."""
+    import json
+
+    config = row.get("config")
+    if not config:
+        return None
+    return (json.loads(config).get("config") or {}).get("backbone", {}).get("model")
 
 
 def _no_results(suite: str | None) -> str:
     return f"No results to report{f' for suite `{suite}`' if suite else ''}.\n"
+
+
+def _cost_markdown(rows: Sequence[Row]) -> str:
+    body = [
+        [r["method"], f"{r['params']:,}", fmt(r.get("train_ms")), fmt(r.get("eval_img_s")),
+         fmt(r.get("peak_mib")), fmt(r["hm"])]
+        for r in sorted(rows, key=lambda r: r["hm"])
+    ]  # fmt: skip
+    note = (
+        "Training cost (one step at the bench batch) and inference speed from `dplbench bench "
+        "model` on the same backbone, beside each method's base-to-novel Average HM."
+    )
+    head = ["Method", "Trainable params", "Train ms/step", "Eval img/s", "Peak MiB", "HM"]
+    return note + "\n\n" + md_table(head, body)
 
 
 def _partial_markdown(rows: Sequence[Row]) -> str:
@@ -267,6 +309,11 @@ def _markdown(tables: Mapping[str, Any], suite: str | None, images: Mapping[str,
         if name == "partial":
             parts += ["## Partial splits", _partial_markdown(table)]
             continue
+        if name == "cost":
+            parts += ["## Cost and accuracy", _cost_markdown(table)]
+            if name in images:
+                parts.append(f"![Cost and accuracy]({images[name]})")
+            continue
         parts += [f"## {SECTIONS[name].title}", SECTIONS[name].markdown(table)]
         if name in images:
             parts.append(f"![{SECTIONS[name].title}]({images[name]})")
@@ -278,9 +325,10 @@ def report_markdown(
     suite: str | None = None,
     compare: bool = True,
     refs: Mapping[str, list[Row]] | None = None,
+    bench: Sequence[Row] = (),
 ) -> str:
     """The report as Markdown (no plots); a one-line message when there is nothing to report."""
-    return _markdown(report_tables(rows, suite, compare, refs), suite, {})
+    return _markdown(report_tables(rows, suite, compare, refs, bench), suite, {})
 
 
 def render_report(
@@ -289,19 +337,23 @@ def render_report(
     suite: str | None = None,
     compare: bool = True,
     refs: Mapping[str, list[Row]] | None = None,
+    bench: Sequence[Row] = (),
 ) -> ReportFiles:
-    """Write `out_dir/report.md` and one PNG per protocol section (`<protocol>.png`); `out_dir`
-    may be a local folder or a URI (results/location.py)."""
-    tables = report_tables(rows, suite, compare, refs)
-    images, plots = {}, []
+    """Write `out_dir/report.md` and one PNG per protocol section (`<protocol>.png`, and
+    `cost.png` with bench rows); `out_dir` may be a local folder or a URI (results/location.py)."""
+    tables = report_tables(rows, suite, compare, refs, bench)
+    images, pngs = {}, []
     for name, table in tables.items():
-        if name in SECTIONS:
-            fig = SECTIONS[name].plot(table)
+        draw = (
+            SECTIONS[name].plot if name in SECTIONS else plots.cost_plot if name == "cost" else None
+        )
+        if draw is not None:
+            fig = draw(table)
             path = location.write(
                 location.join(out_dir, f"{name}.png"), partial(fig.savefig, format="png", dpi=120)
             )
             images[name] = f"{name}.png"
-            plots.append(path)
+            pngs.append(path)
     text = _markdown(tables, suite, images)
     md = location.write(location.join(out_dir, "report.md"), text)
-    return ReportFiles(markdown=md, plots=tuple(plots), text=text)
+    return ReportFiles(markdown=md, plots=tuple(pngs), text=text)

@@ -1,14 +1,19 @@
 """Where a worker runs: its rank, device, and how it reports epochs and finds checkpoints.
 
-`LocalContext` runs a job in this process (no Ray); the launcher's `RayTrainContext` runs it on a
-Ray Train worker. The train loop (run/train_loop.py) sees only this protocol. A checkpoint is a
-folder holding STATE_FILE.
+- `LocalContext`: one worker in this process; checkpoints in the results root (`CheckpointStore`).
+  It serves `--no-ray` runs, and (through `report`) single-worker jobs run as plain Tune trials,
+  where a trial that died is restarted by Tune and continues from the store.
+- The launcher's `RayTrainContext`: a Ray Train worker, checkpoints through Ray Train.
+
+The train loop (run/train_loop.py) sees only the `WorkerContext` protocol. A checkpoint handed to
+it is a folder holding STATE_FILE.
 """
 
 from __future__ import annotations
 
 import socket
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -30,44 +35,83 @@ class WorkerContext(Protocol):
     def latest_checkpoint(self) -> str | None: ...
 
 
+class CheckpointStore:
+    """One job run's checkpoints on the results root (local or object store):
+
+        R/checkpoints/<job_id>/<run_name>/epoch_XXX.pt     the newest epoch's is kept
+
+    `run_name` is `<job_id>-<run_id>`; with --resume it is the job's earlier run whose newest
+    checkpoint is the latest (`run_name`), so the resumed run continues from there."""
+
+    def __init__(self, results_root: str, job_id: str, run_name: str) -> None:
+        self.dir = location.join(results_root, "checkpoints", job_id, run_name)
+        self._restored: tempfile.TemporaryDirectory | None = None
+
+    @staticmethod
+    def run_name(results_root: str, job_id: str, run_id: str, resume: bool) -> str:
+        if resume:
+            runs = location.subdirs(location.join(results_root, "checkpoints", job_id))
+            newest = {
+                r: max(
+                    location.listdir(location.join(results_root, "checkpoints", job_id, r)),
+                    default="",
+                )
+                for r in runs
+                if r.startswith(f"{job_id}-")
+            }
+            if newest and max(newest.values()):
+                return max(newest, key=lambda r: newest[r].rsplit("/", 1)[-1])
+        return f"{job_id}-{run_id}"
+
+    def _files(self) -> list[str]:
+        return location.listdir(self.dir, "epoch_[0-9][0-9][0-9].pt")
+
+    def save(self, epoch: int, checkpoint_dir: str) -> None:
+        older = self._files()
+        name = f"epoch_{epoch:03d}.pt"
+        location.write(
+            location.join(self.dir, name), (Path(checkpoint_dir) / STATE_FILE).read_bytes()
+        )
+        for path in older:  # the newest is all a restart or --resume needs
+            if not path.endswith(name):
+                location.remove(path)
+
+    def latest(self) -> str | None:
+        """A local folder holding the newest checkpoint's STATE_FILE, or None."""
+        files = self._files()
+        if not files:
+            return None
+        self._restored = tempfile.TemporaryDirectory()
+        (Path(self._restored.name) / STATE_FILE).write_bytes(location.read_bytes(files[-1]))
+        return self._restored.name
+
+
 class LocalContext:
-    """In-process, single worker: each epoch's checkpoint is R/checkpoints/<job>/epoch_XXX.pt
-    (the newest is kept), on whatever filesystem the results root is (results/location.py)."""
+    """One worker in this process, checkpoints in the results root. `also_report` receives every
+    epoch's metrics too (a plain Tune trial passes `ray.tune.report`)."""
 
     def __init__(
         self,
         results_root: str,
         job_id: str,
+        run_name: str | None = None,
         device: torch.device | None = None,
-        resume: bool = False,
+        node: str | None = None,
+        also_report: Callable[[dict[str, Any]], None] | None = None,
     ):
-        self.resume = resume  # continue from this job's last epoch checkpoint, if any
         self.rank, self.world_size = 0, 1
-        self.node = socket.gethostname()
+        self.node = node or socket.gethostname()
         self.device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        self.dir = location.join(results_root, "checkpoints", job_id)
+        self.store = CheckpointStore(results_root, job_id, run_name or f"{job_id}-local")
+        self.also_report = also_report
         self.reports: list[dict[str, Any]] = []
-        self._restored: tempfile.TemporaryDirectory | None = None
 
     def report(self, metrics: dict[str, Any], checkpoint_dir: str | None) -> None:
-        self.reports.append(metrics)
         if checkpoint_dir:
-            older = self._checkpoints()
-            data = (Path(checkpoint_dir) / STATE_FILE).read_bytes()
-            location.write(location.join(self.dir, f"epoch_{metrics['epoch']:03d}.pt"), data)
-            for path in older:  # the newest is all a resume needs
-                if not path.endswith(f"epoch_{metrics['epoch']:03d}.pt"):
-                    location.remove(path)
-
-    def _checkpoints(self) -> list[str]:
-        return location.listdir(self.dir, "epoch_[0-9][0-9][0-9].pt")
+            self.store.save(int(metrics["epoch"]), checkpoint_dir)
+        self.reports.append(metrics)
+        if self.also_report is not None:
+            self.also_report(metrics)
 
     def latest_checkpoint(self) -> str | None:
-        if not self.resume:
-            return None  # a fresh run starts from scratch whatever an earlier run left
-        done = self._checkpoints()
-        if not done:
-            return None
-        self._restored = tempfile.TemporaryDirectory()
-        (Path(self._restored.name) / STATE_FILE).write_bytes(location.read_bytes(done[-1]))
-        return self._restored.name
+        return self.store.latest()

@@ -35,6 +35,7 @@ from dplbench.errors import ConfigError
 from dplbench.plan.jobs import Job
 from dplbench.results import location
 from dplbench.run import placement_groups
+from dplbench.run.context import CheckpointStore, LocalContext
 from dplbench.run.failures import one_line
 from dplbench.run.settings import ExecOptions, RunSettings
 from dplbench.run.worker import final_val_accuracy, run_job
@@ -93,6 +94,23 @@ class RayTrainContext:
         return ckpt.to_directory() if ckpt is not None else None
 
 
+def run_in_trial(job: Job, settings: RunSettings, run_name: str) -> dict[str, Any]:
+    """One single-worker job in this Tune trial's process (a plain trial): checkpoints in the
+    results root, each epoch's metrics reported to Tune (the live table, ASHA)."""
+    import ray
+
+    ctx = LocalContext(
+        settings.results,
+        job.id,
+        run_name,
+        node=ray.get_runtime_context().get_node_id(),
+        also_report=tune.report,
+    )
+    if ctx.device.type == "cuda":
+        torch.cuda.set_device(ctx.device)
+    return {"rows": run_job(job, settings, ctx)}
+
+
 def _train_worker(config: dict[str, Any]) -> dict[str, Any] | None:
     logging.basicConfig(level=logging.WARNING)
     job, settings = config["job"], config["settings"]
@@ -120,7 +138,7 @@ def fit_job(
     from ray.train.torch import TorchTrainer
 
     use_gpu = ex["gpus"] > 0
-    per_worker = {"CPU": ex["cpus_per_worker"], **({"GPU": 1} if use_gpu else {})}
+    per_worker = {"CPU": ex["cpus_per_worker"], **({"GPU": ex["gpu_share"]} if use_gpu else {})}
     callbacks = []
     if report_to_tune:
         from ray.tune.integration.ray_train import TuneReportCallback
@@ -190,6 +208,9 @@ class _TrialEvents(tune.Callback):
     def on_trial_complete(self, iteration, trials, trial, **info):
         # TERMINATED without the trial's final report: the scheduler stopped it.
         last = trial.last_result or {}
+        if last.get("failed"):  # the trial reported its job's failure and ended
+            self._emit(trial, "failed", {"last": last, "error": last["failed"]})
+            return
         self._emit(trial, "done" if last.get("trial_done") else "stopped", {"last": last})
 
     def on_trial_error(self, iteration, trials, trial, **info):
@@ -267,11 +288,13 @@ def concurrency(workers_per_trial: int, opts: ExecOptions) -> int:
     have = ray.cluster_resources()
     if opts.gpus > 0:
         gpus = min(opts.gpus, int(have.get("GPU", 0)))
-        if workers_per_trial > gpus:
+        slots = gpus * opts.jobs_per_gpu  # worker places, with jobs packed per GPU
+        if workers_per_trial > slots:
             raise ConfigError(
-                f"a trial needs {workers_per_trial} GPU workers; the cluster offers {gpus}"
+                f"a trial needs {workers_per_trial} GPU workers; the cluster offers {gpus} GPUs "
+                f"x {opts.jobs_per_gpu} jobs per GPU"
             )
-        return max(1, gpus // workers_per_trial)
+        return max(1, slots // workers_per_trial)
     need = workers_per_trial * opts.cpus_per_worker
     if need > have.get("CPU", 0):
         raise ConfigError(
@@ -301,46 +324,71 @@ def launch(
     storage: str,
     on_event: TrialEvent | None = None,
     scheduler: Any = None,
+    plain: bool = False,
 ) -> list[TrialEnd]:
     """Run `trials` (key -> its jobs) as Tune trials of `trainable` on Ray; returns how each
-    ended. Jobs' Train runs live under `storage/jobs`, the Tune experiment under `storage`."""
+    ended. Jobs' Train runs live under `storage/jobs`, the Tune experiment under `storage`.
+
+    plain: every trial is one single-worker job that the trial runs itself (no TorchTrainer, the
+    trial holds the job's CPU and GPU share); Tune restarts a trial that died, from the job's
+    checkpoints in the results root, and reuses trial actors, so imports and cached frozen models
+    survive from one job to the next."""
     init_ray(opts)
     jobs_storage = location.join(storage, "jobs")
     ex = {
         "gpus": opts.gpus,
+        "gpu_share": 1.0 / opts.jobs_per_gpu,
         "cpus_per_worker": opts.cpus_per_worker,
         "max_failures": opts.max_failures,
         "storage": str(jobs_storage),
     }
+
+    def names(jobs: list[Job]) -> dict[str, str]:
+        if plain:
+            return {
+                j.id: CheckpointStore.run_name(settings.results, j.id, settings.run_id, opts.resume)
+                for j in jobs
+            }
+        return {j.id: run_name(jobs_storage, j, settings.run_id, opts.resume) for j in jobs}
+
     configs = [
         {
             "key": key,
             "jobs": jobs,
-            "run_names": {
-                j.id: run_name(jobs_storage, j, settings.run_id, opts.resume) for j in jobs
-            },
+            "run_names": names(jobs),
             "settings": settings,
             "exec": ex,
+            "plain": plain,
             "pg_dir": location.join(storage, "placement_groups", settings.run_id, key),
         }
         for key, jobs in trials.items()
     ]
     workers = max(sum(j.workers for j in jobs) for jobs in trials.values())
+    resources = TRIAL_RESOURCES
+    if plain:
+        resources = {"CPU": opts.cpus_per_worker}
+        if opts.gpus > 0:
+            resources["GPU"] = ex["gpu_share"]
     token = f"{settings.run_id}-{time.time_ns()}"
     if on_event is not None:
         _SINKS[token] = on_event
     tuner = tune.Tuner(
-        tune.with_resources(trainable, TRIAL_RESOURCES),
+        tune.with_resources(trainable, resources),
         param_space={"cfg": tune.grid_search(configs)},
         tune_config=tune.TuneConfig(
-            scheduler=scheduler, max_concurrent_trials=concurrency(workers, opts)
+            scheduler=scheduler,
+            max_concurrent_trials=concurrency(workers, opts),
+            reuse_actors=plain,
         ),
         run_config=tune.RunConfig(
             name=f"{settings.suite}-{settings.run_id}-{int(time.time())}",
             storage_path=str(storage),
             callbacks=[_TrialEvents(token)],
-            # A failing trial is recorded and the others go on.
-            failure_config=tune.FailureConfig(max_failures=0, fail_fast=False),
+            # A failing trial is recorded and the others go on. Plain trials are restarted when
+            # their process dies (TorchTrainers restart their own workers).
+            failure_config=tune.FailureConfig(
+                max_failures=opts.max_failures if plain else 0, fail_fast=False
+            ),
             verbose=0,
         ),
     )
@@ -354,9 +402,11 @@ def launch(
     ends = {}
     for r in grid:
         key = r.config["cfg"]["key"]
+        last = r.metrics or {}
         if r.error is not None:
             ends[key] = TrialEnd(key, "failed", one_line(r.error))
+        elif last.get("failed"):  # the trial reported its job's failure and ended
+            ends[key] = TrialEnd(key, "failed", last["failed"])
         else:
-            done = (r.metrics or {}).get("trial_done")
-            ends[key] = TrialEnd(key, "done" if done else "stopped")
+            ends[key] = TrialEnd(key, "done" if last.get("trial_done") else "stopped")
     return [ends.get(k, TrialEnd(k, "failed", "never ran")) for k in trials]

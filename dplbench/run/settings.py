@@ -21,6 +21,10 @@ class RunSettings:
     bf16: bool | None = None  # None: bf16 autocast on GPU, fp32 on CPU
     fail_job: str | None = None  # testing hook (run/train_loop.py): "<job prefix>[@<epoch>][:kill]"
     val_each_epoch: bool = False  # evaluate the few-shot val split after every epoch (sweeps)
+    # torch.compile of the training step: None (eager), a mode ("reduce-overhead": CUDA graphs,
+    # the launch-bound DPL step's case; "default"; "max-autotune") or a backend ("aot_eager").
+    # Falls back to eager, with a warning, if compiling fails.
+    compile: str | None = None
 
 
 @dataclass(frozen=True)
@@ -33,4 +37,8 @@ class ExecOptions:
     resume: bool = False
     use_ray: bool = True  # False: jobs run one after the other in this process
     on_lease: str = "skip"  # a job another driver is running: "skip" it or "wait" for it
+    jobs_per_gpu: int = 1  # jobs packed onto one GPU (fractional GPU resources)
+    # Single-worker jobs as plain Tune trials (no TorchTrainer: seconds less start-up per job),
+    # restarted by Tune from their checkpoints in the results root.
+    plain_trials: bool = True
     lease_timeout: float = 300.0  # seconds without renewal after which a lease is stale

@@ -15,7 +15,7 @@ from dplbench.plan.suites import Suite
 from dplbench.results import location, store
 from dplbench.results.status import StatusBook
 from dplbench.run import launcher
-from dplbench.run.context import LocalContext
+from dplbench.run.context import CheckpointStore, LocalContext
 from dplbench.run.failures import JobFailed, log_path
 from dplbench.run.launcher import TrialEvent
 from dplbench.run.leases import Leases
@@ -82,6 +82,7 @@ def run_jobs(
         opts,
         location.join(settings.results, "ray"),
         on_event,
+        plain=opts.plain_trials and all(j.workers == 1 for j in jobs),
     )
     by_id = {j.id: j for j in jobs}
     outcomes = []
@@ -107,7 +108,8 @@ def _with_log(settings: RunSettings, job_id: str, error: str) -> str:
 def _run_local(job: Job, settings: RunSettings, emit: TrialEvent, resume: bool) -> JobOutcome:
     emit(job.id, "running", {})
     try:
-        rows = run_job(job, settings, LocalContext(settings.results, job.id, resume=resume))
+        name = CheckpointStore.run_name(settings.results, job.id, settings.run_id, resume)
+        rows = run_job(job, settings, LocalContext(settings.results, job.id, name))
     except JobFailed as e:  # a failed job is recorded; the others go on
         log.debug("job %s failed", job.id, exc_info=True)
         emit(job.id, "failed", {"error": str(e)})

@@ -53,6 +53,38 @@ def _ddp(module: nn.Module, ctx: WorkerContext) -> nn.Module:
     return module
 
 
+COMPILE_BACKENDS = ("aot_eager", "eager", "inductor")
+
+
+def maybe_compile(module: nn.Module, how: str | None) -> nn.Module:
+    """`module` under torch.compile (`how`: a mode, or a backend name), or `module` itself."""
+    if not how:
+        return module
+    if how in COMPILE_BACKENDS:
+        return torch.compile(module, backend=how)
+    return torch.compile(module, mode=how)
+
+
+class _Step:
+    """The training step's forward: compiled when asked, falling back to eager once for good
+    when the compiled one fails (an op the compiler cannot take), never silently."""
+
+    def __init__(self, module: nn.Module, how: str | None) -> None:
+        self.eager, self.run = module, maybe_compile(module, how)
+
+    def __call__(self, *args):
+        try:
+            return self.run(*args)
+        except Exception as e:
+            if self.run is self.eager:
+                raise
+            log.warning(
+                "compiled training step failed (%s: %s); running eager", type(e).__name__, e
+            )
+            self.run = self.eager
+            return self.run(*args)
+
+
 def _to_device(batch: dict, device: torch.device) -> dict:
     return {
         k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()
@@ -130,7 +162,7 @@ def train(
         # records only what it trains, the earlier run's file keeps the rest.
         rows += [r for r in state.get("epoch_rows", []) if r["run_id"] == settings.run_id]
         log.info("job %s: resuming after epoch %d (attempt %d)", job.id, start - 1, attempt)
-    step_module = _ddp(_LossModule(model), ctx)
+    step_module = _Step(_ddp(_LossModule(model), ctx), settings.compile)
     epochs = cfg.optim.epochs
     for epoch in range(start, epochs):
         _fail_if_asked(job, settings, epoch)

@@ -1,6 +1,7 @@
 """The two kinds of Tune trial that run/launcher.py launches: `job_trial` (one job, `dplbench
 run` and `ablate`) and `sweep_trial` (one sweep setting: its jobs at once, the validation objective
-reported every epoch for ASHA). Both run each job through `launcher.fit_job`."""
+reported every epoch for ASHA). Jobs run as `launcher.fit_job` (a TorchTrainer) or, single-worker
+jobs of `run`, in the trial's own process (`launcher.run_in_trial`)."""
 
 from __future__ import annotations
 
@@ -12,17 +13,25 @@ import ray.tune as tune
 from dplbench.plan.jobs import Job
 from dplbench.results.sweeps import objective, trial_test_metrics
 from dplbench.run.failures import JobFailed, one_line
-from dplbench.run.launcher import fit_job
+from dplbench.run.launcher import fit_job, run_in_trial
 
 
 def job_trial(config: dict[str, Any]) -> None:
-    """A Tune trial of `dplbench run`: one job; its epochs reach the live table through Tune, and
-    the last report carries where it ran and what it scored."""
+    """A Tune trial of `dplbench run`: one job, in this process (a plain trial) or as a
+    TorchTrainer run; its epochs reach the live table through Tune, and the last report carries
+    where it ran and what it scored. A job that fails ends the trial with its one line: retrying
+    the same work would fail the same way (a process that dies is restarted by Tune)."""
     cfg = config["cfg"]
     (job,) = cfg["jobs"]
-    out = fit_job(
-        job, cfg["settings"], cfg["exec"], cfg["run_names"][job.id], None, cfg["pg_dir"], True
-    )
+    name = cfg["run_names"][job.id]
+    try:
+        if cfg["plain"]:
+            out = run_in_trial(job, cfg["settings"], name)
+        else:
+            out = fit_job(job, cfg["settings"], cfg["exec"], name, None, cfg["pg_dir"], True)
+    except JobFailed as e:
+        tune.report({"trial_done": 0, "failed": str(e)})
+        return
     rows = (out or {}).get("rows") or []
     tune.report({"trial_done": 1, **job_summary(rows)})
 

@@ -18,8 +18,10 @@ from datetime import datetime, timezone
 from typing import Any
 
 import numpy as np
+import open_clip
 import torch
 
+from dpl.backbone import BackboneConfig, load_clip
 from dpl.methods import build_method
 from dpl.methods.base import PromptedCLIP
 from dplbench.data.view import DatasetView
@@ -58,11 +60,28 @@ def load_final_state(model: PromptedCLIP, job: Job, settings: RunSettings, sourc
     model.load_trainable_state(state)
 
 
+# Frozen CLIPs of this process, by backbone config (and seed, for random-init ones): a reused
+# trial actor builds the next job on the same frozen weights instead of loading them again.
+_FROZEN: dict[tuple, open_clip.CLIP] = {}
+FROZEN_KEPT = 2
+
+
+def frozen_clip(cfg: BackboneConfig, seed: int) -> open_clip.CLIP:
+    key = (cfg, seed if cfg.pretrained is None else None)
+    if key not in _FROZEN:
+        if len(_FROZEN) >= FROZEN_KEPT:
+            _FROZEN.clear()
+        seed_everything(seed)  # random-init weights: the same on every rank and every build
+        _FROZEN[key] = load_clip(cfg)
+    return _FROZEN[key]
+
+
 def build_model(job: Job, ctx: WorkerContext) -> PromptedCLIP:
     # Same seed on every rank while building: random-init weights (tests, smoke) and prompt inits
     # must be identical across DDP ranks. Then a per-rank seed for dropout draws and augmentation.
+    clip = frozen_clip(job.config.backbone, job.seed)
     seed_everything(job.seed)
-    model = build_method(job.config).to(ctx.device)
+    model = build_method(job.config, clip).to(ctx.device)
     seed_everything(job.seed * 1000 + ctx.rank)
     return model
 

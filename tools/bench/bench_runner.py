@@ -1,24 +1,32 @@
-"""Runner overhead on this machine: the smoke suite's wall time, the fixed cost per job (trial wall
-time minus the job's own training and evaluation time), and jobs per minute with 1 vs 2 jobs at
-once. Run: RAY_AUTH_MODE=disabled .venv/bin/python tools/bench/bench_runner.py [--jobs 4]
+"""Per-job start-up on this machine: single-worker jobs as plain Tune trials (reused actors,
+cached frozen models) against one TorchTrainer per job, side by side in one run.
+
+For each mode: the smoke suite's wall time, the fixed cost per job (the job's time in its trial
+minus its own training and evaluation time, from the result rows), and jobs per minute for a set of
+identical short coop jobs, 2 at once.
+
+    RAY_AUTH_MODE=disabled .venv/bin/python tools/bench/bench_runner.py [--jobs 6]
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import statistics
 import tempfile
 import time
 from pathlib import Path
 
 from dplbench.plan.config import parse_overrides
 from dplbench.plan.suites import Suite, load_suite
-from dplbench.results import store as results
+from dplbench.results import store
+from dplbench.run.prepare import ensure_synthetic
 from dplbench.run.settings import ExecOptions, RunSettings
 from dplbench.run.suite import run_suite
 
 
-def timed_suite(suite: Suite, data: str, res: str, cpus: int) -> tuple[float, dict[str, float]]:
+def timed_suite(suite: Suite, data: str, res: str, plain: bool) -> tuple[float, list[float]]:
+    """(wall seconds, fixed seconds per job)."""
     started: dict[str, float] = {}
     spans: dict[str, float] = {}
 
@@ -30,51 +38,47 @@ def timed_suite(suite: Suite, data: str, res: str, cpus: int) -> tuple[float, di
             spans[job_id] = now - started[job_id]
 
     tic = time.perf_counter()
-    summary = run_suite(
-        suite,
-        RunSettings(data=data, results=res, loader_workers=0),
-        ExecOptions(cpus=cpus),
-        on_event,
-    )
+    settings = RunSettings(data=data, results=res, loader_workers=0)
+    summary = run_suite(suite, settings, ExecOptions(cpus=2, plain_trials=plain), on_event)
     wall = time.perf_counter() - tic
     assert not summary.failed, [o.error for o in summary.failed]
-    return wall, spans
+    rows = store.query(
+        res,
+        "SELECT job_id, any_value(train_seconds) t, any_value(eval_seconds) e FROM results "
+        "GROUP BY job_id",
+    ).to_pylist()
+    fixed = [spans[r["job_id"]] - r["t"] - r["e"] for r in rows if r["job_id"] in spans]
+    return wall, fixed
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--jobs", type=int, default=4)
+    ap.add_argument("--jobs", type=int, default=6, help="identical coop jobs for jobs/min")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
     import ray
 
     with tempfile.TemporaryDirectory() as tmp:
         data = str(Path(tmp) / "shards")
+        ensure_synthetic(data)
         ray.init(num_cpus=2, log_to_driver=False)
         smoke = load_suite("smoke")
-        wall, spans = timed_suite(smoke, data, str(Path(tmp) / "r0"), cpus=2)
-        rows = results.query(
-            str(Path(tmp) / "r0"),
-            "SELECT job_id, any_value(train_seconds) t, any_value(eval_seconds) e "
-            "FROM results GROUP BY job_id",
-        ).to_pylist()
-        overhead = [spans[r["job_id"]] - r["t"] - r["e"] for r in rows if r["job_id"] in spans]
-        print(f"smoke suite ({len(smoke.jobs)} jobs, 2 at once): {wall:.1f} s wall")
-        print(
-            f"fixed overhead per job (trial wall - train - eval): mean {sum(overhead) / len(overhead):.1f} s, "
-            f"min {min(overhead):.1f}, max {max(overhead):.1f}"
-        )
         over = parse_overrides(["optim.epochs=1"])
         seeds = list(range(1, args.jobs + 1))
-        rate = {}
-        for cpus in (1, 2):
-            suite = load_suite("smoke", {"methods": ["coop"], "seeds": seeds, "overrides": over})
-            w, _ = timed_suite(suite, data, str(Path(tmp) / f"r{cpus}"), cpus=cpus)
-            rate[cpus] = 60 * len(suite.jobs) / w
+        coop = load_suite("smoke", {"methods": ["coop"], "seeds": seeds, "overrides": over})
+        out = {}
+        for mode, plain in (("TorchTrainer per job", False), ("plain trials", True)):
+            wall, fixed = timed_suite(smoke, data, str(Path(tmp) / f"s-{plain}"), plain)
+            w, _ = timed_suite(coop, data, str(Path(tmp) / f"c-{plain}"), plain)
+            out[mode] = (wall, statistics.fmean(fixed), min(fixed), max(fixed), 60 * args.jobs / w)
+        print(f"{'mode':<22} | smoke wall s | fixed s/job (mean, min-max) | coop jobs/min")
+        for mode, (wall, mean, lo, hi, rate) in out.items():
             print(
-                f"{len(suite.jobs)} coop jobs, {cpus} at once: {w:.1f} s, {rate[cpus]:.2f} jobs/min"
+                f"{mode:<22} | {wall:>12.1f} | {mean:>8.1f} ({lo:.1f}-{hi:.1f})        | {rate:>13.2f}"
             )
-        print(f"2 vs 1 at once: {rate[2] / rate[1]:.2f}x jobs/min")
+        (_, base, *_), (_, new, *_) = out.values()
+        (*_, r0), (*_, r1) = out.values()
+        print(f"plain / TorchTrainer: fixed cost {new / base:.2f}x, jobs/min {r1 / r0:.2f}x")
         ray.shutdown()
 
 

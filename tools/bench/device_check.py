@@ -1,15 +1,22 @@
-"""GPU check for issue #2, run on a lent GPU machine (see README: benchmarks).
+"""The GPU check of the throughput work, as one script for a lent GPU machine (README: benchmarks).
 
-1. ViT-B-16 (random init) encoders equal open_clip's on the GPU in fp32 (allclose 1e-5 rule).
-2. `bench_models` on ViT-B-16 and dpl-tiny, bf16 autocast: train step (batch 4) and eval
-   throughput (batch 4 and 64), ratios to ivlp / zsclip, peak memory.
-3. A profile of one dpl and one ivlp training step: kernel launches and the top CUDA ops.
-Writes markdown to stdout and to $OUT/device_check.md when OUT is set.
+1. `bench_models` on ViT-B-16 (random init, bf16): train step at batch 4 of ivlp, dpl (cached and
+   not) and dpl with its step under torch.compile(mode="reduce-overhead"); eval throughput at
+   batch 4 and 64; ratios to ivlp / zsclip; peak memory.
+2. Jobs per hour on one GPU for 1, 2, 4 and 8 jobs per GPU: the `packing` suite (8 identical short
+   ViT-B/16 dpl jobs on synthetic 224 px data) run with --jobs-per-gpu N, each from a fresh
+   results root; the ratio of N=8 to N=1.
+
+Writes Markdown to stdout and $OUT/device_check.md (and the bench rows as JSON) when OUT is set.
+    python tools/bench/device_check.py [--skip-bench] [--skip-packing]
 """
 
+import argparse
+import json
 import logging
 import os
 import sys
+import tempfile
 import time
 
 import torch
@@ -17,104 +24,89 @@ import torch
 logging.disable(logging.WARNING)
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
-from dpl.backbone import BackboneConfig, load_clip  # noqa: E402
-from dpl.encoders import TextEncoder, VisionEncoder  # noqa: E402
 from dplbench.bench.model import bench_models, ratio_table  # noqa: E402
 
-out = []
+out: list[str] = []
 
 
-def say(line=""):
+def say(line: str = "") -> None:
     print(line, flush=True)
     out.append(line)
 
 
-dev = torch.device("cuda")
-say(f"# device check: {torch.cuda.get_device_name(dev)}, torch {torch.__version__}")
-t0 = time.time()
-import open_clip  # noqa: E402
-
-clip = load_clip(BackboneConfig(model="ViT-B-16", pretrained=None)).to(dev)
-g = torch.Generator().manual_seed(0)
-with torch.no_grad():
-    for p in clip.parameters():
-        p.add_(torch.randn(p.shape, generator=g).to(dev) * 0.02)
-    img = torch.randn(4, 3, 224, 224, generator=g).to(dev)
-    tok = open_clip.get_tokenizer("ViT-B-16")(["a photo of a dog.", "x", "a red car at night"]).to(
-        dev
-    )
-    torch.backends.cuda.matmul.allow_tf32 = False
-    torch.backends.cudnn.allow_tf32 = False
-    v = (VisionEncoder(clip.visual)(img) - clip.encode_image(img)).abs().max().item()
-    e, eot = TextEncoder(clip).embed(tok)
-    t = (TextEncoder(clip)(e, eot) - clip.encode_text(tok)).abs().max().item()
-say(f"equivalence fp32 on GPU: max |diff| image {v:.2e}, text {t:.2e} (rule: 1e-5)")
-del clip
-torch.cuda.empty_cache()
-
-
-def table(rows, title):
-    say(f"\n## {title}\n")
-    say("| model | method | train ms | × ivlp | eval img/s | × zsclip | peak MiB |")
-    say("|---|---|---|---|---|---|---|")
-    for r in rows:
-        f = lambda v, s: "-" if v is None else format(v, s)  # noqa: E731
-        say(
-            f"| {r['model']} | {r['method']} | {f(r['train_ms'], '.2f')} | "
-            f"{f(r['train_vs_ivlp'], '.3f')} | {f(r['eval_img_s'], '.1f')} | "
-            f"{f(r['eval_vs_zsclip'], '.3f')} | {f(r['peak_mib'], '.0f')} |"
-        )
+def bench() -> list[dict]:
+    rows_all = []
+    for eval_batch in (4, 64):
+        rows = ratio_table(
+            bench_models(
+                ["ViT-B-16"], ["zsclip", "ivlp", "dpl"], batch=4, eval_batch=eval_batch,
+                classes=50, steps=60, warmup=10, compile_step="reduce-overhead",
+            )
+        )  # fmt: skip
+        say(f"\n## bf16, train batch 4, eval batch {eval_batch}, 50 classes\n")
+        say("| method | params | train ms | × ivlp | eval img/s | × zsclip | peak MiB |")
+        say("|---|---|---|---|---|---|---|")
+        for r in rows:
+            f = lambda v, s: "-" if v is None else format(v, s)  # noqa: E731
+            say(
+                f"| {r['method']} | {r['params']:,} | {f(r['train_ms'], '.2f')} | "
+                f"{f(r['train_vs_ivlp'], '.3f')} | {f(r['eval_img_s'], '.1f')} | "
+                f"{f(r['eval_vs_zsclip'], '.3f')} | {f(r['peak_mib'], '.0f')} |"
+            )
+        rows_all += rows
+    return rows_all
 
 
-for eval_batch in (4, 64):
-    rows = bench_models(
-        ["ViT-B-16", "dpl-tiny"], batch=4, eval_batch=eval_batch, classes=50, steps=60, warmup=8
-    )
-    table(ratio_table(rows), f"bf16, train batch 4, eval batch {eval_batch}, 50 classes")
+def packing() -> dict[int, float]:
+    import ray
 
-from open_clip.zero_shot_metadata import IMAGENET_CLASSNAMES  # noqa: E402
-from torch.profiler import ProfilerActivity, profile  # noqa: E402
+    from dplbench.plan.suites import load_suite
+    from dplbench.run.prepare import ensure_synthetic
+    from dplbench.run.settings import ExecOptions, RunSettings
+    from dplbench.run.suite import run_suite
 
-from dpl.methods import build_method, method_config  # noqa: E402
-from dpl.optim import build_optimizer  # noqa: E402
+    suite = load_suite("packing")
+    rates = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        data = os.path.join(tmp, "shards")
+        ensure_synthetic(data)
+        cpus = os.cpu_count() or 8
+        ray.init(num_cpus=cpus, num_gpus=1, log_to_driver=False)
+        say(f"\n## jobs per hour on one GPU: {len(suite.jobs)} identical dpl jobs (ViT-B/16)\n")
+        say("| jobs per GPU | wall s | jobs/hour | × N=1 |")
+        say("|---|---|---|---|")
+        for n in (1, 2, 4, 8):
+            settings = RunSettings(data=data, results=os.path.join(tmp, f"r{n}"), loader_workers=1)
+            opts = ExecOptions(gpus=1, cpus=cpus, jobs_per_gpu=n, cpus_per_worker=1.0)
+            tic = time.time()
+            summary = run_suite(suite, settings, opts)
+            wall = time.time() - tic
+            failed = [o.error for o in summary.failed]
+            rates[n] = 3600 * (len(suite.jobs) - len(failed)) / wall
+            say(f"| {n} | {wall:.1f} | {rates[n]:.0f} | {rates[n] / rates[1]:.2f} |")
+            if failed:
+                say(f"failures at N={n}: {failed[:2]}")
+        ray.shutdown()
+    say(f"\nN=8 / N=1 jobs/hour: {rates[8] / rates[1]:.2f} (target >= 4)")
+    return rates
 
-clip = load_clip(BackboneConfig(model="ViT-B-16", pretrained=None)).to(dev)
-images = torch.randn(4, 3, 224, 224, device=dev)
-batch = {
-    "image": images,
-    "clean": images,
-    "label": torch.arange(4, device=dev),
-    "key": list("abcd"),
-}
-for name in ("ivlp", "dpl"):
-    m = build_method(
-        method_config(name, {"backbone": {"model": "ViT-B-16", "pretrained": None}}), clip
-    ).to(dev)
-    m.set_classes(list(IMAGENET_CLASSNAMES[:50]), "a photo of a {}.")
-    opt = build_optimizer(m)
-    m.train()
 
-    def step(m=m, opt=opt):
-        opt.zero_grad(set_to_none=True)
-        with torch.autocast("cuda", dtype=torch.bfloat16):
-            loss = sum(m.losses(batch, 1, 20).values())
-        loss.backward()
-        opt.step()
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--skip-bench", action="store_true")
+    ap.add_argument("--skip-packing", action="store_true")
+    args = ap.parse_args()
+    t0 = time.time()
+    say(f"# device check: {torch.cuda.get_device_name()}, torch {torch.__version__}")
+    rows = [] if args.skip_bench else bench()
+    rates = {} if args.skip_packing else packing()
+    say(f"\nwall {time.time() - t0:.0f} s")
+    if os.environ.get("OUT"):
+        with open(os.path.join(os.environ["OUT"], "device_check.md"), "w") as fh:
+            fh.write("\n".join(out) + "\n")
+        with open(os.path.join(os.environ["OUT"], "device_check.json"), "w") as fh:
+            json.dump({"bench": rows, "jobs_per_hour": rates}, fh, indent=1)
 
-    for _ in range(5):
-        step()
-    torch.cuda.synchronize()
-    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
-        step()
-        torch.cuda.synchronize()
-    ev = prof.key_averages()
-    kernels = sum(e.count for e in ev if e.device_type.name == "CUDA")
-    cuda_us = sum(e.self_device_time_total for e in ev if e.device_type.name == "CUDA")
-    say(f"\n## profile {name}: {kernels} CUDA kernels/step, {cuda_us / 1e3:.2f} ms CUDA time\n")
-    say("```")
-    say(ev.table(sort_by="self_cuda_time_total", row_limit=12, max_name_column_width=50))
-    say("```")
-say(f"\nwall {time.time() - t0:.0f} s")
-if os.environ.get("OUT"):
-    with open(os.path.join(os.environ["OUT"], "device_check.md"), "w") as fh:
-        fh.write("\n".join(out) + "\n")
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,63 @@
+"""Jobs packed onto GPUs: with 2 (simulated) GPUs and 4 jobs per GPU, 8 jobs run at once and no
+more, each holding a quarter of a GPU."""
+
+import json
+import sys
+
+import pytest
+
+from dplbench.plan.suites import load_suite
+from dplbench.run import launcher
+from dplbench.run.settings import ExecOptions, RunSettings
+
+pytestmark = [pytest.mark.slow, pytest.mark.cluster]
+ray = pytest.importorskip("ray")
+
+
+def _probe(config):
+    """A stand-in trial: records when it ran and what Ray gave it, instead of training."""
+    import json
+    import time
+    from pathlib import Path
+
+    import ray
+    import ray.tune
+
+    cfg = config["cfg"]
+    start = time.time()
+    time.sleep(4)
+    gpus = ray.get_runtime_context().get_assigned_resources().get("GPU")
+    record = {"key": cfg["key"], "start": start, "end": time.time(), "gpu": gpus}
+    log = Path(cfg["settings"].results) / "probe" / f"{cfg['key']}.json"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    log.write_text(json.dumps(record))
+    ray.tune.report({"trial_done": 1})
+
+
+def test_eight_jobs_at_once_on_two_gpus_at_four_per_gpu(tmp_path):
+    ray.shutdown()
+    ray.init(address="local", num_cpus=16, num_gpus=2, log_to_driver=False)
+    try:
+        jobs = load_suite("smoke", {"methods": ["coop"], "seeds": list(range(1, 13))}).jobs
+        settings = RunSettings(data=str(tmp_path / "d"), results=str(tmp_path / "r"))
+        opts = ExecOptions(gpus=2, jobs_per_gpu=4)
+        assert launcher.concurrency(1, opts) == 8
+        from ray import cloudpickle
+
+        cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers cannot import tests/
+        ends = launcher.launch(
+            _probe, {j.id: [j] for j in jobs}, settings, opts, str(tmp_path / "r" / "ray"),
+            plain=True,
+        )  # fmt: skip
+        assert [e.status for e in ends] == ["done"] * 12
+        runs = [json.loads(p.read_text()) for p in (tmp_path / "r" / "probe").glob("*.json")]
+        assert len(runs) == 12 and {r["gpu"] for r in runs} == {0.25}
+        # the most trials alive at any moment
+        events = sorted([(r["start"], 1) for r in runs] + [(r["end"], -1) for r in runs])
+        alive = peak = 0
+        for _, step in events:
+            alive += step
+            peak = max(peak, alive)
+        assert peak == 8
+    finally:
+        ray.shutdown()
