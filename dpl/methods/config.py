@@ -111,6 +111,10 @@ class MethodConfig:
     dataset_template: str | None = None
     logit_scale: LogitScaleConfig = field(default_factory=LogitScaleConfig)
     cache_frozen_image_features: bool = True
+    # Harness: also evaluate the test split after every epoch, into the `epochs` table, for the
+    # report's selection-gap table only (the DPL release picks its best epoch on test data; the
+    # field reports the last). Never used to select anything.
+    eval_every_epoch: bool = False
 
     def __post_init__(self) -> None:
         checks = {

@@ -94,6 +94,15 @@ Compile = Annotated[
         "DPL step), default, max-autotune, or a backend (aot_eager); eager if it fails",
     ),
 ]
+Track = Annotated[
+    str,
+    Opt(
+        help="stream per-epoch metrics and final scores to mlflow or tensorboard (optional extras)"
+    ),
+]
+TrackUri = Annotated[
+    str, Opt(help="MLflow tracking URI / TensorBoard log folder (default: under --results)")
+]
 OnLease = Annotated[
     str,
     Opt(help="a job another driver is running on this results root: skip it or wait for it"),
@@ -323,8 +332,10 @@ class TrialTable:
 
 
 @contextlib.contextmanager
-def live(table: JobTable | TrialTable) -> Iterator[Any]:
-    """Show `table` live while the block runs; yields the event sink that updates it."""
+def live(table: JobTable | TrialTable, tracker: Any = None) -> Iterator[Any]:
+    """Show `table` live while the block runs; yields the event sink that updates it (and feeds
+    the experiment tracker, when there is one)."""
+    items = table.jobs if isinstance(table, JobTable) else {t.key: t for t in table.sweep.trials}
     with Live(
         table.render(), console=console, auto_refresh=False, transient=not console.is_terminal
     ) as view:
@@ -332,6 +343,11 @@ def live(table: JobTable | TrialTable) -> Iterator[Any]:
         def on_event(key: str, state: str, info: dict) -> None:
             table.event(key, state, info)
             view.update(table.render(), refresh=True)
+            if tracker is not None and key in items:
+                feed = tracker.job_event if isinstance(table, JobTable) else tracker.trial_event
+                feed(items[key], state, info)
 
         yield on_event
     console.print(table.render())
+    if tracker is not None:
+        console.print(f"tracked in {tracker.kind}: {tracker.where}", highlight=False)

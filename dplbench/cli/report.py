@@ -37,6 +37,11 @@ def report(
     out_dir = out or location.join(results_root, "reports", suite or "all")
     calibrations = load_all(results_root)  # `bench model --results R`: the cost figure
     bench = calibrations[0].rows if calibrations else []
-    files = render_report(rows, out_dir, suite=suite, compare=compare, bench=bench)
+    epochs = []  # per-epoch test scores (eval_every_epoch): the selection-gap table
+    if store.has_rows(results_root, "epochs"):
+        table = store.query(results_root, "SELECT * FROM epochs")
+        if any(c.startswith("test_") for c in table.column_names):
+            epochs = table.to_pylist()
+    files = render_report(rows, out_dir, suite=suite, compare=compare, bench=bench, epochs=epochs)
     console.print(Markdown(files.text))
     console.print(f"report: {files.markdown}" + "".join(f"\nplot: {p}" for p in files.plots))

@@ -27,6 +27,8 @@ from dplbench.cli.common import (
     Overrides,
     Results,
     Seeds,
+    Track,
+    TrackUri,
     UseRay,
     Workers,
     abs_path,
@@ -76,6 +78,8 @@ def run(
     on_lease: OnLease = "skip",
     jobs_per_gpu: JobsPerGpu = "1",
     compile_step: Compile = None,
+    track: Track = None,
+    track_uri: TrackUri = None,
     override: Overrides = None,
 ) -> None:
     """Run a suite: every job a Ray Train run, many at once, results into Parquet.
@@ -100,7 +104,7 @@ def run(
         return
     summary = run_live(
         s, data, results_root, loader_workers, on_data_error, gpus, cpus, address, resume, ray,
-        on_lease, jobs_per_gpu, compile_step,
+        on_lease, jobs_per_gpu, compile_step, track, track_uri,
     )  # fmt: skip
     _print_summary(abs_path(results_root), [o.job.id for o in summary.outcomes])
     print_failures(summary)
@@ -129,11 +133,12 @@ def print_estimate(jobs, gpus: int, per_gpu: int, cpus: int | None, results_root
 
 def run_live(
     s, data, results_root, loader_workers, on_data_error, gpus, cpus, address, resume, ray,
-    on_lease, jobs_per_gpu="1", compile_step=None,
+    on_lease, jobs_per_gpu="1", compile_step=None, track=None, track_uri=None,
 ):  # fmt: skip
     """A suite's jobs with the live table, from the options `run` and `ablate` share."""
     from dplbench.run.settings import ExecOptions, RunSettings
     from dplbench.run.suite import run_suite
+    from dplbench.run.tracking import Tracker
 
     settings = RunSettings(
         data=abs_path(data),
@@ -155,7 +160,8 @@ def run_live(
         jobs_per_gpu=per_gpu,
     )
     packing = f"{per_gpu} jobs per GPU" if gpus else ""
-    with live(JobTable(s.jobs, packing)) as on_event:
+    tracker = Tracker(track, settings.results, s.name, track_uri) if track else None
+    with live(JobTable(s.jobs, packing), tracker) as on_event:
         summary = run_suite(s, settings, opts, on_event)
     print_resume(summary)
     return summary

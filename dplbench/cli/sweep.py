@@ -25,6 +25,8 @@ from dplbench.cli.common import (
     OnLease,
     Results,
     Seeds,
+    Track,
+    TrackUri,
     TrialTable,
     UseRay,
     Workers,
@@ -78,6 +80,8 @@ def tune(
     on_data_error: OnDataError = "raise",
     jobs_per_gpu: JobsPerGpu = "1",
     compile_step: Compile = None,
+    track: Track = None,
+    track_uri: TrackUri = None,
     override: Annotated[
         list[str], typer.Argument(help="config overrides for every trial, key=value")
     ] = None,
@@ -137,7 +141,10 @@ def tune(
     jobs = [j for t in sweep.trials for j in t.jobs]
     per_gpu = resolve_jobs_per_gpu(jobs_per_gpu, jobs, gpus, cpus, results_root)
     opts = ExecOptions(gpus=gpus, cpus=cpus, address=address, resume=resume, jobs_per_gpu=per_gpu)
-    with live(table) as on_event:
+    from dplbench.run.tracking import Tracker
+
+    tracker = Tracker(track, settings.results, sweep.name, track_uri) if track else None
+    with live(table, tracker) as on_event:
         result = run_sweep(sweep, settings, opts, on_event)
     _print_sweep(result)
     for r in result.trials():
@@ -196,6 +203,8 @@ def ablate(
     on_lease: OnLease = "skip",
     jobs_per_gpu: JobsPerGpu = "1",
     compile_step: Compile = None,
+    track: Track = None,
+    track_uri: TrackUri = None,
     override: Annotated[
         list[str], typer.Argument(help="config overrides for every variant, key=value")
     ] = None,
@@ -228,7 +237,7 @@ def ablate(
             return
         summary = run_live(
             s, data, root, loader_workers, on_data_error, gpus, cpus, address, resume, ray,
-            on_lease, jobs_per_gpu, compile_step,
+            on_lease, jobs_per_gpu, compile_step, track, track_uri,
         )  # fmt: skip
         print_failures(summary)
     suite_name = Path(suite or ab.suite).stem

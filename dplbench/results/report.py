@@ -22,6 +22,7 @@ from dplbench.results import location, plots
 from dplbench.results.ablations import ablation_tables, pivot_markdown
 from dplbench.results.aggregate import AVERAGE, Row
 from dplbench.results.markdown import MISSING, fmt, md_table
+from dplbench.results.selection import selection_gap, selection_markdown
 
 RULE = (
     "Mean ± sample std over seeds (std shown with ≥ 2 seeds); the Average averages the per-dataset "
@@ -226,6 +227,7 @@ def report_tables(
     compare: bool = True,
     refs: Mapping[str, list[Row]] | None = None,
     bench: Sequence[Row] = (),
+    epochs: Sequence[Row] = (),
 ) -> dict[str, Any]:
     """The aggregated tables of the protocols present (keys of SECTIONS, in that order) plus
     `ablations` ({(ablation, protocol): pivot table}) when sweep rows exist, `partial` splits,
@@ -250,6 +252,9 @@ def report_tables(
     cost = cost_table(tables.get("base2novel", []), [b for b in bench if b["model"] in models])
     if cost:
         tables["cost"] = cost
+    gap = selection_gap(epochs, selected) if epochs else []
+    if gap:
+        tables["selection"] = gap
     return tables
 
 
@@ -309,6 +314,9 @@ def _markdown(tables: Mapping[str, Any], suite: str | None, images: Mapping[str,
         if name == "partial":
             parts += ["## Partial splits", _partial_markdown(table)]
             continue
+        if name == "selection":
+            parts += ["## Selection gap", selection_markdown(table)]
+            continue
         if name == "cost":
             parts += ["## Cost and accuracy", _cost_markdown(table)]
             if name in images:
@@ -326,9 +334,10 @@ def report_markdown(
     compare: bool = True,
     refs: Mapping[str, list[Row]] | None = None,
     bench: Sequence[Row] = (),
+    epochs: Sequence[Row] = (),
 ) -> str:
     """The report as Markdown (no plots); a one-line message when there is nothing to report."""
-    return _markdown(report_tables(rows, suite, compare, refs, bench), suite, {})
+    return _markdown(report_tables(rows, suite, compare, refs, bench, epochs), suite, {})
 
 
 def render_report(
@@ -338,10 +347,11 @@ def render_report(
     compare: bool = True,
     refs: Mapping[str, list[Row]] | None = None,
     bench: Sequence[Row] = (),
+    epochs: Sequence[Row] = (),
 ) -> ReportFiles:
     """Write `out_dir/report.md` and one PNG per protocol section (`<protocol>.png`, and
     `cost.png` with bench rows); `out_dir` may be a local folder or a URI (results/location.py)."""
-    tables = report_tables(rows, suite, compare, refs, bench)
+    tables = report_tables(rows, suite, compare, refs, bench, epochs)
     images, pngs = {}, []
     for name, table in tables.items():
         draw = (

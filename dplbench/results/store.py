@@ -138,12 +138,13 @@ def write_rows(root: str | os.PathLike, rows: Sequence[Mapping[str, Any]]) -> Pa
 def write_epochs(
     root: str | os.PathLike, suite: str, method: str, rows: Sequence[Mapping[str, Any]]
 ) -> Path | None:
-    """Per-epoch training metrics of one job run; loss terms become loss_<term> columns."""
+    """Per-epoch training metrics of one job run; loss terms become loss_<term> columns, and
+    per-epoch test accuracies (eval_every_epoch) test_<subsample> columns."""
     if not rows:
         return None
     fixed = set(EPOCH_SCHEMA_FIXED.names)
     extra = sorted({k for r in rows for k in r} - fixed)
-    bad = [k for k in extra if not k.startswith("loss_")]
+    bad = [k for k in extra if not k.startswith(("loss_", "test_"))]
     if bad:
         raise ValueError(f"epoch row: unknown columns {bad}")
     schema = pa.schema(list(EPOCH_SCHEMA_FIXED) + [(k, pa.float64()) for k in extra])

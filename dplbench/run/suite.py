@@ -109,7 +109,10 @@ def _run_local(job: Job, settings: RunSettings, emit: TrialEvent, resume: bool) 
     emit(job.id, "running", {})
     try:
         name = CheckpointStore.run_name(settings.results, job.id, settings.run_id, resume)
-        rows = run_job(job, settings, LocalContext(settings.results, job.id, name))
+        ctx = LocalContext(
+            settings.results, job.id, name, also_report=lambda m: emit(job.id, "result", m)
+        )
+        rows = run_job(job, settings, ctx)
     except JobFailed as e:  # a failed job is recorded; the others go on
         log.debug("job %s failed", job.id, exc_info=True)
         emit(job.id, "failed", {"error": str(e)})
