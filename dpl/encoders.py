@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from open_clip.transformer import ResidualAttentionBlock
 from torch import nn
 
-from dpl.lora import QVLoRA
+from dpl.lora import AttentionLoRA
 
 Modality = str  # "vision" | "text"
 
@@ -53,20 +53,21 @@ def _attention(
     mha: nn.MultiheadAttention,
     h: torch.Tensor,
     attn_mask: torch.Tensor | None,
-    lora: QVLoRA | None,
+    lora: AttentionLoRA | None,
     need_weights: bool,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Self-attention with the block's weights, optionally LoRA'd and returning per-head maps."""
     B, S, D = h.shape
     H = mha.num_heads
-    if lora is not None and not lora.training:
+    merged = lora is not None and not lora.training
+    if merged:
         qkv = F.linear(h, lora.merged(mha.in_proj_weight), mha.in_proj_bias)
     else:
         qkv = F.linear(h, mha.in_proj_weight, mha.in_proj_bias)  # [B,S,3D]
     q, k, v = qkv.chunk(3, dim=-1)
     if lora is not None and lora.training:
-        dq, dv = lora.delta(h)
-        q, v = q + dq, v + dv
+        d = lora.delta(h)
+        q, k, v = q + d.get("q", 0), k + d.get("k", 0), v + d.get("v", 0)
     q, k, v = (t.reshape(B, S, H, D // H).transpose(1, 2) for t in (q, k, v))  # [B,H,S,hd]
     mask = attn_mask.to(q.dtype) if attn_mask is not None else None
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
@@ -80,14 +81,19 @@ def _attention(
                 scores = scores + mask
             attn = scores.float().softmax(dim=-1)
     out = out.transpose(1, 2).reshape(B, S, D)
-    return F.linear(out, mha.out_proj.weight, mha.out_proj.bias), attn
+    if merged:
+        return F.linear(out, lora.merged_out(mha.out_proj.weight), mha.out_proj.bias), attn
+    proj = F.linear(out, mha.out_proj.weight, mha.out_proj.bias)
+    if lora is not None and (d_o := lora.delta_out(out)) is not None:
+        proj = proj + d_o
+    return proj, attn
 
 
 def block_forward(
     blk: ResidualAttentionBlock,
     x: torch.Tensor,
     attn_mask: torch.Tensor | None = None,
-    lora: QVLoRA | None = None,
+    lora: AttentionLoRA | None = None,
     need_weights: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """One open_clip residual block; x [B,S,D] batch-first. Returns (x, per-head attention or None)."""
@@ -115,7 +121,7 @@ def _run_blocks(
     attn_mask: torch.Tensor | None,
     prompts: list[torch.Tensor],
     prompt_start: int,
-    lora: dict[int, QVLoRA],
+    lora: dict[int, AttentionLoRA],
     hook: LayerHook | None,
     modality: Modality,
     layout: TokenLayout | None,
@@ -138,7 +144,7 @@ def _run_blocks(
 class VisionEncoder(nn.Module):
     """The image tower of a frozen open_clip CLIP with appended deep prompts and optional LoRA."""
 
-    def __init__(self, visual: nn.Module, lora: dict[int, QVLoRA] | None = None) -> None:
+    def __init__(self, visual: nn.Module, lora: dict[int, AttentionLoRA] | None = None) -> None:
         super().__init__()
         _check_blocks(visual.transformer.resblocks, visual.transformer.batch_first)
         self._visual = [visual]  # not a submodule: the CLIP is owned (and moved) by the method
@@ -186,12 +192,13 @@ class VisionEncoder(nn.Module):
 class TextEncoder(nn.Module):
     """The text tower of a frozen open_clip CLIP over pre-embedded prompts with deep context."""
 
-    def __init__(self, clip: nn.Module) -> None:
+    def __init__(self, clip: nn.Module, lora: dict[int, AttentionLoRA] | None = None) -> None:
         super().__init__()
         _check_blocks(clip.transformer.resblocks, clip.transformer.batch_first)
         if clip.text_pool_type != "argmax":
             raise ValueError("text tower must pool at [EOT] (text_pool_type='argmax')")
         self.clip = [clip]  # not a submodule: the CLIP is owned (and moved) by the method
+        self.lora = nn.ModuleDict({str(k): v for k, v in (lora or {}).items()})
         self.width = clip.transformer.width
         self.layers = len(clip.transformer.resblocks)
 
@@ -210,8 +217,10 @@ class TextEncoder(nn.Module):
         prompts: list[torch.Tensor] | None = None,
         prompt_start: int = 1,
         hook: LayerHook | None = None,
+        adapters: bool = True,
     ) -> torch.Tensor:
         """embedded [C,L,D] (from `embed`), eot [C] -> features [C,E] (not normalised).
+        adapters=False runs the original tower (no LoRA), as the frozen branch must.
 
         prompts[i] ([n,D] shared or [C,n,D]) replace positions prompt_start..prompt_start+n at
         layer i; layer 0's replace the token embeddings of the context words."""
@@ -235,7 +244,7 @@ class TextEncoder(nn.Module):
             mask,
             prompts,
             prompt_start,
-            {},
+            {int(k): v for k, v in self.lora.items()} if adapters else {},
             hook,
             "text",
             layout if hook is not None else None,

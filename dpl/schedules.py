@@ -9,7 +9,11 @@
   prompts, max(lora_lr / lr * 1e-5, 5e-6) for LoRA). It is stepped once in epoch 0 before batch
   `len(loader) // 10` and once after every epoch, so epoch e >= 1 runs at step e + 1.
 
-Both give the lr of every optimiser step; `set_lr` writes them into the optimiser's groups.
+- `cosine_iterations` (CLIP-LoRA lora.py): `CosineAnnealingLR(T_max=iterations, eta_min=min_lr)`
+  stepped after every optimiser step, no warm-up: step t runs at
+  min_lr + (lr - min_lr) * 1/2 (1 + cos(pi t / iterations)).
+
+All give the lr of every optimiser step; `set_lr` writes them into the optimiser's groups.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ import torch
 
 from dpl.methods.config import OptimConfig
 
-SCHEDULES = ("dassl", "dpl_release")
+SCHEDULES = ("dassl", "dpl_release", "cosine_iterations")
 # DroPLe train_drople.py: min_lrs = [1e-5, max(args.lora_lr / args.lr * 1e-5, 5e-6)].
 DPL_RELEASE_MIN_LR = 1e-5
 DPL_RELEASE_MIN_LORA_LR = 5e-6
@@ -62,6 +66,10 @@ def group_lr(
         return dpl_release_lr(
             base, floor, dpl_release_step(epoch, step, steps_per_epoch), cfg.epochs
         )
+    if cfg.schedule == "cosine_iterations":
+        t = epoch * steps_per_epoch + step
+        cos = 0.5 * (1 + math.cos(math.pi * t / cfg.iterations))
+        return cfg.min_lr + (base - cfg.min_lr) * cos
     raise ValueError(f"optim.schedule={cfg.schedule!r}: choose one of {SCHEDULES}")
 
 

@@ -35,8 +35,9 @@ class IWTDConfig:
     sigma: float = 0.03
     text: bool = True  # act in the text encoder
     vision: bool = True  # act in the vision encoder
-    text_layers: int | None = None  # layers 0..n-1; None: the text prompt depth
-    vision_layers: int | None = None  # None: the vision prompt depth
+    # layers 0..n-1 (a count or a fraction of the tower, dpl/layers.py); None: the prompt depth
+    text_layers: int | float | None = None
+    vision_layers: int | float | None = None
 
     def __post_init__(self) -> None:
         names = set(self.importance)

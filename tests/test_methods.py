@@ -188,7 +188,7 @@ def test_param_groups():
 
 
 def test_unknown_method_and_key():
-    with pytest.raises(KeyError, match="choose one of: cocoop, coop, dpl"):
+    with pytest.raises(KeyError, match="choose one of: clip_lora, cocoop, coop, dpl"):
         method_config("dplx")
     with pytest.raises(ValueError, match="unknown config key iwtd.p_mid"):
         method_config("dpl", {"iwtd": {"p_mid": 0.2}})

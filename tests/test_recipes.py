@@ -57,19 +57,19 @@ RECIPES = [
     *[
         ("ivlp", p, d, 16, {**DASSL, "optim.lr": 0.0025, "optim.batch_size": 4,
          "optim.epochs": 20, "prompts.n_ctx_text": 4, "prompts.n_ctx_vision": 4,
-         "prompts.depth_text": 9, "prompts.depth_vision": 9})
+         "prompts.depth_text": 0.75, "prompts.depth_vision": 0.75})
         for p, d in (("base2novel", "dtd"), ("base2novel", "imagenet"), ("xd", "imagenet"))
     ],
     # maple: B2N 2 ctx depth 9, lr 0.0035, 5 epochs (ImageNet too); xd/dg depth 3, 0.0026, 2
     *[
         ("maple", "base2novel", d, 16, {**DASSL, "optim.lr": 0.0035, "optim.epochs": 5,
-         "optim.batch_size": 4, "prompts.n_ctx_text": 2, "prompts.depth_text": 9,
-         "prompts.depth_vision": 9, "prompts.coupling": "maple"})
+         "optim.batch_size": 4, "prompts.n_ctx_text": 2, "prompts.depth_text": 0.75,
+         "prompts.depth_vision": 0.75, "prompts.coupling": "maple"})
         for d in ("dtd", "imagenet")
     ],
     *[
         ("maple", p, "imagenet", 16, {**DASSL, "optim.lr": 0.0026, "optim.epochs": 2,
-         "optim.batch_size": 4, "prompts.depth_text": 3, "prompts.depth_vision": 3})
+         "optim.batch_size": 4, "prompts.depth_text": 0.25, "prompts.depth_vision": 0.25})
         for p in ("xd", "dg")
     ],
     # promptsrc: B2N 20 epochs everywhere, GPA 15/1; FS 50 epochs, GPA by dataset; xd depth 3
@@ -77,7 +77,7 @@ RECIPES = [
         ("promptsrc", "base2novel", d, 16, {**DASSL, "optim.lr": 0.0025, "optim.epochs": 20,
          "optim.batch_size": 4, "gpa.enabled": True, "gpa.mean": 15.0, "gpa.std": 1.0,
          "templates": "promptsrc", "loss.text_l1": 25.0, "loss.image_l1": 10.0,
-         "loss.kl": 1.0, "prompts.depth_text": 9, "prompts.depth_vision": 9})
+         "loss.kl": 1.0, "prompts.depth_text": 0.75, "prompts.depth_vision": 0.75})
         for d in ("dtd", "imagenet")
     ],
     *[
@@ -92,7 +92,7 @@ RECIPES = [
     ],
     *[
         ("promptsrc", p, "imagenet", 16, {"optim.epochs": 20, "gpa.mean": 6.0, "gpa.std": 10.0,
-         "prompts.depth_text": 3, "prompts.depth_vision": 3})
+         "prompts.depth_text": 0.25, "prompts.depth_vision": 0.25})
         for p in ("xd", "dg")
     ],
     # dpl: the DPL release's optimiser, schedule, batch, epochs, logit scale
@@ -101,10 +101,24 @@ RECIPES = [
          "optim.weight_decay": 5e-5, "optim.betas": [0.9, 0.999], "optim.batch_size": 4,
          "optim.schedule": "dpl_release", "optim.last_batch": "keep", "optim.epochs": e,
          "logit_scale.learnable": True, "logit_scale.max_log": 4.605,
-         "prompts.depth_text": 9, "prompts.depth_vision": 6, "lora.rank": 8})
+         "prompts.depth_text": 0.75, "prompts.depth_vision": 0.5, "lora.rank": 8,
+         "lora.layers": "0.5:1"})
         for p, d, e in (("base2novel", "dtd", 20), ("base2novel", "imagenet", 5),
                         ("longtail", "eurosat", 20), ("xd", "imagenet", 5))
     ],
+    # clip_lora: AdamW 2e-4 wd 1e-2, batch 32, 500 x K steps with a per-step cosine to 1e-6
+    *[
+        ("clip_lora", "fewshot", d, k, {"optim.name": "adamw", "optim.lr_lora": 2e-4,
+         "optim.weight_decay": 1e-2, "optim.batch_size": 32, "optim.iterations": 500 * k,
+         "optim.schedule": "cosine_iterations", "optim.min_lr": 1e-6,
+         "optim.last_batch": "keep", "lora.rank": 2, "lora.alpha": 1.0, "lora.dropout": 0.25,
+         "lora.targets": ["q", "k", "v"], "lora.encoders": ["vision", "text"],
+         "lora.layers": "all", "lora.scaling": "sqrt_rank",
+         "dataset_template": "a photo of a {}."})
+        for d in ("imagenet", "dtd")
+        for k in (1, 2, 4, 8, 16)
+    ],
+    ("clip_lora", "base2novel", "dtd", 16, {"optim.iterations": 8000}),
 ]  # fmt: skip
 
 
@@ -133,7 +147,7 @@ def test_suites_resolve_each_job_with_its_protocol_dataset_and_shots():
         16: 200,
     }
     (src, *targets) = load_suite("xd", {"methods": ["maple"], "seeds": [1]}).jobs
-    assert src.config.optim.epochs == 2 and src.config.prompts.depth_text == 3
+    assert src.config.optim.epochs == 2 and src.config.prompts.depth_text == 0.25  # 3 of 12
     assert all(t.source == src.id for t in targets)
     # xd and dg share one ImageNet training job when their recipes agree
     both = load_suite("all15", {"methods": ["maple"], "seeds": [1]}).jobs

@@ -28,7 +28,7 @@ def _run(*args, env=None):
     ("args", "expect"),
     [
         (["--suite", "nope"], "unknown suite 'nope'; choose one of:"),
-        (["--methods", "dpx"], "unknown method 'dpx'; choose one of: cocoop, coop, dpl"),
+        (["--methods", "dpx"], "unknown method 'dpx'; choose one of: clip_lora, cocoop, coop, dpl"),
         (["--datasets", "cifar"], "unknown dataset 'cifar'; choose one of: caltech101"),
         (["--datasets", "dtd"], "the selection leaves no jobs"),
         (["iwtd.p_mid=0.3"], "unknown config key iwtd.p_mid; valid keys:"),

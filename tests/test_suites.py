@@ -98,7 +98,7 @@ def test_overrides_parse_yaml_scalars_and_explicit_false_wins():
     ("name", "sel", "match"),
     [
         ("nope", {}, "unknown suite 'nope'; choose one of: all15, base2novel"),
-        ("smoke", {"methods": ["dpx"]}, "unknown method 'dpx'; choose one of: cocoop"),
+        ("smoke", {"methods": ["dpx"]}, "unknown method 'dpx'; choose one of: clip_lora, cocoop"),
         ("smoke", {"overrides": {"iwtd": {"p_mid": 1}}}, "unknown config key iwtd.p_mid"),
         ("smoke", {"overrides": {"optim": {"epochs": "many"}}}, "expected int"),
         ("smoke", {"datasets": ["caltech101"]}, "leaves no jobs"),

@@ -54,7 +54,17 @@ def build_method(cfg: MethodConfig, clip: open_clip.CLIP | None = None) -> Promp
 
 # Registration order is the field's chronological order, which reports list methods in; each
 # module registers itself when imported.
-for _name in ("zsclip", "coop", "cocoop", "kgcoop", "ivlp", "maple", "promptsrc", "dpl"):
+for _name in (
+    "zsclip",
+    "coop",
+    "cocoop",
+    "kgcoop",
+    "ivlp",
+    "maple",
+    "promptsrc",
+    "clip_lora",
+    "dpl",
+):
     importlib.import_module(f"dpl.methods.{_name}")
 
 __all__ = [

@@ -19,7 +19,8 @@ from torch import nn
 
 from dpl.backbone import load_clip
 from dpl.encoders import TextEncoder, VisionEncoder
-from dpl.lora import QVLoRA
+from dpl.layers import resolve_depth, resolve_layers
+from dpl.lora import AttentionLoRA
 from dpl.mag import MAGBridge, alignment_loss
 from dpl.methods.config import MethodConfig
 from dpl.prompts import CoupledPrompts, DeepPrompts
@@ -48,23 +49,16 @@ class PromptedCLIP(nn.Module):
         self.cfg = cfg
         self.clip = clip if clip is not None else load_clip(cfg.backbone)
         self.tokenizer = open_clip.get_tokenizer(cfg.backbone.model)
-        self.text = TextEncoder(self.clip)
         n_vis = len(self.clip.visual.transformer.resblocks)
-
-        lora = {}
-        if cfg.lora.rank > 0:
-            layers = [i for i in cfg.lora.layers if i < n_vis]
-            if len(layers) < len(cfg.lora.layers):
-                log.warning(
-                    "lora.layers %s clipped to the model's %d layers", cfg.lora.layers, n_vis
-                )
-            w = self.clip.visual.transformer.width
-            lora = {i: QVLoRA(w, cfg.lora.rank, cfg.lora.alpha, cfg.lora.dropout) for i in layers}
-        self.vision = VisionEncoder(self.clip.visual, lora)
+        n_text = len(self.clip.transformer.resblocks)
+        self.text = TextEncoder(self.clip, self._lora("text", self.clip.transformer.width, n_text))
+        self.vision = VisionEncoder(
+            self.clip.visual, self._lora("vision", self.clip.visual.transformer.width, n_vis)
+        )
 
         pc = cfg.prompts
-        self.depth_text = min(pc.depth_text, self.text.layers) if pc.n_ctx_text else 0
-        self.depth_vision = min(pc.depth_vision, n_vis) if pc.n_ctx_vision else 0
+        self.depth_text = resolve_depth(pc.depth_text, n_text) if pc.n_ctx_text else 0
+        self.depth_vision = resolve_depth(pc.depth_vision, n_vis) if pc.n_ctx_vision else 0
         self.prompt_prefix, first = self._context_words(pc.n_ctx_text, pc.ctx_init)
         self.text_prompts = (
             DeepPrompts(pc.n_ctx_text, self.text.width, self.depth_text, first, pc.init_std)
@@ -88,12 +82,12 @@ class PromptedCLIP(nn.Module):
 
         iw = cfg.iwtd
         self.iwtd_layers = {
-            "text": min(
-                iw.text_layers if iw.text_layers is not None else self.depth_text, self.text.layers
-            ),
-            "vision": min(
-                iw.vision_layers if iw.vision_layers is not None else self.depth_vision, n_vis
-            ),
+            "text": resolve_depth(iw.text_layers, n_text)
+            if iw.text_layers is not None
+            else self.depth_text,
+            "vision": resolve_depth(iw.vision_layers, n_vis)
+            if iw.vision_layers is not None
+            else self.depth_vision,
         }
         if not iw.text:
             self.iwtd_layers["text"] = 0
@@ -119,6 +113,15 @@ class PromptedCLIP(nn.Module):
         self._gpa_sum: dict[str, torch.Tensor] = {}
 
     # --- construction helpers ---------------------------------------------------------------
+
+    def _lora(self, encoder: str, width: int, layers: int) -> dict[int, AttentionLoRA]:
+        lc = self.cfg.lora
+        if lc.rank <= 0 or encoder not in lc.encoders:
+            return {}
+        return {
+            i: AttentionLoRA(width, lc.rank, lc.alpha, lc.dropout, lc.targets, lc.scaling)
+            for i in resolve_layers(lc.layers, layers)
+        }
 
     def _context_words(self, n_ctx: int, ctx_init: str) -> tuple[str, torch.Tensor | None]:
         """The words before the class name, and layer-0 context initialised from them.
@@ -177,7 +180,7 @@ class PromptedCLIP(nn.Module):
             for tpl in templates:
                 t_ids = self.tokenizer([tpl.format(n) for n in names]).to(device)
                 e, p = self.text.embed(t_ids)
-                f = self.text(e, p).float()
+                f = self.text(e, p, adapters=False).float()
                 feats.append(f if raw_mean else F.normalize(f, dim=-1))
             cache[key] = F.normalize(torch.stack(feats).mean(0), dim=-1)
         return cache[key]
@@ -363,7 +366,7 @@ class PromptedCLIP(nn.Module):
         lora, rest = [], []
         for n, p in self.named_parameters():
             if p.requires_grad:
-                (lora if n.startswith("vision.lora.") else rest).append(p)
+                (lora if n.startswith(("vision.lora.", "text.lora.")) else rest).append(p)
         groups = [{"params": rest, "lr": self.cfg.optim.lr, "name": "prompts"}]
         if lora:
             groups.append({"params": lora, "lr": self.cfg.optim.lr_lora, "name": "lora"})

@@ -18,12 +18,25 @@ from dpl.token_dropout import IWTDConfig
 
 @dataclass(frozen=True)
 class LoRAConfig:
-    """LoRA on q, v of vision layers (docs/method.md §2; ViT-B/16 numbering)."""
+    """LoRA on attention projections (docs/method.md §2). DPL: q and v of the second half of the
+    vision tower (layers 6-11 of ViT-B/16); CLIP-LoRA: q, k, v of every layer of both towers."""
 
     rank: int = 0  # 0: off
     alpha: float = 16.0
     dropout: float = 0.1
-    layers: tuple[int, ...] = (6, 7, 8, 9, 10, 11)
+    # Indices, "all", or "a:b" with fractions of the tower (dpl/layers.py): carries over depths.
+    layers: str | tuple[int, ...] = "0.5:1"
+    targets: tuple[str, ...] = ("q", "v")  # of q, k, v, o
+    encoders: tuple[str, ...] = ("vision",)  # of vision, text
+    scaling: str = "rank"  # alpha / rank ("rank", LoRA's) or alpha / sqrt(rank) (CLIP-LoRA's)
+
+    def __post_init__(self) -> None:
+        if not set(self.targets) <= {"q", "k", "v", "o"} or not self.targets:
+            raise ValueError(f"lora.targets={self.targets}: some of q, k, v, o")
+        if not set(self.encoders) <= {"vision", "text"}:
+            raise ValueError(f"lora.encoders={self.encoders}: some of vision, text")
+        if self.scaling not in ("rank", "sqrt_rank"):
+            raise ValueError(f"lora.scaling={self.scaling!r}: choose 'rank' or 'sqrt_rank'")
 
 
 @dataclass(frozen=True)
@@ -58,10 +71,14 @@ class OptimConfig:
     momentum: float = 0.9
     betas: tuple[float, float] = (0.9, 0.999)
     weight_decay: float = 5e-4
-    schedule: str = "dassl"  # "dassl" | "dpl_release" (dpl/schedules.py)
+    schedule: str = "dassl"  # "dassl" | "dpl_release" | "cosine_iterations" (dpl/schedules.py)
     warmup_epochs: int = 1  # dassl: epochs at the constant warm-up lr
     warmup_lr: float = 1e-5
     epochs: int = 20
+    # Train for exactly this many optimiser steps instead (CLIP-LoRA: 500 x shots); `epochs` is
+    # then what they take.
+    iterations: int | None = None
+    min_lr: float = 0.0  # cosine_iterations: the lr the cosine ends at
     batch_size: int = 4  # per worker
     # The last, partial batch of an epoch: "dassl" drops it when the set has at least one batch
     # (Dassl data_manager.py: drop_last = len(data) >= batch_size), "keep" keeps it (DroPLe).
@@ -70,8 +87,12 @@ class OptimConfig:
     def __post_init__(self) -> None:
         if self.name not in ("sgd", "adamw"):
             raise ValueError(f"optim.name={self.name!r}: choose 'sgd' or 'adamw'")
-        if self.schedule not in ("dassl", "dpl_release"):
-            raise ValueError(f"optim.schedule={self.schedule!r}: choose 'dassl' or 'dpl_release'")
+        if self.schedule not in ("dassl", "dpl_release", "cosine_iterations"):
+            raise ValueError(
+                f"optim.schedule={self.schedule!r}: choose dassl, dpl_release or cosine_iterations"
+            )
+        if self.schedule == "cosine_iterations" and not self.iterations:
+            raise ValueError("optim.schedule=cosine_iterations needs optim.iterations")
         if self.last_batch not in ("dassl", "keep"):
             raise ValueError(f"optim.last_batch={self.last_batch!r}: choose 'dassl' or 'keep'")
 
@@ -142,7 +163,15 @@ def _convert(tp: Any, value: Any, where: str) -> Any:
         args = [a for a in typing.get_args(tp) if a is not type(None)]
         if value is None:
             return None
-        return _convert(args[0], value, where)
+        if str in args and isinstance(value, str):  # "all", "0.5:1": a string stays one
+            return value
+        errors = []
+        for arg in (a for a in args if a is not str):  # the first type the value converts to
+            try:
+                return _convert(arg, value, where)
+            except ValueError as e:
+                errors.append(str(e))
+        raise ValueError(errors[-1] if errors else f"{where}: cannot read {value!r}")
     if origin is tuple:
         if isinstance(value, str):
             value = [v for v in value.split(",") if v]

@@ -17,8 +17,8 @@ register(
     "dpl",
     MethodConfig(
         method="dpl",
-        prompts=PromptConfig(n_ctx_text=4, depth_text=9, n_ctx_vision=4, depth_vision=6),
-        lora=LoRAConfig(rank=8, alpha=16.0, dropout=0.1, layers=(6, 7, 8, 9, 10, 11)),
+        prompts=PromptConfig(n_ctx_text=4, depth_text=0.75, n_ctx_vision=4, depth_vision=0.5),
+        lora=LoRAConfig(rank=8, alpha=16.0, dropout=0.1, layers="0.5:1"),
         iwtd=IWTDConfig(enabled=True),
         mag=MAGConfig(enabled=True, weight=30.0),
         rer=RERConfig(enabled=True, weight=0.05, lambda0=0.1),

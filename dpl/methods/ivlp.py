@@ -8,6 +8,6 @@ register(
     "ivlp",
     MethodConfig(
         method="ivlp",
-        prompts=PromptConfig(n_ctx_text=4, depth_text=9, n_ctx_vision=4, depth_vision=9),
+        prompts=PromptConfig(n_ctx_text=4, depth_text=0.75, n_ctx_vision=4, depth_vision=0.75),
     ),
 )

@@ -11,10 +11,10 @@ register(
         method="maple",
         prompts=PromptConfig(
             n_ctx_text=2,
-            depth_text=9,
+            depth_text=0.75,
             ctx_init="a photo of a",
             n_ctx_vision=2,
-            depth_vision=9,
+            depth_vision=0.75,
             coupling="maple",
         ),
     ),

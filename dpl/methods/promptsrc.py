@@ -9,7 +9,7 @@ register(
     "promptsrc",
     MethodConfig(
         method="promptsrc",
-        prompts=PromptConfig(n_ctx_text=4, depth_text=9, n_ctx_vision=4, depth_vision=9),
+        prompts=PromptConfig(n_ctx_text=4, depth_text=0.75, n_ctx_vision=4, depth_vision=0.75),
         loss=LossConfig(text_l1=25.0, image_l1=10.0, kl=1.0),
         gpa=GPAConfig(enabled=True, mean=15.0, std=1.0),
         frozen_view="same",  # PromptSRC feeds the frozen branch the same augmented view

@@ -13,7 +13,6 @@ suite's GPU-hours and wall time.
 from __future__ import annotations
 
 import json
-import math
 import os
 import re
 from dataclasses import dataclass
@@ -24,7 +23,7 @@ from typing import Any
 import torch
 
 from dplbench.data.datasets import DATASETS
-from dplbench.plan.jobs import Job
+from dplbench.plan.jobs import Job, estimated_train_samples
 from dplbench.results import location
 
 # Fraction of a GPU's memory that packed jobs may fill (the rest: allocator slack, fragmentation).
@@ -139,19 +138,6 @@ def auto_jobs_per_gpu(
     )
 
 
-def _train_samples(job: Job) -> int:
-    spec = DATASETS.get(job.train.dataset)
-    t = job.train
-    classes = spec.classes if t.subsample == "all" else math.ceil(spec.classes / 2)
-    if t.imbalance is not None:  # long-tail: the base classes of the full split, imbalanced
-        n_max = spec.train_size / max(spec.classes, 1)
-        return sum(
-            math.ceil(max(n_max * t.imbalance ** (-i / max(classes - 1, 1)), 1))
-            for i in range(classes)
-        )
-    return classes * (t.shots or 0) if t.shots else spec.train_size * classes // spec.classes
-
-
 def _eval_samples(job: Job) -> int:
     total = 0
     for e in job.evals:
@@ -184,7 +170,7 @@ def estimate(
         train = 0.0
         if j.trains and r.get("train_ms"):
             per_sample = r["train_ms"] / 1000 / r.get("batch", 4)
-            train = j.epochs * _train_samples(j) * per_sample
+            train = j.epochs * estimated_train_samples(j) * per_sample
         evaluate = _eval_samples(j) / r["eval_img_s"] if r.get("eval_img_s") else 0.0
         seconds.append(train + evaluate + startup_s)
     total = sum(seconds)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -32,6 +33,24 @@ class EvalTarget:
     dataset: str
     subsample: str = "all"
     split: str = "test"
+
+
+def estimated_train_samples(job: Job) -> int:
+    """The size of a job's training set from the dataset registry (before conversion)."""
+    from dplbench.data.datasets import DATASETS
+
+    spec = DATASETS.get(job.train.dataset)
+    t = job.train
+    classes = spec.classes if t.subsample == "all" else math.ceil(spec.classes / 2)
+    if t.imbalance is not None:  # long-tail: the base classes of the full split, imbalanced
+        n_max = spec.train_size / max(spec.classes, 1)
+        return sum(
+            math.ceil(max(n_max * t.imbalance ** (-i / max(classes - 1, 1)), 1))
+            for i in range(classes)
+        )
+    if t.shots:
+        return classes * t.shots
+    return spec.train_size * classes // max(spec.classes, 1)
 
 
 @dataclass(frozen=True)
@@ -70,7 +89,15 @@ class Job:
 
     @property
     def epochs(self) -> int:
-        return self.config.optim.epochs
+        """Epochs the job trains; with a step budget (optim.iterations) what that takes on the
+        real dataset's size (the train loop counts on the converted data)."""
+        o = self.config.optim
+        if not o.iterations:
+            return o.epochs
+        n = estimated_train_samples(self)
+        keep = o.last_batch == "keep" or n < o.batch_size
+        per_epoch = math.ceil(n / o.batch_size) if keep else n // o.batch_size
+        return math.ceil(o.iterations / max(per_epoch, 1))
 
     def describe(self) -> dict[str, Any]:
         """The job as plain JSON-ready data (the `config` column of its result rows)."""

@@ -9,6 +9,7 @@ restore.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import signal
 import tempfile
@@ -163,13 +164,16 @@ def train(
         rows += [r for r in state.get("epoch_rows", []) if r["run_id"] == settings.run_id]
         log.info("job %s: resuming after epoch %d (attempt %d)", job.id, start - 1, attempt)
     step_module = _Step(_ddp(_LossModule(model), ctx), settings.compile)
-    epochs = cfg.optim.epochs
+    total = cfg.optim.iterations  # a step budget instead of epochs (CLIP-LoRA)
+    epochs = math.ceil(total / loader.num_batches) if total else cfg.optim.epochs
     for epoch in range(start, epochs):
         _fail_if_asked(job, settings, epoch)
         loader.set_epoch(epoch)
         model.train()
         tic, sums, n, samples = time.perf_counter(), defaultdict(float), 0, 0
         for step, batch in enumerate(loader):
+            if total and epoch * loader.num_batches + step >= total:
+                break
             if batch is None:  # every sample of the batch was corrupt (on_data_error=skip)
                 continue
             batch = _to_device(batch, ctx.device)
