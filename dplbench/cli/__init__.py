@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import typer
 
-from dplbench.cli import bench, data, report, results, run, sweep
+from dplbench.cli import bench, data, explain, report, results, run, sweep
 
 app = typer.Typer(
     help="Dropout Prompt Learning for CLIP: train, benchmark and report on a Ray cluster.",
@@ -14,6 +14,7 @@ app = typer.Typer(
 )
 run.register(app)
 report.register(app)
+explain.register(app)
 sweep.register(app)
 app.add_typer(results.app, name="results")
 app.add_typer(data.app, name="data")

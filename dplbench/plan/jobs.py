@@ -16,7 +16,7 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from dpl.methods.config import MethodConfig, to_dict
+from dpl.methods.config import MethodConfig, from_dict, to_dict
 
 
 @dataclass(frozen=True)
@@ -105,3 +105,26 @@ class Job:
         d["config"] = to_dict(self.config)
         d["id"] = self.id
         return d
+
+    @classmethod
+    def from_description(cls, d: dict[str, Any]) -> Job:
+        """The job a result row's `config` describes; its id must come out the same (the row was
+        written by a code version whose config fields this one reads differently otherwise)."""
+        job = cls(
+            suite=d["suite"],
+            protocol=d["protocol"],
+            method=d["method"],
+            seed=d["seed"],
+            config=from_dict(MethodConfig, d["config"]),
+            train=TrainData(**d["train"]),
+            evals=tuple(EvalTarget(**e) for e in d["evals"]),
+            workers=d["workers"],
+            source=d.get("source"),
+            params=d.get("params") or {},
+        )
+        if "id" in d and job.id != d["id"]:
+            raise ValueError(
+                f"job {d['id']}: its recorded config rebuilds as job {job.id} with this code "
+                "version (a config field changed since it ran)"
+            )
+        return job

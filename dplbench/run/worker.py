@@ -45,12 +45,13 @@ def final_state_path(results_root: str, job_id: str) -> str:
     return location.join(results_root, "checkpoints", job_id, "final.pt")
 
 
-def load_final_state(model: PromptedCLIP, job: Job, settings: RunSettings, source: str) -> None:
-    """Load the trainable state that job `source` left after training."""
-    path = final_state_path(settings.results, source)
+def load_final_state(model: PromptedCLIP, results_root: str, source: str, user: str) -> None:
+    """Load the trainable state that job `source` left after training (`user`: who needs it, for
+    the error)."""
+    path = final_state_path(results_root, source)
     if not location.exists(path):
         raise UserError(
-            f"job {job.id} evaluates the prompts of job {source}, but {path} is missing; "
+            f"{user} uses the prompts of job {source}, but {path} is missing; "
             "run the suite's training jobs first (dplbench run --resume)"
         )
     device = next(model.parameters()).device
@@ -90,7 +91,7 @@ def final_val_accuracy(job: Job, settings: RunSettings, ctx: WorkerContext) -> f
     """Validation accuracy of the job's final prompts (for a sweep job resumed after its last
     epoch: its epochs ran in an earlier, interrupted sweep, so none reported now)."""
     model = build_model(job, ctx)
-    load_final_state(model, job, settings, job.id)
+    load_final_state(model, settings.results, job.id, f"job {job.id}")
     t = job.train
     view = DatasetView.open(settings.data, t.dataset, "val", t.shots, t.seed, t.subsample, None)
     correct, total, _ = count_correct(model, view, settings, ctx)
@@ -128,7 +129,7 @@ def _run(job: Job, settings: RunSettings, ctx: WorkerContext, epoch_rows: list[d
                 final_state_path(settings.results, job.id), lambda tmp: torch.save(state, tmp)
             )
     elif job.source is not None and model.trainable:
-        load_final_state(model, job, settings, job.source)
+        load_final_state(model, settings.results, job.source, f"job {job.id}")
     evals = evaluate(model, job, settings, ctx)
     if ctx.rank != 0:
         return []

@@ -1,0 +1,1 @@
+"""Analyses of trained models beyond the result tables (`dplbench explain`)."""
