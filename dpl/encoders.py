@@ -69,7 +69,9 @@ def _attention(
         d = lora.delta(h)
         q, k, v = q + d.get("q", 0), k + d.get("k", 0), v + d.get("v", 0)
     q, k, v = (t.reshape(B, S, H, D // H).transpose(1, 2) for t in (q, k, v))  # [B,H,S,hd]
-    mask = attn_mask.to(q.dtype) if attn_mask is not None else None
+    mask = None
+    if attn_mask is not None:  # [S,S] shared or [B,S,S] per sequence -> broadcast over heads
+        mask = (attn_mask[:, None] if attn_mask.dim() == 3 else attn_mask).to(q.dtype)
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
     attn = None
     if need_weights:
@@ -98,7 +100,8 @@ def block_forward(
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """One open_clip residual block; x [B,S,D] batch-first. Returns (x, per-head attention or None)."""
     h = blk.ln_1(x)
-    if lora is None and not need_weights:
+    per_sequence = attn_mask is not None and attn_mask.dim() == 3
+    if lora is None and not need_weights and not per_sequence:
         a, attn = blk.attention(q_x=h, attn_mask=attn_mask), None  # open_clip's fused path
     else:
         a, attn = _attention(blk.attn, h, attn_mask, lora, need_weights)
@@ -115,25 +118,31 @@ def _check_blocks(blocks: nn.ModuleList, batch_first: bool) -> None:
         )
 
 
+Span = tuple[int, list[torch.Tensor]]  # (first position, per-layer prompts placed there)
+
+
+def _place(x: torch.Tensor, start: int, p: torch.Tensor) -> torch.Tensor:
+    """x with positions start..start+n replaced by p ([n,D] shared or [B,n,D] per sample)."""
+    p = p.expand(x.shape[0], -1, -1) if p.dim() == 2 else p
+    return torch.cat([x[:, :start], p.to(x.dtype), x[:, start + p.shape[1] :]], 1)
+
+
 def _run_blocks(
     blocks: nn.ModuleList,
     x: torch.Tensor,
     attn_mask: torch.Tensor | None,
-    prompts: list[torch.Tensor],
-    prompt_start: int,
+    spans: list[Span],
     lora: dict[int, AttentionLoRA],
     hook: LayerHook | None,
     modality: Modality,
     layout: TokenLayout | None,
 ) -> torch.Tensor:
-    """Blocks with deep prompts replaced at layers 1..len(prompts)-1 (layer 0's are already in x)."""
+    """Blocks with deep prompts replaced at layers 1..len(prompts)-1 of each span (layer 0's are
+    already in x)."""
     for i, blk in enumerate(blocks):
-        if 0 < i < len(prompts):
-            p = prompts[i]  # [n,D] shared or [B,n,D] per sample
-            p = p.expand(x.shape[0], -1, -1) if p.dim() == 2 else p
-            x = torch.cat(
-                [x[:, :prompt_start], p.to(x.dtype), x[:, prompt_start + p.shape[1] :]], 1
-            )
+        for start, prompts in spans:
+            if 0 < i < len(prompts):
+                x = _place(x, start, prompts[i])
         need = hook is not None and hook.wants_attention(modality, i)
         x, attn = block_forward(blk, x, attn_mask, lora.get(i), need)
         if hook is not None:
@@ -174,7 +183,7 @@ class VisionEncoder(nn.Module):
         layout = self.layout(x.shape[0], x.shape[1], x.device) if hook is not None else None
         lora = {int(k): v for k, v in self.lora.items()} if adapters else {}
         x = _run_blocks(
-            visual.transformer.resblocks, x, None, prompts, n_seq, lora, hook, "vision", layout
+            visual.transformer.resblocks, x, None, [(n_seq, prompts)], lora, hook, "vision", layout
         )
         pooled, _ = visual._pool(x[:, :n_seq])
         return pooled @ visual.proj if visual.proj is not None else pooled
@@ -225,32 +234,35 @@ class TextEncoder(nn.Module):
         prompts[i] ([n,D] shared or [C,n,D]) replace positions prompt_start..prompt_start+n at
         layer i; layer 0's replace the token embeddings of the context words."""
         clip = self.clip[0]
-        C, L, _ = embedded.shape
+        L = embedded.shape[1]
         prompts = prompts or []
-        x = embedded
-        if prompts:
-            p = prompts[0]
-            p = p.expand(C, -1, -1) if p.dim() == 2 else p
-            x = torch.cat(
-                [x[:, :prompt_start], p.to(x.dtype), x[:, prompt_start + p.shape[1] :]], 1
-            )
+        x = _place(embedded, prompt_start, prompts[0]) if prompts else embedded
         cast = clip.transformer.get_cast_dtype()
         x = x.to(cast) + clip.positional_embedding[:L].to(cast)
         mask = clip.attn_mask[:L, :L] if clip.attn_mask is not None else None
-        layout = self.layout(eot, L, prompt_start, len(prompts) and prompts[0].shape[-2], x.device)
-        x = _run_blocks(
-            clip.transformer.resblocks,
-            x,
-            mask,
-            prompts,
-            prompt_start,
-            {int(k): v for k, v in self.lora.items()} if adapters else {},
-            hook,
-            "text",
-            layout if hook is not None else None,
-        )
+        layout = None
+        if hook is not None:
+            n_ctx = prompts[0].shape[-2] if prompts else 0
+            layout = self.layout(eot, L, prompt_start, n_ctx, x.device)
+        return self.encode(x, mask, [(prompt_start, prompts)], eot, hook, layout, adapters)
+
+    def encode(
+        self,
+        x: torch.Tensor,
+        attn_mask: torch.Tensor | None,
+        spans: list[Span],
+        pool_index: torch.Tensor,
+        hook: LayerHook | None = None,
+        layout: TokenLayout | None = None,
+        adapters: bool = True,
+    ) -> torch.Tensor:
+        """The tower over a sequence that is already embedded (positions added): x [C,S,D],
+        attn_mask [S,S] or per-sequence [C,S,S] (additive), pooled at pool_index [C]."""
+        clip = self.clip[0]
+        lora = {int(k): v for k, v in self.lora.items()} if adapters else {}
+        x = _run_blocks(clip.transformer.resblocks, x, attn_mask, spans, lora, hook, "text", layout)
         x = clip.ln_final(x)
-        x = x[torch.arange(C, device=x.device), eot]
+        x = x[torch.arange(x.shape[0], device=x.device), pool_index]
         proj = clip.text_projection
         if proj is None:
             return x

@@ -111,7 +111,9 @@ def test_jobs_spread_over_a_two_node_cluster(tmp_path, shards):
     cluster.wait_for_nodes()
     try:
         ray.init(address=cluster.address, log_to_driver=False)
-        over = parse_overrides(["optim.epochs=2"])
+        # Jobs long enough (a few seconds) that the second node's trial actor is up before the
+        # first node's finishes: reused actors would otherwise take every job on one node.
+        over = parse_overrides(["optim.epochs=12"])
         jobs = load_suite(
             "smoke", {"methods": ["coop"], "seeds": [1, 2, 3, 4], "overrides": over}
         ).jobs

@@ -61,9 +61,11 @@ for _name in (
     "kgcoop",
     "ivlp",
     "maple",
+    "llamp",
     "promptsrc",
     "clip_lora",
     "dpl",
+    "dpl_release",
 ):
     importlib.import_module(f"dpl.methods.{_name}")
 

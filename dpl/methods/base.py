@@ -7,6 +7,7 @@ interface: `set_classes`, `logits`, `losses` (named, weighted terms; the total i
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import weakref
@@ -142,14 +143,18 @@ class PromptedCLIP(nn.Module):
     # --- classes and cached text --------------------------------------------------------------
 
     def set_classes(
-        self, classnames: list[str], dataset_template: str = "a photo of a {}."
+        self,
+        classnames: list[str],
+        dataset_template: str = "a photo of a {}.",
+        dataset: str | None = None,
     ) -> None:
-        """Select the class list; its frozen text features are computed once and cached."""
+        """Select the class list; its frozen text features are computed once and cached. The
+        dataset's name matters only to methods with per-dataset knowledge (the LLM source)."""
         names = tuple(n.replace("_", " ") for n in classnames)
         templates = template_set(self.cfg.templates, self.cfg.dataset_template or dataset_template)
-        key = (names, templates)
+        key = (names, templates, dataset)
         if key not in self._classes:
-            self._classes[key] = self._build_class_set(names, templates)
+            self._classes[key] = self._build_class_set(names, templates, dataset)
         self._current = key
         self._eval_text = None
 
@@ -160,7 +165,9 @@ class PromptedCLIP(nn.Module):
         return self._classes[self._current]
 
     @torch.no_grad()
-    def _build_class_set(self, names: tuple[str, ...], templates: tuple[str, ...]) -> ClassSet:
+    def _build_class_set(
+        self, names: tuple[str, ...], templates: tuple[str, ...], dataset: str | None = None
+    ) -> ClassSet:
         device = self.clip.logit_scale.device
         ids = self.tokenizer([f"{self.prompt_prefix} {n}." for n in names]).to(device)
         embedded, eot = self.text.embed(ids)
@@ -188,7 +195,9 @@ class PromptedCLIP(nn.Module):
     def _apply(self, fn, recurse=True):  # .to()/.cuda()/.half(): cached tensors follow
         out = super()._apply(fn, recurse)
         self._classes = {
-            k: ClassSet(c.names, fn(c.embedded), fn(c.eot), fn(c.frozen_text))
+            k: dataclasses.replace(
+                c, embedded=fn(c.embedded), eot=fn(c.eot), frozen_text=fn(c.frozen_text)
+            )
             for k, c in self._classes.items()
         }
         self._frozen_images.clear()

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dpl.backbone import BackboneConfig
+from dpl.llm.prompt_source import LLMConfig
 from dpl.mag import MAGConfig
 from dpl.prompts import PromptConfig
 from dpl.residual_entropy import RERConfig
@@ -120,6 +121,7 @@ class MethodConfig:
     loss: LossConfig = field(default_factory=LossConfig)
     gpa: GPAConfig = field(default_factory=GPAConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
+    llm: LLMConfig = field(default_factory=LLMConfig)  # the LLM prompt source (llamp, dpl-release)
     # Frozen branch input (docs/protocols.md §3): "clean" resize+centre-crop (DPL release) or "same" as
     # the learnable branch (PromptSRC). Clean-view frozen features are a pure function of the image,
     # so they are cached per sample key across epochs.

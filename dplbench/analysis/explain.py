@@ -174,9 +174,9 @@ def explain(
     view = DatasetView.open(data, t.dataset, t.split, subject.shots, subject.seed, t.subsample)
     batch = pick_images(view, images, image_size(model))
     x = batch["image"].to(device)
-    model.set_classes(view.classnames, view.template)
+    model.set_classes(view.classnames, view.template, view.dataset)
     zs = zero_shot(model)
-    zs.set_classes(view.classnames, view.template)
+    zs.set_classes(view.classnames, view.template, view.dataset)
 
     generator = torch.Generator(device=device).manual_seed(subject.seed)
     maps = ex.importance_maps(model, x, layers, text_layers, generator)

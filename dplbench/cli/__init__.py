@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import typer
 
-from dplbench.cli import bench, data, explain, report, results, run, sweep
+from dplbench.cli import bench, data, explain, llm, report, results, run, sweep
 
 app = typer.Typer(
     help="Dropout Prompt Learning for CLIP: train, benchmark and report on a Ray cluster.",
@@ -19,3 +19,4 @@ sweep.register(app)
 app.add_typer(results.app, name="results")
 app.add_typer(data.app, name="data")
 app.add_typer(bench.app, name="bench")
+app.add_typer(llm.app, name="llm")

@@ -49,6 +49,14 @@ OnDataError = Annotated[
     ),
 ]
 Overrides = Annotated[list[str], typer.Argument(help="method config overrides key=value")]
+LlmCacheDir = Annotated[
+    str,
+    Opt(
+        "--llm-cache",
+        help="the LLM cache of llamp / dpl-release jobs (dplbench llm cache; "
+        "default $DPLBENCH_LLM_CACHE or ./llm-cache)",
+    ),
+]
 
 
 def user_errors(fn):
@@ -146,7 +154,7 @@ def abs_path(path: str) -> str:
     return path if "://" in path else str(Path(path).resolve())
 
 
-def selections(methods, datasets, seeds, workers, overrides) -> dict[str, Any]:
+def selections(methods, datasets, seeds, workers, overrides, llm_cache=None) -> dict[str, Any]:
     """The command line's restrictions of a suite (plan.suites.load_suite)."""
     return {
         "methods": csv_list(methods),
@@ -154,7 +162,20 @@ def selections(methods, datasets, seeds, workers, overrides) -> dict[str, Any]:
         "seeds": int_list(seeds),
         "workers": workers,
         "overrides": parse_overrides(overrides),
+        "llm_cache": llm_cache,
     }
+
+
+def check_llm_caches(jobs, dry_run: bool) -> None:
+    """LLM caches the jobs need but lack: listed on --dry-run, otherwise one line and exit 2
+    before anything starts."""
+    from dplbench.plan.llm import missing_caches
+
+    missing = missing_caches(jobs)
+    if missing and not dry_run:
+        raise ConfigError(missing[0])
+    for line in missing:
+        console.print(line, highlight=False, soft_wrap=True)
 
 
 def print_rows(rows: list[dict], title: str | None = None) -> None:

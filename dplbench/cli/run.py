@@ -21,6 +21,7 @@ from dplbench.cli.common import (
     Gpus,
     JobsPerGpu,
     JobTable,
+    LlmCacheDir,
     LoaderWorkers,
     OnDataError,
     OnLease,
@@ -33,6 +34,7 @@ from dplbench.cli.common import (
     Workers,
     abs_path,
     check_choice,
+    check_llm_caches,
     check_on_data_error,
     console,
     err,
@@ -80,6 +82,7 @@ def run(
     compile_step: Compile = None,
     track: Track = None,
     track_uri: TrackUri = None,
+    llm_cache: LlmCacheDir = None,
     override: Overrides = None,
 ) -> None:
     """Run a suite: every job a Ray Train run, many at once, results into Parquet.
@@ -90,8 +93,9 @@ def run(
 
     if fmt not in ("table", "json"):
         raise ConfigError(f"--format {fmt!r}: choose table or json")
-    s = load_suite(suite, selections(methods, datasets, seeds, workers, override))
+    s = load_suite(suite, selections(methods, datasets, seeds, workers, override, llm_cache))
     table = JobTable(s.jobs)
+    check_llm_caches(s.jobs, dry_run)
     if dry_run:
         if fmt == "json":  # the recipe view: what each job will train with
             for j in s.jobs:

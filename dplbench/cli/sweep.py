@@ -31,6 +31,7 @@ from dplbench.cli.common import (
     UseRay,
     Workers,
     abs_path,
+    check_llm_caches,
     check_on_data_error,
     console,
     err,
@@ -125,6 +126,7 @@ def tune(
         reduction_factor=reduction_factor,
     )
     table = TrialTable(sweep)
+    check_llm_caches([j for t in sweep.trials for j in t.jobs], dry_run)
     if dry_run:
         console.print(table.render())
         jobs = sum(len(t.jobs) for t in sweep.trials)
@@ -231,6 +233,7 @@ def ablate(
             ab, selections(None, datasets, seeds, workers, override), suite
         )
         jobs = JobTable(s.jobs)
+        check_llm_caches(s.jobs, dry_run)
         if dry_run:
             console.print(jobs.render())
             console.print(f"{len(s.jobs)} jobs; nothing was run (--dry-run)")

@@ -20,6 +20,7 @@ from dplbench.data.datasets import DATASETS
 from dplbench.errors import ConfigError
 from dplbench.plan.config import CONFIG_DIR, deep_merge, load_yaml, typed
 from dplbench.plan.jobs import EvalTarget, Job, TrainData
+from dplbench.plan.llm import cache_dir, uses_llm
 from dplbench.plan.methods import check_method, resolve_method
 
 PROTOCOLS = ("base2novel", "fewshot", "xd", "dg", "longtail")
@@ -125,8 +126,10 @@ def _block_jobs(suite: str, spec: SuiteSpec, sel: dict[str, Any]) -> list[Job]:
     jobs = []
 
     def config(method: str, dataset: str, shots: int | None):
+        # The LLM methods read the chosen cache; an explicit llm.cache override still wins.
+        llm = [{"llm": {"cache": cache_dir(sel.get("llm_cache"))}}] if uses_llm(method) else []
         return resolve_method(
-            method, overrides, protocol=spec.protocol, dataset=dataset, shots=shots
+            method, *llm, overrides, protocol=spec.protocol, dataset=dataset, shots=shots
         )
 
     if spec.protocol in ("xd", "dg"):

@@ -35,7 +35,7 @@ def count_correct(
 ) -> tuple[int, int, int]:
     """(correct, total, skipped) of `model` on this view, each rank reading its share, summed over
     ranks; `skipped` counts corrupt samples left out (on_data_error=skip)."""
-    model.set_classes(view.classnames, view.template)
+    model.set_classes(view.classnames, view.template, view.dataset)
     was_training = model.training
     model.eval()
     loader = eval_loader(

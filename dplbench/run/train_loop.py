@@ -133,7 +133,7 @@ def train(
     view = DatasetView.open(
         settings.data, t.dataset, "train", t.shots, t.seed, t.subsample, t.imbalance
     )
-    model.set_classes(view.classnames, view.template)
+    model.set_classes(view.classnames, view.template, view.dataset)
     views = ViewConfig(image_size(model), cfg.train_view, with_clean=cfg.frozen_view == "clean")
     loader = train_loader(
         view,
@@ -198,7 +198,7 @@ def train(
             test = {f"test_{e['target'].subsample}": 100.0 * e["correct"] / max(e["total"], 1)
                     for e in evaluate(model, job, settings, ctx)}  # fmt: skip
         if val_view is not None or test:
-            model.set_classes(view.classnames, view.template)
+            model.set_classes(view.classnames, view.template, view.dataset)
         rows.append(
             {
                 "job_id": job.id,

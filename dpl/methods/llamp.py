@@ -1,0 +1,176 @@
+"""LLaMP (Zheng et al., CVPR 2024), the base the DPL release forks: LLM prompt tokens in CLIP's
+text tower, beside IVLP-style deep context, vision prompts and vision LoRA (docs/method.md §7).
+
+The text sequence of class c, of length S = L0 + P ("suffix" layout, DroPLe models/drople.py
+`encode_LLM_prompt`, prompt_type='suffix'); L0 is the longest tokenised "a photo of a {name}"
+of the class list, [EOT] included:
+
+    [SOT] [ctx x4] [name tokens, then c's own [EOT] and padding, masked as keys] [P LLM tokens] [EOT]
+
+- ctx replaces "a photo of a" (positions 1..4); the LLM tokens replace positions L0-1..S-2 and
+  carry no position embedding; the final [EOT] is c's own [EOT] embedding (with the position it
+  had), and the features are read there.
+- Text layers 1..depth-1 replace the ctx and the LLM tokens again (their own prompts); class
+  tokens and [EOT] flow on.
+- Keys: causal, minus c's masked [EOT] and padding. Name tokens so cannot see the LLM tokens.
+- Training samples one LLM template per step (all classes alike); evaluation averages the
+  softmax of unscaled cosines over all templates (DroPLe `run`, `compute_all_class_embeddings`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from dpl.encoders import TokenLayout
+from dpl.layers import resolve_depth
+from dpl.llm.cache import CacheError, ClassKnowledge, LlmCache
+from dpl.llm.prompt_source import LLMConfig, LlmPromptSource
+from dpl.methods import register
+from dpl.methods.base import ClassSet, PromptedCLIP
+from dpl.methods.config import LoRAConfig, LossConfig, MethodConfig
+from dpl.prompts import PromptConfig
+
+
+@dataclass
+class SuffixClassSet(ClassSet):
+    """A class list's "a photo of a {name}" embeddings (positions added) cut at L0, and its rows
+    of the LLM cache."""
+
+    knowledge: ClassKnowledge | None = None
+
+
+class LlampCLIP(PromptedCLIP):
+    uses_llm = True  # the harness points its jobs at an LLM cache (dplbench/plan/llm.py)
+
+    def __init__(self, cfg: MethodConfig, clip=None) -> None:
+        super().__init__(cfg, clip)
+        lc = cfg.llm
+        if not lc.cache:
+            raise CacheError(
+                f"method {cfg.method} needs an LLM cache: set llm.cache=DIR (make one with "
+                "`dplbench llm cache`, or a tiny test one with `dplbench llm tiny`)"
+            )
+        if self.text_prompts is None:
+            raise ValueError(f"method {cfg.method} needs text context (prompts.n_ctx_text > 0)")
+        self.cache = LlmCache(lc.cache, lc.model)
+        self.llm_depth = resolve_depth(lc.depth, self.text.layers)
+        self.llm = LlmPromptSource(self.cache.shape, lc.n_tokens, self.text.width, self.llm_depth)
+        self.llm.load_llm(self.cache.layer_state())
+        self.llm.to(self.clip.logit_scale.device)
+
+    # --- classes ------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def _build_class_set(self, names, templates, dataset=None) -> SuffixClassSet:
+        clip = self.clip
+        device = clip.logit_scale.device
+        ids = self.tokenizer([f"{self.prompt_prefix} {n}" for n in names]).to(device)
+        eot = ids.argmax(dim=-1)
+        l0 = int(eot.max()) + 1
+        total = l0 + self.llm.n_tokens
+        if total > clip.positional_embedding.shape[0]:
+            raise ValueError(
+                f"{self.cfg.method}: the longest class prompt ({l0} tokens) plus "
+                f"{self.llm.n_tokens} LLM tokens exceeds the text context of "
+                f"{clip.positional_embedding.shape[0]}; lower llm.n_tokens"
+            )
+        cast = clip.transformer.get_cast_dtype()
+        embedded = clip.token_embedding(ids[:, :l0]).to(cast) + clip.positional_embedding[:l0]
+        knowledge = self.cache.knowledge(names, dataset)
+        frozen = self._frozen_text(names, templates).to(device)
+        return SuffixClassSet(names, embedded.to(cast), eot, frozen, knowledge)
+
+    # --- the suffix sequence ------------------------------------------------------------------
+
+    def _sequence(
+        self, cs: SuffixClassSet, ctx0: torch.Tensor, llm0: torch.Tensor, with_layout: bool
+    ) -> tuple[torch.Tensor, torch.Tensor, TokenLayout | None]:
+        clip = self.clip
+        C, l0, _ = cs.embedded.shape
+        n, P = ctx0.shape[0], llm0.shape[1]
+        S = l0 + P
+        x = cs.embedded
+        rows = torch.arange(C, device=x.device)
+        ctx = (ctx0 + clip.positional_embedding[1 : 1 + n]).to(x.dtype).expand(C, -1, -1)
+        x = torch.cat(
+            [x[:, :1], ctx, x[:, 1 + n : l0 - 1], llm0.to(x.dtype), x[rows, cs.eot][:, None]], 1
+        )
+        pos = torch.arange(S, device=x.device)[None]  # [1,S]
+        eot = cs.eot[:, None]
+        valid = (pos < eot) | (pos >= l0 - 1)  # [C,S]: keys; c's own [EOT] and pads are not
+        causal = pos.T >= pos  # [S,S] query >= key
+        visible = causal[None] & valid[:, None, :]  # [C,S,S]
+        mask = torch.zeros(visible.shape, dtype=x.dtype, device=x.device)
+        mask = mask.masked_fill(~visible, float("-inf"))
+        layout = None
+        if with_layout:
+            content = (pos < S - 1).expand(C, -1)
+            # DroPLe token_importance: SOT + ctx and the LLM tokens; never names or [EOT].
+            target = ((pos < 1 + n) | ((pos >= l0 - 1) & (pos < S - 1))).expand(C, -1)
+            g = torch.full((C,), S - 1, dtype=torch.long, device=x.device)
+            layout = TokenLayout(g, valid, content, target & content)
+        return x, mask, layout
+
+    def _features(self, template: int, hook=None) -> torch.Tensor:
+        cs = self.classes
+        ctx = self._text_prompt_list()
+        llm = self.llm(cs.knowledge, template)
+        x, mask, layout = self._sequence(cs, ctx[0], llm[0], hook is not None)
+        pool = torch.full((x.shape[0],), x.shape[1] - 1, dtype=torch.long, device=x.device)
+        spans = [(1, ctx), (cs.embedded.shape[1] - 1, llm)]
+        return self.text.encode(x, mask, spans, pool, hook, layout)
+
+    def text_features(self, hook=None) -> torch.Tensor:
+        """One LLM template per call, drawn uniformly (DroPLe `decode_class`: torch.randint over
+        --num_text_template, once per forward); the hook's generator when IWTD is on."""
+        n = self.classes.knowledge.templates
+        gen = getattr(hook, "generator", None)
+        device = gen.device if gen is not None else "cpu"
+        template = int(torch.randint(n, (1,), generator=gen, device=device))
+        return self._features(template, hook)
+
+    def template_text_features(self) -> torch.Tensor:
+        """[T,C,E] normalised: every template's class features (evaluation)."""
+        n = self.classes.knowledge.templates
+        return torch.stack([F.normalize(self._features(t).float(), dim=-1) for t in range(n)])
+
+    def logits(self, images: torch.Tensor) -> torch.Tensor:
+        """Training: s·cos with one sampled template. Evaluation: log of the mean over templates
+        of softmax(cos) at temperature 1 (DroPLe averages probabilities of unscaled cosines), so
+        argmax and softmax of these logits are the release's prediction and probabilities."""
+        if self.training:
+            return super().logits(images)
+        if self._eval_text is None:
+            with torch.no_grad():
+                self._eval_text = self.template_text_features()
+        f = F.normalize(self.image_features(images).float(), dim=-1)
+        with torch.autocast(f.device.type, enabled=False):
+            cos = torch.einsum("be,tce->tbc", f, self._eval_text)
+            return cos.softmax(dim=-1).mean(0).log()
+
+    forward = logits
+
+
+def llamp_config(name: str, n_tokens: int, **changes) -> MethodConfig:
+    """The LLaMP base as both releases build it (flags.py defaults, launch.sh): 4 text ctx to
+    depth 9 ("a photo of a" init), LLM tokens to depth 9, 4 vision prompts to depth 6, LoRA r8
+    α16 dropout 0.1 on vision q/v of layers 6..11, loss CE + 25·L1(text) + 10·L1(image) + 2.5·KL
+    against the frozen branch (train_llamp.py / train_drople.py)."""
+    return MethodConfig(
+        method=name,
+        prompts=PromptConfig(
+            n_ctx_text=4, depth_text=0.75, ctx_init="a photo of a", n_ctx_vision=4, depth_vision=0.5
+        ),
+        lora=LoRAConfig(rank=8, alpha=16.0, dropout=0.1, layers="0.5:1"),
+        loss=LossConfig(text_l1=25.0, image_l1=10.0, kl=2.5),
+        llm=LLMConfig(n_tokens=n_tokens, depth=0.75),
+        **changes,
+    )
+
+
+# LLaMP launch.sh: --num_llm_prompts 16; one augmented view feeds both branches
+# (train_llamp.py: data = [img_1, img_1, label]).
+register("llamp", llamp_config("llamp", 16), LlampCLIP)

@@ -1,0 +1,97 @@
+"""`dplbench llm ...`: the LLM prompt source's offline step (cache) and a tiny stand-in LLM."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from dplbench.cli.common import DATA_DEFAULT, Data, console, csv_list, user_errors
+from dplbench.errors import ConfigError
+from dplbench.plan.llm import cache_dir
+
+Opt = typer.Option
+app = typer.Typer(
+    help="Cache an LLM's class knowledge for llamp / dpl-release; make a tiny test LLM.",
+    no_args_is_help=True,
+)
+
+
+def _class_lists(datasets: list[str], data: str) -> dict[str, list[str]]:
+    """Each dataset's class names as the model prompts them (from the converted shards)."""
+    from dplbench.data.errors import DataError
+    from dplbench.data.meta import load_meta
+    from dplbench.run.prepare import ensure_synthetic
+
+    out = {}
+    for d in datasets:
+        if d == "synthetic":
+            ensure_synthetic(data)
+        try:
+            names = load_meta(data, d).classnames
+        except DataError as e:
+            raise ConfigError(f"{e}; the cache step reads class names from the shards") from None
+        out[d] = [n.replace("_", " ") for n in names]  # as PromptedCLIP.set_classes does
+    return out
+
+
+@app.command()
+@user_errors
+def cache(
+    model: Annotated[str, Opt(help="HF model id or local folder (Llama-2/3 chat models)")],
+    datasets: Annotated[str, Opt(help="comma list of datasets")],
+    out: Annotated[str, Opt(help="cache directory ($DPLBENCH_LLM_CACHE, ./llm-cache)")] = None,
+    data: Data = DATA_DEFAULT,
+    dtype: Annotated[str, Opt(help="bf16 | fp16 | fp32: the LLM's and the cache's")] = "bf16",
+    device: Annotated[str, Opt(help="cuda | cpu (default: cuda when there is one)")] = None,
+    revision: Annotated[str, Opt(help="HF revision (branch, tag or commit)")] = None,
+    gpus: Annotated[int, Opt(help="> 1: one Ray task per dataset, one GPU each")] = 0,
+    max_new_tokens: Annotated[int, Opt(help="description length (DroPLe: 128)")] = 128,
+    batch: Annotated[int, Opt(help="prompts per LLM batch")] = 16,
+    force: Annotated[bool, Opt(help="rebuild datasets that are cached already")] = False,
+) -> None:
+    """Run the frozen LLM once over every class and template; keep its last layer's keys and
+    values for training. Resumes; refuses to mix models in one directory.
+
+    Example: dplbench llm cache --model meta-llama/Meta-Llama-3-8B-Instruct --datasets dtd,eurosat
+    """
+    from dplbench.llm.build import build_cache
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    names = csv_list(datasets)
+    if not names:
+        raise ConfigError("--datasets: name at least one dataset")
+    out = cache_dir(out)
+    if Path(model).is_dir():  # a local folder: recorded absolute, so the name means one model
+        model = str(Path(model).resolve())
+    manifest = build_cache(
+        model, _class_lists(names, data), out, dtype, device, revision, force,
+        max_new_tokens, batch, gpus,
+    )  # fmt: skip
+    cached = ", ".join(
+        f"{d} ({len(e['classes'])} classes)" for d, e in manifest["datasets"].items()
+    )
+    console.print(f"LLM cache {out}: {cached}", highlight=False)
+
+
+@app.command()
+@user_errors
+def tiny(
+    out: Annotated[str, Opt(help="folder for the model and tokenizer")] = "llm-tiny",
+    datasets: Annotated[str, Opt(help="datasets whose class names it should know")] = "synthetic",
+    data: Data = DATA_DEFAULT,
+    seed: Annotated[int, Opt(help="weights seed")] = 0,
+) -> None:
+    """A tiny random-init Llama with a word-level tokenizer and a chat template: the real
+    cache and training paths on a CPU, without a download. It knows nothing.
+
+    Example: dplbench llm tiny --out llm-tiny && dplbench llm cache --model llm-tiny --datasets synthetic
+    """
+    from dplbench.llm.tiny import make_tiny_llm
+
+    lists = _class_lists(csv_list(datasets) or [], data)
+    names = [n for ns in lists.values() for n in ns]
+    path = make_tiny_llm(out, names, tuple(lists) or ("synthetic",), seed=seed)
+    console.print(f"tiny LLM in {path}", highlight=False)

@@ -1,0 +1,349 @@
+"""`dplbench llm cache`: run the frozen LLM once over every (template, class) and keep what the
+LLM prompt source trains against (the cache layout is dpl/llm/cache.py).
+
+Per dataset, as the releases' tools/run_inference_chat.py does (JustCoolPig/DroPLe @ 3c2ef2a):
+1. the user message "In one sentence, " + template.format(name), wrapped in the model's chat
+   template (system "You are a helpful assistant.", no generation prompt), then the raw text
+   " The {name} appears as";
+2. greedy generation (max 128 new tokens) of a description;
+3. its noun phrases, ", "-joined (spaCy en_core_web_sm noun_chunks, when spaCy and the model are
+   installed; otherwise the description itself: README, deviations);
+4. one forward pass over [prompt | phrases] (left-padded each, so the phrase padding sits between
+   them, masked) keeping the last layer's keys and values.
+
+`transformers` is imported here only (`pip install dplbench[llm]`); training reads the cache with
+plain PyTorch and safetensors.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from dpl.llm.cache import FORMAT, LAYER_FILE, MANIFEST, classes_sha, dataset_file
+from dplbench.atomic import write_atomic
+from dplbench.errors import ConfigError, UserError
+from dplbench.plan.config import CONFIG_DIR, load_yaml
+
+log = logging.getLogger(__name__)
+TEMPLATES_FILE = CONFIG_DIR / "llm" / "templates.yaml"
+SYSTEM = "You are a helpful assistant."  # run_inference_chat.py
+INSTRUCTION = "In one sentence, "  # DroPLe's spelling (LLaMP: "In one sentece, ")
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+
+def llm_templates(dataset: str) -> list[str]:
+    table = load_yaml(TEMPLATES_FILE)
+    if dataset not in table:
+        raise ConfigError(
+            f"{TEMPLATES_FILE}: no LLM templates for dataset {dataset!r}; add a list of them"
+        )
+    return list(table[dataset])
+
+
+def _transformers():
+    try:
+        import transformers
+    except ImportError:
+        raise UserError(
+            "the LLM cache step needs Hugging Face transformers: pip install 'dplbench[llm]'"
+        ) from None
+    return transformers
+
+
+def _noun_phrases() -> tuple[str, Callable[[str], str]]:
+    """The release's phrase extractor when spaCy and en_core_web_sm are installed."""
+    try:
+        import spacy
+
+        nlp = spacy.load("en_core_web_sm")
+    except (ImportError, OSError):
+        log.warning("spaCy/en_core_web_sm not installed: caching whole descriptions, not phrases")
+        return "description", lambda text: text.strip()
+    return "spacy_noun_chunks", lambda text: ", ".join(c.text for c in nlp(text).noun_chunks)
+
+
+@dataclass
+class LoadedLLM:
+    model: object
+    tokenizer: object
+    name: str
+    revision: str | None
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+
+def load_llm(name: str, dtype: str, device: str, revision: str | None = None) -> LoadedLLM:
+    tf = _transformers()
+    if dtype not in DTYPES:
+        raise ConfigError(f"--dtype {dtype}: choose one of {', '.join(DTYPES)}")
+    try:
+        tok = tf.AutoTokenizer.from_pretrained(name, revision=revision)
+        model = tf.AutoModelForCausalLM.from_pretrained(
+            name, revision=revision, dtype=DTYPES[dtype]
+        )
+    except OSError as e:
+        raise UserError(f"cannot load the LLM {name!r}: {str(e).splitlines()[0]}") from None
+    cfg = model.config
+    if cfg.model_type != "llama" or getattr(cfg, "attention_bias", False):
+        raise ConfigError(
+            f"{name}: a {cfg.model_type} model; the LLM prompt source reimplements Llama's "
+            "decoder layer (Llama-2/3 checkpoints)"
+        )
+    if tok.pad_token is None:  # Llama-3 has none; pads are masked, so any id does
+        tok.pad_token = tok.eos_token
+    tok.padding_side = "left"
+    revision = revision or getattr(cfg, "_commit_hash", None)
+    return LoadedLLM(model.to(device).eval(), tok, name, revision)
+
+
+def layer_manifest(llm: LoadedLLM) -> dict:
+    c = llm.model.config
+    return {
+        "hidden": c.hidden_size,
+        "heads": c.num_attention_heads,
+        "kv_heads": c.num_key_value_heads,
+        "head_dim": getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads,
+        "intermediate": c.intermediate_size,
+        "rms_eps": c.rms_norm_eps,
+    }
+
+
+def layer_tensors(llm: LoadedLLM) -> dict[str, torch.Tensor]:
+    """The last decoder layer, the final norm and RoPE: all training needs of the LLM itself."""
+    inner = llm.model.model
+    out = {f"layer.{k}": v for k, v in inner.layers[-1].state_dict().items()}
+    out["norm.weight"] = inner.norm.weight
+    out["inv_freq"] = inner.rotary_emb.inv_freq.float()
+    out["rope_scaling"] = torch.tensor(float(inner.rotary_emb.attention_scaling))
+    return {k: v.detach().cpu().contiguous() for k, v in out.items()}
+
+
+def prompts_for(llm: LoadedLLM, names: list[str], template: str) -> list[str]:
+    out = []
+    for name in names:
+        msg = INSTRUCTION + template.format(name)
+        chat = llm.tokenizer.apply_chat_template(
+            [{"role": "system", "content": SYSTEM}, {"role": "user", "content": msg}],
+            tokenize=False,
+        )
+        out.append(chat + f" The {name} appears as")
+    return out
+
+
+@torch.no_grad()
+def describe(llm: LoadedLLM, prompts: list[str], max_new_tokens: int, batch: int) -> list[str]:
+    tok, out = llm.tokenizer, []
+    for i in range(0, len(prompts), batch):
+        enc = tok(prompts[i : i + batch], return_tensors="pt", padding=True).to(llm.device)
+        gen = llm.model.generate(
+            **enc, do_sample=False, max_new_tokens=max_new_tokens, pad_token_id=tok.pad_token_id
+        )
+        out += tok.batch_decode(gen[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
+    return out
+
+
+@torch.no_grad()
+def last_layer_kv(
+    llm: LoadedLLM, prompts: list[str], phrases: list[str], batch: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """keys, values [C,kv,S,hd] and mask [C,S] of the whole class list (S: the longest)."""
+    tok = llm.tokenizer
+    ks, vs, ms = [], [], []
+    for i in range(0, len(prompts), batch):
+        a = tok(prompts[i : i + batch], return_tensors="pt", padding=True)
+        b = tok(phrases[i : i + batch], return_tensors="pt", padding=True)
+        ids = torch.cat([a["input_ids"], b["input_ids"]], 1).to(llm.device)
+        mask = torch.cat([a["attention_mask"], b["attention_mask"]], 1).to(llm.device)
+        # Llama numbers the real tokens 0..n-1 whatever the padding (prepare_inputs_for_generation)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        out = llm.model.model(
+            input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True
+        )
+        layer = out.past_key_values.layers[-1]
+        ks.append(layer.keys.cpu())
+        vs.append(layer.values.cpu())
+        ms.append(mask.cpu())
+    S = max(m.shape[1] for m in ms)
+
+    def pad(t: torch.Tensor, dim: int) -> torch.Tensor:  # right-pad; masked, so never attended
+        shape = list(t.shape)
+        shape[dim] = S - t.shape[dim]
+        return torch.cat([t, t.new_zeros(shape)], dim)
+
+    return (
+        torch.cat([pad(k, 2) for k in ks]),
+        torch.cat([pad(v, 2) for v in vs]),
+        torch.cat([pad(m, 1) for m in ms]),
+    )
+
+
+def build_dataset(
+    llm: LoadedLLM,
+    dataset: str,
+    names: list[str],
+    out: Path,
+    max_new_tokens: int = 128,
+    batch: int = 16,
+) -> dict:
+    """Write <dataset>.safetensors and .json; return its manifest entry."""
+    from safetensors.torch import save_file
+
+    templates = llm_templates(dataset)
+    phrase_kind, phrases_of = _noun_phrases()
+    keys, values, masks, texts = [], [], [], []
+    for t, template in enumerate(templates):
+        prompts = prompts_for(llm, names, template)
+        descriptions = describe(llm, prompts, max_new_tokens, batch)
+        phrases = [phrases_of(d) for d in descriptions]
+        k, v, m = last_layer_kv(llm, prompts, phrases, batch)
+        keys.append(k)
+        values.append(v)
+        masks.append(m)
+        texts.append({"template": template, "descriptions": descriptions, "phrases": phrases})
+        log.info("%s: template %d/%d done", dataset, t + 1, len(templates))
+    S = max(m.shape[1] for m in masks)
+
+    def stack(ts: list[torch.Tensor], dim: int) -> torch.Tensor:
+        return torch.stack(
+            [
+                torch.cat(
+                    [t, t.new_zeros((*t.shape[:dim], S - t.shape[dim], *t.shape[dim + 1 :]))], dim
+                )
+                for t in ts
+            ]
+        )
+
+    tensors = {
+        "keys": stack(keys, 2).contiguous(),
+        "values": stack(values, 2).contiguous(),
+        "mask": stack(masks, 1).to(torch.uint8).contiguous(),
+    }
+    file = dataset_file(dataset)
+    write_atomic(out / file, lambda p: save_file(tensors, str(p)))
+    write_atomic(out / f"{dataset}.json", json.dumps(texts, indent=1))
+    return {
+        "classes": list(names),
+        "classes_sha": classes_sha(names),
+        "templates": templates,
+        "file": file,
+        "seq": S,
+        "phrases": phrase_kind,
+        "max_new_tokens": max_new_tokens,
+    }
+
+
+def stale_datasets(
+    model: str, classes: dict[str, list[str]], out: Path, force: bool = False
+) -> dict[str, list[str]]:
+    """The datasets of `classes` the cache at `out` lacks (or holds for other classes/templates).
+    A cache made from another model is refused rather than mixed."""
+    path = out / MANIFEST
+    manifest = json.loads(path.read_text()) if path.is_file() else {}
+    if manifest and manifest.get("model") != model:
+        raise UserError(
+            f"{out} holds a cache of {manifest.get('model')!r}, not {model!r}; choose another --out"
+        )
+    todo = {}
+    for name, names in classes.items():
+        entry = manifest.get("datasets", {}).get(name)
+        fresh = (
+            entry is not None
+            and entry["classes_sha"] == classes_sha(names)
+            and entry["templates"] == llm_templates(name)
+            and (out / entry["file"]).is_file()
+        )
+        if force or not fresh:
+            todo[name] = names
+    return todo
+
+
+def build_part(
+    model: str,
+    classes: dict[str, list[str]],
+    out: str | Path,
+    dtype: str,
+    device: str | None,
+    revision: str | None,
+    max_new_tokens: int,
+    batch: int,
+    merge: bool = False,
+) -> tuple[dict, dict[str, dict]]:
+    """Load the LLM once, write the layer file (same bytes from every part) and each dataset's
+    files; return the manifest head and the datasets' entries. One Ray task runs one part;
+    merge (one process only): each dataset enters the manifest as soon as it is written."""
+    from safetensors.torch import save_file
+
+    out = Path(out)
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    llm = load_llm(model, dtype, device, revision)
+    if not (out / LAYER_FILE).is_file():
+        write_atomic(out / LAYER_FILE, lambda p: save_file(layer_tensors(llm), str(p)))
+    head = {
+        "format": FORMAT,
+        "model": model,
+        "revision": llm.revision,
+        "dtype": dtype,
+        "layer": layer_manifest(llm),
+    }
+    entries = {}
+    for name, names in classes.items():
+        entries[name] = build_dataset(llm, name, names, out, max_new_tokens, batch)
+        log.info("%s: cached %d classes", name, len(names))
+        if merge:
+            _merge(out, head, {name: entries[name]})
+    return head, entries
+
+
+def _merge(out: Path, head: dict, entries: dict[str, dict]) -> dict:
+    path = out / MANIFEST
+    manifest = json.loads(path.read_text()) if path.is_file() else {**head, "datasets": {}}
+    manifest["datasets"].update(entries)
+    write_atomic(path, json.dumps(manifest, indent=1))
+    return manifest
+
+
+def build_cache(
+    model: str,
+    classes: dict[str, list[str]],
+    out: str | Path,
+    dtype: str = "bf16",
+    device: str | None = None,
+    revision: str | None = None,
+    force: bool = False,
+    max_new_tokens: int = 128,
+    batch: int = 16,
+    gpus: int = 0,
+) -> dict:
+    """Cache every dataset of `classes` (dataset -> prompt-ready class names) into `out`.
+
+    Resumes: a dataset already cached for the same class list and templates is kept (unless
+    force); each dataset lands in the manifest as soon as it is written. gpus > 1: one Ray task
+    per dataset, each on its own GPU (the LLM loaded once per task)."""
+    out = Path(out)
+    todo = stale_datasets(model, classes, out, force)
+    if not todo:
+        log.info("%s: every dataset is cached already", out)
+        return json.loads((out / MANIFEST).read_text())
+    args = (dtype, device, revision, max_new_tokens, batch)
+    if gpus <= 1 or len(todo) == 1:
+        build_part(model, todo, out, *args, merge=True)
+        return json.loads((out / MANIFEST).read_text())
+    import ray
+
+    task = ray.remote(num_gpus=1)(build_part)
+    pending = {task.remote(model, {n: c}, str(out), *args): n for n, c in todo.items()}
+    manifest = None
+    while pending:
+        done, _ = ray.wait(list(pending))
+        head, entries = ray.get(done[0])
+        pending.pop(done[0])
+        manifest = _merge(out, head, entries)
+    return manifest

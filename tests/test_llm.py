@@ -1,0 +1,264 @@
+"""The LLM prompt source (llamp, dpl-release): its Llama layer against Hugging Face's, the cache
+step and its checks, the suffix text layout, the trainable set and the test-time template rule.
+A tiny random Llama stands in for Llama-3-8B (conftest.tiny_llm_cache)."""
+
+import json
+import os
+
+import pytest
+import torch
+
+from dpl.llm.cache import CacheError, LlmCache
+from dpl.llm.decoder import LlamaDecoderLayer, LlamaLayerShape, RMSNorm
+from dpl.methods import build_method
+from dpl.optim import build_optimizer
+from dplbench.plan.methods import resolve_method
+from tests.conftest import LLM_TEST_CLASSES, llm_overrides, tiny, tiny_llm_cache
+
+transformers = pytest.importorskip("transformers")
+CLASSES = LLM_TEST_CLASSES
+
+
+def _batch(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    protos = torch.randn(len(CLASSES), 3, 32, 32, generator=g)
+    labels = torch.arange(len(CLASSES)).repeat_interleave(2)
+    images = protos[labels] + 0.3 * torch.randn(len(labels), 3, 32, 32, generator=g)
+    return {"image": images, "clean": images, "label": labels, "key": [str(i) for i in labels]}
+
+
+def _model(name, **over):
+    """The method as the harness resolves it: its release recipe (configs/methods) included."""
+    cfg = resolve_method(name, tiny({**llm_overrides(name), **over}), protocol="base2novel")
+    model = build_method(cfg)
+    model.set_classes(CLASSES, "a photo of a {}.")
+    return model
+
+
+def test_decoder_layer_matches_hugging_face_llama_with_a_padded_cache():
+    cfg = transformers.LlamaConfig(
+        vocab_size=40, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, rms_norm_eps=1e-6,
+    )  # fmt: skip
+    hf = transformers.LlamaForCausalLM(cfg).eval()
+    C, S0, P = 3, 6, 4
+    prefix = torch.randint(0, 40, (C, S0))
+    pmask = torch.ones(C, S0, dtype=torch.long)
+    pmask[1, :2] = 0  # left padding, as the cache step's batches have
+    pmask[2, 3] = 0  # and padding between prompt and phrases
+    ids = torch.cat([prefix, torch.randint(0, 40, (C, P))], 1)
+    mask = torch.cat([pmask, torch.ones(C, P, dtype=torch.long)], 1)
+    pos = (mask.cumsum(-1) - 1).clamp(min=0)
+    with torch.no_grad():
+        full = hf.model(ids, attention_mask=mask, position_ids=pos, output_hidden_states=True)
+        past = hf.model(prefix, attention_mask=pmask, position_ids=pos[:, :S0], use_cache=True)
+    kv = past.past_key_values.layers[-1]
+    shape = LlamaLayerShape(32, 4, 2, 8, 48, 1e-6)
+    layer, norm = LlamaDecoderLayer(shape), RMSNorm(32, 1e-6)
+    layer.load_state_dict(hf.model.layers[-1].state_dict())
+    norm.load_state_dict(hf.model.norm.state_dict())
+    layer.inv_freq = hf.model.rotary_emb.inv_freq.clone()
+    with torch.no_grad():
+        ours = norm(layer(full.hidden_states[-2][:, S0:], kv.keys, kv.values, pmask.bool()))
+    torch.testing.assert_close(ours, full.hidden_states[-1][:, S0:], atol=2e-5, rtol=1e-4)
+
+
+def test_cache_manifest_resume_and_refusals(tmp_path):
+    from dplbench.llm.build import build_cache
+    from dplbench.llm.tiny import make_tiny_llm
+
+    cache_dir = tiny_llm_cache()
+    cache = LlmCache(cache_dir)
+    m = cache.manifest
+    assert m["layer"]["kv_heads"] == 2 and len(m["datasets"]["synthetic"]["templates"]) == 11
+    k = cache.knowledge(tuple(CLASSES), "synthetic")
+    assert k.keys.shape[:2] == (11, len(CLASSES)) and k.keys.shape == k.values.shape
+    assert k.mask.shape == k.keys.shape[:2] + k.keys.shape[3:4] and k.mask.any(-1).all()
+    # rows follow the asked order
+    rev = cache.knowledge(tuple(CLASSES[::-1]), "synthetic")
+    assert torch.equal(rev.keys, k.keys.flip(1))
+    with pytest.raises(CacheError, match="another class list.*no class 'unicorn'"):
+        cache.knowledge(("dog", "unicorn"), "synthetic")
+    with pytest.raises(CacheError, match="no dataset 'dtd'"):
+        cache.knowledge(("dog",), "dtd")
+    with pytest.raises(CacheError, match="built from"):
+        LlmCache(cache_dir, model="meta-llama/Meta-Llama-3-8B-Instruct")
+    with pytest.raises(CacheError, match="dplbench llm cache"):
+        LlmCache(tmp_path / "none")
+
+    # a second run over the same classes writes nothing; another model may not join the cache
+    model = make_tiny_llm(tmp_path / "m", ["dog", "cat"])
+    out = tmp_path / "c"
+    build_cache(str(model), {"synthetic": ["dog", "cat"]}, out, dtype="fp32", max_new_tokens=3)
+    stamp = os.stat(out / "synthetic.safetensors").st_mtime_ns
+    build_cache(str(model), {"synthetic": ["dog", "cat"]}, out, dtype="fp32", max_new_tokens=3)
+    assert os.stat(out / "synthetic.safetensors").st_mtime_ns == stamp
+    other = make_tiny_llm(tmp_path / "m2", ["dog"], seed=1)
+    from dplbench.errors import UserError
+
+    with pytest.raises(UserError, match="holds a cache of"):
+        build_cache(str(other), {"synthetic": ["dog"]}, out)
+    texts = json.loads((out / "synthetic.json").read_text())
+    assert len(texts) == 11 and len(texts[0]["descriptions"]) == 2
+
+
+@pytest.mark.parametrize("name", ["llamp", "dpl-release"])
+def test_trainable_set_is_exactly_the_release_one_and_the_llm_stays_frozen(name):
+    model = _model(name)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    llm = {n for n in trainable if n.startswith("llm.")}
+    assert llm == {
+        "llm.layer.self_attn.q_proj.weight",
+        "llm.layer.self_attn.o_proj.weight",
+        "llm.layer.input_layernorm.weight",
+        "llm.layer.post_attention_layernorm.weight",
+        "llm.norm.weight",
+        "llm.tokens",
+        "llm.bias",
+        *{f"llm.proj.{i}.weight" for i in range(model.llm_depth)},
+    }
+    rest = {n.split(".")[0] for n in trainable - llm}
+    expected = {"text_prompts", "vision_prompts", "vision", "logit_scale_log"}
+    if name == "dpl-release":
+        expected.add("mag")
+    assert rest == expected
+    assert all(".lora." in n for n in trainable if n.startswith("vision."))
+    assert model.llm.tokens.shape[0] == (16 if name == "llamp" else 24)
+
+    frozen = {n: p.detach().clone() for n, p in model.llm.named_parameters() if not p.requires_grad}
+    assert {n.split(".")[1] for n in frozen} == {"self_attn", "mlp"}
+    clip = {n: p.detach().clone() for n, p in model.clip.named_parameters()}
+    opt = build_optimizer(model)
+    model.train()
+    batch = _batch()
+    losses = []
+    for _ in range(6):
+        opt.zero_grad()
+        loss = sum(model.losses(batch, 0, 2).values())
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0]
+    for n, p in model.llm.named_parameters():
+        if n in frozen:
+            assert torch.equal(p, frozen[n]), n
+    for n, p in model.clip.named_parameters():
+        assert torch.equal(p, clip[n]), n
+    q = model.llm.layer.self_attn.q_proj.weight
+    assert q.grad is not None and q.grad.abs().sum() > 0
+
+
+def test_evaluation_averages_template_probabilities():
+    model = _model("llamp").eval()
+    images = _batch()["image"]
+    with torch.no_grad():
+        for proj in model.llm.proj:  # LLM tokens that matter: templates far apart
+            proj.weight.mul_(300.0)
+        averaged = model.logits(images).exp()
+        full = model.classes.knowledge
+        per_template = []
+        for t in range(full.templates):
+            # the same model seeing one template only: its evaluation is that template's softmax
+            model.classes.knowledge = type(full)(
+                full.keys[t : t + 1], full.values[t : t + 1], full.mask[t : t + 1]
+            )
+            model._eval_text = None
+            per_template.append(model.logits(images).exp())
+        model.classes.knowledge = full
+        model._eval_text = None
+        f = torch.nn.functional.normalize(model.image_features(images), dim=-1)
+        texts = model.template_text_features()  # [T,C,E]
+        by_hand = torch.stack([(f @ t.T).softmax(-1) for t in texts]).mean(0)  # temperature 1
+    torch.testing.assert_close(averaged, by_hand)
+    torch.testing.assert_close(torch.stack(per_template).mean(0), by_hand)
+    spread = torch.stack(per_template).std(0).max()
+    assert spread > 1e-3, spread  # the templates disagree, so the rule is tested
+
+
+class _Record:
+    """A layer hook that keeps each text layer's output."""
+
+    def __init__(self):
+        self.out = []
+
+    def wants_attention(self, modality, layer):
+        return False
+
+    def __call__(self, x, attn, modality, layer, layout):
+        self.out.append(x.detach().clone())
+        self.layout = layout
+        return x
+
+
+def test_suffix_layout_names_never_see_llm_tokens_and_pads_are_masked():
+    model = _model("llamp").eval()
+    cs = model.classes
+    P, l0 = model.llm.n_tokens, cs.embedded.shape[1]
+    ctx = model._text_prompt_list()
+    llm = model.llm(cs.knowledge, 0)
+    x, mask, layout = model._sequence(cs, ctx[0], llm[0], True)
+    assert x.shape[1] == l0 + P
+    # targets: SOT, 4 ctx, the P LLM tokens (DroPLe's token_importance), per class
+    assert layout.target.sum(-1).tolist() == [1 + 4 + P] * len(CLASSES)
+    assert (layout.global_index == l0 + P - 1).all()
+
+    def run(llm_layers, x):
+        rec = _Record()
+        pool = torch.full((x.shape[0],), x.shape[1] - 1)
+        spans = [(1, ctx), (l0 - 1, llm_layers)]
+        with torch.no_grad():
+            f = model.text.encode(x, mask, spans, pool, rec, layout)
+        return f, rec.out
+
+    f, outs = run(llm, x)
+    other = [t + 1.0 for t in llm]
+    x2, _, _ = model._sequence(cs, ctx[0], other[0], False)
+    f2, outs2 = run(other, x2)
+    short = int(cs.eot.argmin())  # a class with padding before the LLM tokens
+    names = slice(5, int(cs.eot[short]))
+    for a, b in zip(outs, outs2):  # name tokens cannot attend to the LLM tokens
+        torch.testing.assert_close(a[:, names], b[:, names])
+    assert not torch.allclose(f, f2)
+    # whatever sits at a class's masked [EOT]/padding positions changes nothing
+    pads = ~layout.valid[short]
+    assert pads.any()
+    x3 = x.clone()
+    x3[short, pads] = torch.randn(int(pads.sum()), x.shape[-1])
+    f3, _ = run(llm, x3)
+    torch.testing.assert_close(f3[short], f[short])
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory):
+    from dplbench.run.prepare import ensure_synthetic
+
+    root = tmp_path_factory.mktemp("shards")
+    ensure_synthetic(str(root))
+    return root
+
+
+def _run(*args):
+    from typer.testing import CliRunner
+
+    from dplbench.cli import app
+
+    return CliRunner().invoke(app, ["run", *args], catch_exceptions=False)
+
+
+def test_smoke_suite_trains_both_llm_methods_and_names_a_missing_cache(tmp_path, shards):
+    from dplbench.results import store
+
+    res = tmp_path / "results"
+    common = ["--methods", "llamp,dpl-release", "--data", str(shards), "--no-ray"]
+    r = _run(*common, "--results", str(res), "--llm-cache", str(tmp_path / "none"))
+    assert r.exit_code == 2 and len(r.stderr.strip().splitlines()) == 1
+    assert "lacks synthetic; make it with: dplbench llm cache --model" in r.stderr
+    assert not res.exists()
+
+    r = _run(*common, "--results", str(res), "--llm-cache", tiny_llm_cache(), "optim.epochs=2")
+    assert r.exit_code == 0, r.output
+    rows = store.query(str(res), "SELECT method, subsample, accuracy FROM results").to_pylist()
+    assert {(x["method"], x["subsample"]) for x in rows} == {
+        (m, s) for m in ("llamp", "dpl-release") for s in ("base", "novel")
+    }
+    assert all(0 <= x["accuracy"] <= 100 for x in rows)
