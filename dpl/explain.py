@@ -112,10 +112,7 @@ def importance_maps(
     model.eval()
     try:
         model.image_features(images, probe)
-        cs = model.classes
-        # The prompted text forward directly: zero-shot CLIP's text_features is the frozen
-        # template mean and calls no hook.
-        model.text(cs.embedded, cs.eot, model._text_prompt_list(), 1, probe)
+        model.prompted_text_features(probe)
     finally:
         model.train(was)
     return probe.maps

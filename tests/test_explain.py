@@ -240,3 +240,20 @@ def test_missing_trained_prompts_say_how_to_fix(trained, tmp_path):
         moved.rename(state)
     assert r.exit_code == 2
     assert f"uses the prompts of job {job}, but" in r.output and "--resume" in r.output
+
+
+def test_explain_an_llm_source_method_labels_its_llm_tokens(tmp_path, trained):
+    from conftest import tiny_llm_cache
+
+    shards = trained[0]
+    out = tmp_path / "llm"
+    r = _explain(
+        "--method", "dpl-release", "--dataset", "synthetic", "--layers", "0,1", "--images", "1",
+        "--data", shards, "--results", str(tmp_path / "r"), "--out", str(out),
+        "backbone.model=dpl-tiny", "backbone.pretrained=null", f"llm.cache={tiny_llm_cache()}",
+    )  # fmt: skip
+    assert r.exit_code == 0, r.output
+    table = (out / "text_tokens.md").read_text()
+    rows = [line.split("|") for line in table.splitlines() if "[llm " in line]
+    assert len(rows) == 2 * 24  # 24 LLM tokens (dpl-release) per chosen text layer
+    assert all(row[4].strip() == "yes" for row in rows)  # IWTD may drop every LLM token

@@ -234,6 +234,11 @@ class PromptedCLIP(nn.Module):
 
     def text_features(self, hook: IWTDHook | None = None) -> torch.Tensor:
         """Learnable-branch class text features t^d [C,E] (not normalised)."""
+        return self.prompted_text_features(hook)
+
+    def prompted_text_features(self, hook=None) -> torch.Tensor:
+        """The prompted text tower over the current class list, deterministically (analyses call
+        it with their own hook; zero-shot CLIP's text_features is a frozen template mean)."""
         cs = self.classes
         return self.text(cs.embedded, cs.eot, self._text_prompt_list(), 1, hook)
 

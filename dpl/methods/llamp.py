@@ -123,6 +123,9 @@ class LlampCLIP(PromptedCLIP):
         spans = [(1, ctx), (cs.embedded.shape[1] - 1, llm)]
         return self.text.encode(x, mask, spans, pool, hook, layout)
 
+    def prompted_text_features(self, hook=None) -> torch.Tensor:
+        return self._features(0, hook)  # the first LLM template
+
     def text_features(self, hook=None) -> torch.Tensor:
         """One LLM template per call, drawn uniformly (DroPLe `decode_class`: torch.randint over
         --num_text_template, once per forward); the hook's generator when IWTD is on."""

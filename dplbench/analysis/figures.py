@@ -98,8 +98,10 @@ def image_grid(arrays: dict[str, np.ndarray], i: int, method: str, used: Sequenc
 
 
 def _token_labels(model, classname: str) -> list[str]:
-    """Each position up to [EOT] of a class's prompt; learnable context shows as [ctx k]."""
-    ids = model.tokenizer([f"{model.prompt_prefix} {classname}."])[0]
+    """Each position up to [EOT] of a class's prompt; learnable context shows as [ctx k]. With
+    an LLM prompt source: the name (then [pad] to the class list's longest), [llm k], [EOT]."""
+    llm = getattr(model, "llm", None)
+    ids = model.tokenizer([f"{model.prompt_prefix} {classname}{'' if llm else '.'}"])[0]
     eot = int(ids.argmax())
     labels = []
     for pos in range(eot + 1):
@@ -110,6 +112,10 @@ def _token_labels(model, classname: str) -> list[str]:
     if model.text_prompts is not None:
         for k in range(model.cfg.prompts.n_ctx_text):
             labels[1 + k] = f"[ctx {k + 1}]"
+    if llm is not None:
+        l0 = model.classes.embedded.shape[1]
+        names = labels[:eot] + ["[pad]"] * (l0 - 1 - eot)
+        return names + [f"[llm {k + 1}]" for k in range(llm.n_tokens)] + ["[EOT]"]
     return labels
 
 
