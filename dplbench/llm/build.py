@@ -150,6 +150,13 @@ def describe(llm: LoadedLLM, prompts: list[str], max_new_tokens: int, batch: int
     return out
 
 
+def pad_to(t: torch.Tensor, dim: int, length: int) -> torch.Tensor:
+    """Right-padded with zeros along dim to length: masked positions, never attended."""
+    shape = list(t.shape)
+    shape[dim] = length - t.shape[dim]
+    return torch.cat([t, t.new_zeros(shape)], dim)
+
+
 @torch.no_grad()
 def last_layer_kv(
     llm: LoadedLLM, prompts: list[str], phrases: list[str], batch: int
@@ -173,15 +180,10 @@ def last_layer_kv(
         ms.append(mask.cpu())
     S = max(m.shape[1] for m in ms)
 
-    def pad(t: torch.Tensor, dim: int) -> torch.Tensor:  # right-pad; masked, so never attended
-        shape = list(t.shape)
-        shape[dim] = S - t.shape[dim]
-        return torch.cat([t, t.new_zeros(shape)], dim)
-
     return (
-        torch.cat([pad(k, 2) for k in ks]),
-        torch.cat([pad(v, 2) for v in vs]),
-        torch.cat([pad(m, 1) for m in ms]),
+        torch.cat([pad_to(k, 2, S) for k in ks]),
+        torch.cat([pad_to(v, 2, S) for v in vs]),
+        torch.cat([pad_to(m, 1, S) for m in ms]),
     )
 
 
@@ -211,20 +213,10 @@ def build_dataset(
         log.info("%s: template %d/%d done", dataset, t + 1, len(templates))
     S = max(m.shape[1] for m in masks)
 
-    def stack(ts: list[torch.Tensor], dim: int) -> torch.Tensor:
-        return torch.stack(
-            [
-                torch.cat(
-                    [t, t.new_zeros((*t.shape[:dim], S - t.shape[dim], *t.shape[dim + 1 :]))], dim
-                )
-                for t in ts
-            ]
-        )
-
     tensors = {
-        "keys": stack(keys, 2).contiguous(),
-        "values": stack(values, 2).contiguous(),
-        "mask": stack(masks, 1).to(torch.uint8).contiguous(),
+        "keys": torch.stack([pad_to(k, 2, S) for k in keys]),
+        "values": torch.stack([pad_to(v, 2, S) for v in values]),
+        "mask": torch.stack([pad_to(m, 1, S) for m in masks]).to(torch.uint8),
     }
     file = dataset_file(dataset)
     write_atomic(out / file, lambda p: save_file(tensors, str(p)))
