@@ -13,11 +13,12 @@ import logging
 import os
 import re
 import zipfile
-from dataclasses import dataclass
 from pathlib import Path
 
 import open_clip
 from torch import nn
+
+from dpl.config import BackboneConfig
 
 log = logging.getLogger(__name__)
 
@@ -31,16 +32,6 @@ def register_model_configs() -> None:
     if not _registered:
         open_clip.add_model_config(MODEL_CONFIG_DIR)
         _registered = True
-
-
-@dataclass(frozen=True)
-class BackboneConfig:
-    """Which CLIP to load (docs/method.md §1: the frozen branch and the base of the learnable one)."""
-
-    model: str = "ViT-B-16"  # open_clip architecture name
-    pretrained: str | None = "openai"  # hub tag, local .pt/.bin/.safetensors path, or None (random)
-    quick_gelu: bool | None = None  # None: decided from the weights (see module docstring)
-    cache_dir: str | None = None  # hub cache, when a tag is downloaded
 
 
 def _openai_sha256s() -> set[str]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-IMPORTANCE_SCORES = ("cls", "self", "cross")
+from dpl.config import IMPORTANCE_SCORES  # noqa: F401  (the scores this module computes)
 
 
 def _normalise(score: torch.Tensor, content: torch.Tensor) -> torch.Tensor:

@@ -8,20 +8,12 @@ W X into M tokens per sample; the loss pulls each image's aggregate towards its 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-
-@dataclass(frozen=True)
-class MAGConfig:
-    enabled: bool = False  # the alignment loss (the bridge also exists when S_cross needs it)
-    weight: float = 30.0
-    tokens: int = 64  # M
-    dim: int = 512
-    tau: float = 1.0
+from dpl.config import MAGConfig
 
 
 class MAGBridge(nn.Module):

@@ -2,28 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from torch import nn
-
-
-@dataclass(frozen=True)
-class PromptConfig:
-    """Learnable context. depth = layers with their own prompts (0 = none): a count, or a fraction
-    of the tower (dpl/layers.py) so that settings carry over to deeper and shallower towers."""
-
-    n_ctx_text: int = 4
-    depth_text: int | float = 1  # 1: CoOp (layer 0 only); 0.75 (9 of 12): IVLP/PromptSRC/DPL/MaPLe
-    ctx_init: str = "a photo of a"  # layer-0 text context initialised from these words
-    n_ctx_vision: int = 0
-    depth_vision: int | float = 0
-    coupling: str = "none"  # "none" | "maple": vision prompts = Linear(text prompts) per layer
-    init_std: float = 0.02  # N(0, std) for every prompt not initialised from words
-
-    def __post_init__(self) -> None:
-        if self.coupling not in ("none", "maple"):
-            raise ValueError(f"prompts.coupling={self.coupling!r}: choose 'none' or 'maple'")
 
 
 class DeepPrompts(nn.Module):

@@ -2,18 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
-
-
-@dataclass(frozen=True)
-class RERConfig:
-    enabled: bool = False
-    weight: float = 0.05  # w_res: the loss term is −w_res (H_t + H_v)
-    lambda0: float = 0.1
-    fixed_lambda: bool = False  # True: λ = λ0 throughout
 
 
 def rer_lambda(epoch: int, epochs: int, lambda0: float = 0.1, fixed: bool = False) -> float:

@@ -22,7 +22,7 @@ import math
 
 import torch
 
-from dpl.methods.config import OptimConfig
+from dpl.config import OptimConfig
 
 SCHEDULES = ("dassl", "dpl_release", "cosine_iterations")
 # DroPLe train_drople.py: min_lrs = [1e-5, max(args.lora_lr / args.lr * 1e-5, 5e-6)].

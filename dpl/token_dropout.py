@@ -10,54 +10,16 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
 
 import torch
 
 from dpl import importance as imp
+from dpl.config import DROP_MODES, IWTDConfig
 from dpl.encoders import Modality, TokenLayout
 from dpl.mag import MAGBridge
 
 log = logging.getLogger(__name__)
 
-DROP_MODES = ("noise", "zero")
-
-
-@dataclass(frozen=True)
-class IWTDConfig:
-    """docs/method.md §3. Defaults: the paper's and the authors' release (noise mode)."""
-
-    enabled: bool = False
-    importance: tuple[str, ...] = ("cls", "self", "cross")  # non-empty subset, or ("uniform",)
-    p_min: float = 0.1
-    p_max: float = 0.5
-    drop_mode: str = "noise"  # "noise": h ⊙ ε, ε~N(1,σ²) (release) | "zero": inverted dropout
-    sigma: float = 0.03
-    text: bool = True  # act in the text encoder
-    vision: bool = True  # act in the vision encoder
-    # layers 0..n-1 (a count or a fraction of the tower, dpl/layers.py); None: the prompt depth
-    text_layers: int | float | None = None
-    vision_layers: int | float | None = None
-
-    def __post_init__(self) -> None:
-        names = set(self.importance)
-        if not names or not (names <= set(imp.IMPORTANCE_SCORES) or names == {"uniform"}):
-            raise ValueError(
-                f"iwtd.importance={list(self.importance)}: use a non-empty subset of "
-                f"{list(imp.IMPORTANCE_SCORES)} or ['uniform']"
-            )
-        if self.drop_mode not in DROP_MODES:
-            raise ValueError(f"iwtd.drop_mode={self.drop_mode!r}: choose one of {DROP_MODES}")
-        if not 0.0 <= self.p_min <= self.p_max < 1.0:
-            raise ValueError(f"iwtd: need 0 <= p_min <= p_max < 1, got {self.p_min}, {self.p_max}")
-
-    @property
-    def needs_attention(self) -> bool:
-        return bool({"cls", "self"} & set(self.importance))
-
-    @property
-    def needs_cross(self) -> bool:
-        return "cross" in self.importance
 
 
 def select_tokens(

@@ -56,8 +56,7 @@ def tiny_llm_cache() -> str:
 def llm_overrides(name: str) -> dict:
     """What a method with the LLM prompt source needs on top of tiny(): a cache."""
     from dpl.methods import METHODS
-    from dpl.methods.llamp import LlampCLIP
 
-    if issubclass(METHODS.get(name).module, LlampCLIP):
+    if METHODS.get(name).uses_llm:
         return {"llm": {"cache": tiny_llm_cache()}}
     return {}

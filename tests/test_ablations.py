@@ -1,44 +1,55 @@
 """dplbench ablate: the YAMLs cover the paper's axes and expand into labelled jobs; a smoke
 ablation runs through the runner and produces its table."""
 
+from dataclasses import replace
+
 import pytest
 import typer
 from typer.testing import CliRunner
 
-from dplbench.cli.common import selections as selections_from_cli
-from dplbench.cli.sweep import register
+from dplbench.cli import ablate, tune
 from dplbench.errors import ConfigError
 from dplbench.plan import ablations
+from dplbench.plan.config import parse_overrides
+from dplbench.request import Selection
 from dplbench.results.ablations import ablation_table
 
 
 def _app() -> typer.Typer:
     app = typer.Typer()
-    register(app)
+    tune.register(app)
+    ablate.register(app)
     return app
 
 
 def test_every_axis_has_an_ablation_and_each_expands_on_smoke():
     assert set(ablations.list_ablations()) >= {"importance", "dropout", "rer", "mag", "plugin"}
-    sel = selections_from_cli(None, None, "1", None, None)
+    sel = Selection(seeds=(1,))
     for name in ablations.list_ablations():
         ab = ablations.load_ablation(name)
-        suite = ablations.ablation_suite(ab, sel, "smoke")
+        suite = ablations.ablation_plan(ab, replace(sel, suite="smoke"))
         assert len(suite.jobs) == len(ab.variants)  # one dataset, one seed: one job per variant
         assert {j.params["variant"] for j in suite.jobs} == {v.name for v in ab.variants}
         assert all(j.params["ablation"] == name for j in suite.jobs)
-    plugin = ablations.ablation_suite(ablations.load_ablation("plugin"), sel, "smoke")
+    plugin = ablations.ablation_plan(ablations.load_ablation("plugin"), replace(sel, suite="smoke"))
     by_variant = {j.params["variant"]: j for j in plugin.jobs}
     assert by_variant["coop+dpl"].method == "coop" and by_variant["coop+dpl"].config.rer.enabled
     assert not by_variant["maple"].config.iwtd.enabled
-    imp = ablations.ablation_suite(ablations.load_ablation("importance"), sel, "smoke")
+    imp = ablations.ablation_plan(
+        ablations.load_ablation("importance"), replace(sel, suite="smoke")
+    )
     assert {tuple(j.config.iwtd.importance) for j in imp.jobs} >= {("uniform",), ("cls",)}
 
 
 def test_variant_wins_over_command_line_and_unknown_names_fail():
     ab = ablations.load_ablation("rer")
-    sel = selections_from_cli(None, None, "1", None, ["rer.fixed_lambda=true", "optim.epochs=1"])
-    jobs = {j.params["variant"]: j for j in ablations.ablation_suite(ab, sel, "smoke").jobs}
+    sel = Selection(
+        seeds=(1,), overrides=parse_overrides(["rer.fixed_lambda=true", "optim.epochs=1"])
+    )
+    jobs = {
+        j.params["variant"]: j
+        for j in ablations.ablation_plan(ab, replace(sel, suite="smoke")).jobs
+    }
     assert jobs["annealed"].config.rer.fixed_lambda is False
     assert jobs["off"].config.optim.epochs == 1
     with pytest.raises(ConfigError, match="unknown ablation"):

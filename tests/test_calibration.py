@@ -4,8 +4,9 @@ by hand, and the report's cost-versus-accuracy table."""
 import pytest
 import torch
 
-from dplbench.bench import calibration
-from dplbench.bench.calibration import Calibration
+from dplbench.bench import calibration as saved
+from dplbench.plan import cost as calibration
+from dplbench.plan.cost import Calibration
 from dplbench.plan.suites import load_suite
 from dplbench.results.report import cost_table, report_markdown
 
@@ -17,10 +18,11 @@ def _row(method, **kw):
 
 def test_saved_calibration_is_found_again(tmp_path, monkeypatch):
     monkeypatch.setenv("DPLBENCH_CACHE", str(tmp_path / "cache"))
-    paths = calibration.save([_row("coop")], torch.device("cpu"), str(tmp_path / "results"))
+    paths = saved.save([_row("coop")], torch.device("cpu"), str(tmp_path / "results"))
     assert len(paths) == 2 and all(p.endswith(".json") for p in paths)
     mine = calibration.load()
-    assert mine is not None and mine.row("ViT-B-16", "coop")["train_ms"] == 100.0
+    assert mine is not None and mine.device == saved.device_key(torch.device("cpu"))
+    assert mine.row("ViT-B-16", "coop")["train_ms"] == 100.0
     assert mine.memory_mib is None  # a CPU calibration
     assert calibration.load_for(8, str(tmp_path / "results")) is None  # no GPU one anywhere
     assert [c.device for c in calibration.load_all(str(tmp_path / "results"))] == [mine.device]

@@ -21,7 +21,7 @@ def test_run_tune_and_ablate_all_go_through_launch(tmp_path, shards, monkeypatch
     calls = []
 
     def fake_launch(
-        trainable, trials, settings, opts, storage, on_event=None, scheduler=None, plain=False
+        trainable, trials, settings, opts, on_event=None, scheduler=None, plain=False, sweep=None
     ):
         calls.append((trainable.__name__, {k: [j.id for j in js] for k, js in trials.items()}))
         return [TrialEnd(k, "done") for k in trials]

@@ -6,10 +6,13 @@ import os
 import pytest
 from typer.testing import CliRunner
 
+from dplbench import storage
 from dplbench.cli import app
+from dplbench.data.tario import iter_samples
+from dplbench.data.view import DatasetView
 from dplbench.plan.config import parse_overrides
 from dplbench.plan.suites import load_suite
-from dplbench.results import location, store
+from dplbench.results import store
 from dplbench.run.prepare import ensure_synthetic
 
 pytestmark = [pytest.mark.slow, pytest.mark.cluster]
@@ -61,10 +64,10 @@ def test_smoke_run_resume_query_and_report_on_an_object_store(tmp_path, s3):
     assert first.exit_code == 1
     assert f"failed {coop.id}" in first.stderr and f"(log: {res}/logs/" in first.stderr
     assert not (tmp_path / "s3:").exists()  # nothing went to a local folder named like the URI
-    assert location.listdir(f"{res}/rows", "*.parquet", recursive=True)  # zsclip's rows
+    assert storage.listdir(f"{res}/rows", "*.parquet", recursive=True)  # zsclip's rows
     # the job's checkpoint (a plain trial's) and Ray Tune's experiment state are there too
-    assert location.listdir(f"{res}/checkpoints", "epoch_000.pt", recursive=True)
-    assert location.listdir(f"{res}/ray", "*.json", recursive=True)
+    assert storage.listdir(f"{res}/checkpoints", "epoch_000.pt", recursive=True)
+    assert storage.listdir(f"{res}/ray", "*.json", recursive=True)
 
     again = CliRunner().invoke(app, [*args, "--resume"])
     assert again.exit_code == 0, again.output
@@ -84,4 +87,14 @@ def test_smoke_run_resume_query_and_report_on_an_object_store(tmp_path, s3):
     assert query.exit_code == 0 and "4" in query.stdout, query.output
     report = CliRunner().invoke(app, ["report", "--suite", "smoke", "--results", res])
     assert report.exit_code == 0, report.output
-    assert "Base-to-novel generalisation" in location.read_text(f"{res}/reports/smoke/report.md")
+    assert "Base-to-novel generalisation" in storage.read_text(f"{res}/reports/smoke/report.md")
+
+
+def test_shards_on_an_object_store_read_like_local_ones(tmp_path, s3):
+    shards = tmp_path / "shards"
+    ensure_synthetic(str(shards))
+    local = DatasetView.open(str(shards), "synthetic", "test").shard_urls[0]
+    remote = f"{s3}/shards/synthetic/test/0.tar"
+    storage.write(remote, open(local, "rb").read())
+    keys = [s["__key__"] for s in iter_samples(local)]
+    assert [s["__key__"] for s in iter_samples(remote)] == keys and keys

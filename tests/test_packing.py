@@ -23,12 +23,12 @@ def _probe(config):
     import ray
     import ray.tune
 
-    cfg = config["cfg"]
+    spec = config["spec"]
     start = time.time()
     time.sleep(4)
     gpus = ray.get_runtime_context().get_assigned_resources().get("GPU")
-    record = {"key": cfg["key"], "start": start, "end": time.time(), "gpu": gpus}
-    log = Path(cfg["settings"].results) / "probe" / f"{cfg['key']}.json"
+    record = {"key": spec.key, "start": start, "end": time.time(), "gpu": gpus}
+    log = Path(spec.settings.results) / "probe" / f"{spec.key}.json"
     log.parent.mkdir(parents=True, exist_ok=True)
     log.write_text(json.dumps(record))
     ray.tune.report({"trial_done": 1})
@@ -45,10 +45,7 @@ def test_eight_jobs_at_once_on_two_gpus_at_four_per_gpu(tmp_path):
         from ray import cloudpickle
 
         cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers cannot import tests/
-        ends = launcher.launch(
-            _probe, {j.id: [j] for j in jobs}, settings, opts, str(tmp_path / "r" / "ray"),
-            plain=True,
-        )  # fmt: skip
+        ends = launcher.launch(_probe, {j.id: [j] for j in jobs}, settings, opts, plain=True)
         assert [e.status for e in ends] == ["done"] * 12
         runs = [json.loads(p.read_text()) for p in (tmp_path / "r" / "probe").glob("*.json")]
         assert len(runs) == 12 and {r["gpu"] for r in runs} == {0.25}

@@ -130,7 +130,7 @@ def _get(cfg: dict, dotted: str):
 
 @pytest.mark.parametrize(("method", "protocol", "dataset", "shots", "expected"), RECIPES)
 def test_resolved_recipe_matches_the_release(method, protocol, dataset, shots, expected):
-    from dpl.methods.config import to_dict
+    from dpl.config import to_dict
 
     cfg = to_dict(resolve_method(method, protocol=protocol, dataset=dataset, shots=shots))
     got = {k: _get(cfg, k) for k in expected}

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from dpl.methods.config import OptimConfig
+from dpl.config import OptimConfig
 from dpl.schedules import group_lr, set_lr
 
 

@@ -41,7 +41,7 @@ def test_eval_every_epoch_records_test_scores_and_the_report_shows_the_gap(tmp_p
     res = tmp_path / "r"
     args = ["run", "--suite", "smoke", "--methods", "coop", "--data", str(shards), "--no-ray"]
     args += ["--results", str(res), "--loader-workers", "0", "optim.epochs=3"]
-    out = CliRunner().invoke(app, [*args, "eval_every_epoch=true"])
+    out = CliRunner().invoke(app, [*args, "--eval-every-epoch"])
     assert out.exit_code == 0, out.output
     epochs = store.query(res, "SELECT epoch, test_base, test_novel FROM epochs").to_pylist()
     assert len(epochs) == 3 and all(0 <= e["test_base"] <= 100 for e in epochs)
@@ -51,3 +51,30 @@ def test_eval_every_epoch_records_test_scores_and_the_report_shows_the_gap(tmp_p
     assert (last["test_base"], last["test_novel"]) == (rows["base"], rows["novel"])
     report = CliRunner().invoke(app, ["report", "--results", str(res)])
     assert report.exit_code == 0 and "Selection gap" in report.stdout
+
+
+def test_eval_every_epoch_is_a_run_setting_that_leaves_the_training_alone(tmp_path):
+    """Same job id, and a trained state equal bit for bit, with and without per-epoch test
+    scores: evaluating between epochs draws from no training RNG stream (a DataLoader iterator
+    takes its base seed from the global generator; dpl's IWTD draws from it too)."""
+    import torch
+
+    from dplbench.plan.suites import load_suite
+    from dplbench.results.root import ResultsRoot
+
+    shards = tmp_path / "shards"
+    ensure_synthetic(str(shards))
+    (job,) = load_suite("smoke", {"methods": ["dpl"], "overrides": {"optim": {"epochs": 2}}}).jobs
+    states = []
+    for flag in ([], ["--eval-every-epoch"]):
+        res = tmp_path / f"r{len(flag)}"
+        args = ["run", "--methods", "dpl", "--data", str(shards), "--no-ray", "--results", str(res)]
+        out = CliRunner().invoke(app, [*args, "--loader-workers", "0", "optim.epochs=2", *flag])
+        assert out.exit_code == 0, out.output
+        assert store.query(res, "SELECT DISTINCT job_id FROM rows").column(0).to_pylist() == [
+            job.id
+        ]
+        states.append(torch.load(ResultsRoot(res).final_state(job.id), weights_only=True))
+    plain, scored = states
+    assert plain.keys() == scored.keys()
+    assert all(torch.equal(plain[k], scored[k]) for k in plain)

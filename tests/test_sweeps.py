@@ -9,9 +9,10 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from dplbench.cli.common import selections as selections_from_cli
-from dplbench.cli.sweep import register
+from dplbench.cli import ablate, tune
 from dplbench.plan import sweeps
+from dplbench.plan.config import parse_overrides
+from dplbench.request import Selection
 from dplbench.results import sweeps as records
 from dplbench.results.aggregate import harmonic_mean
 from dplbench.run.settings import ExecOptions, RunSettings
@@ -20,7 +21,8 @@ from dplbench.run.sweep import run_sweep
 
 def _app() -> typer.Typer:
     app = typer.Typer()
-    register(app)
+    tune.register(app)
+    ablate.register(app)  # two commands: Typer keeps the command names
     return app
 
 
@@ -63,7 +65,7 @@ def test_space_grid_crossed_with_seeded_draws():
 
 
 def test_trials_resolve_jobs_with_params_and_dry_run_lists_them():
-    sel = selections_from_cli("dpl", None, "1,2", None, ["optim.epochs=2"])
+    sel = Selection(methods=("dpl",), seeds=(1, 2), overrides=parse_overrides(["optim.epochs=2"]))
     sweep = sweeps.make_sweep(sweeps.expand({"entropy_weight": [0.0, 0.1]}), "smoke", sel)
     assert len(sweep.trials) == 2 and all(len(t.jobs) == 2 for t in sweep.trials)  # 2 seeds
     job = sweep.trials[1].jobs[0]
@@ -87,7 +89,7 @@ def test_objective_is_hm_over_datasets_and_test_metrics_hm_of_averages():
 
 
 def test_resume_keeps_done_and_stopped_trials(tmp_path):
-    sel = selections_from_cli("dpl", None, "1", None, ["optim.epochs=2"])
+    sel = Selection(methods=("dpl",), seeds=(1,), overrides=parse_overrides(["optim.epochs=2"]))
     sweep = sweeps.make_sweep(sweeps.expand({"lr": [0.1, 0.2, 0.3, 0.4]}), "smoke", sel, name="s")
     for t, status in zip(sweep.trials[:3], ("done", "stopped", "failed")):
         rows = records.trial_rows("s", "r1", t, status, {"objective": 1.0, "epoch": 1}, None)
@@ -152,7 +154,10 @@ def test_asha_sweep_stops_a_trial_and_a_run_right_after_gets_resources(cluster):
     from dplbench.plan.suites import load_suite
     from dplbench.run.suite import run_suite
 
-    suite = load_suite("smoke", selections_from_cli("coop", None, "1", None, ["optim.epochs=1"]))
+    suite = load_suite(
+        "smoke",
+        Selection(methods=("coop",), seeds=(1,), overrides=parse_overrides(["optim.epochs=1"])),
+    )
     settings = RunSettings(data=data, results=res, loader_workers=0)
     summary = []
     t = threading.Thread(
@@ -167,7 +172,7 @@ def test_asha_sweep_stops_a_trial_and_a_run_right_after_gets_resources(cluster):
 @pytest.mark.cluster
 def test_failing_trial_is_recorded_and_the_others_complete(cluster):
     data, res = str(cluster / "shards"), str(cluster / "results")
-    sel = selections_from_cli("dpl", None, "1", None, ["optim.epochs=2"])
+    sel = Selection(methods=("dpl",), seeds=(1,), overrides=parse_overrides(["optim.epochs=2"]))
     sweep = sweeps.make_sweep(
         sweeps.expand({"lr": [1e-9, 1e-8]}), "smoke", sel, name="fail", scheduler="fifo"
     )

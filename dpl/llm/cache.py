@@ -17,8 +17,6 @@ Llama-3 it is half the size of the hidden states entering the layer.
 
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,34 +24,15 @@ import torch
 
 from dpl.llm.decoder import LlamaLayerShape
 
-FORMAT = 1
-MANIFEST = "manifest.json"
-LAYER_FILE = "layer.safetensors"
-
-
-class CacheError(ValueError):
-    """A cache that is missing or does not fit the job; the message says how to make one."""
-
-
-def classes_sha(classnames: list[str] | tuple[str, ...]) -> str:
-    return hashlib.sha256("\n".join(classnames).encode()).hexdigest()
-
-
-def dataset_file(dataset: str) -> str:
-    return f"{dataset}.safetensors"
-
-
-def read_manifest(cache_dir: str | Path) -> dict:
-    path = Path(cache_dir) / MANIFEST
-    if not path.is_file():
-        raise CacheError(
-            f"no LLM cache at {cache_dir} ({MANIFEST} missing); make it with "
-            f"`dplbench llm cache --model <HF id or dir> --datasets ... --out {cache_dir}`"
-        )
-    manifest = json.loads(path.read_text())
-    if manifest.get("format") != FORMAT:
-        raise CacheError(f"{path}: cache format {manifest.get('format')}, expected {FORMAT}")
-    return manifest
+from dpl.llm.manifest import (  # noqa: F401  (the layout, re-used by the writer)
+    FORMAT,
+    LAYER_FILE,
+    MANIFEST,
+    CacheError,
+    classes_sha,
+    dataset_file,
+    read_manifest,
+)
 
 
 def layer_shape(manifest: dict) -> LlamaLayerShape:

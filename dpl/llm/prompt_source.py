@@ -12,7 +12,6 @@ two norms train; k_proj, v_proj and the MLP stay as the LLM has them (the releas
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -21,16 +20,6 @@ from dpl.llm.cache import ClassKnowledge
 from dpl.llm.decoder import LlamaDecoderLayer, LlamaLayerShape, RMSNorm
 
 FROZEN = ("self_attn.k_proj.", "self_attn.v_proj.", "mlp.")
-
-
-@dataclass(frozen=True)
-class LLMConfig:
-    """The LLM prompt source of `llamp` and `dpl-release`."""
-
-    cache: str | None = None  # directory written by `dplbench llm cache`
-    model: str | None = None  # HF id / dir the cache must come from (None: whichever it names)
-    n_tokens: int = 24  # P: DroPLe launch.sh --num_llm_prompts 24 (LLaMP: 16)
-    depth: int | float = 0.75  # text layers 0..depth-1 get LLM tokens: --llm_prompt_depth 9 of 12
 
 
 def _kaiming(shape: tuple[int, ...]) -> torch.Tensor:

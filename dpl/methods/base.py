@@ -19,11 +19,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from dpl.backbone import load_clip
+from dpl.config import MethodConfig
 from dpl.encoders import TextEncoder, VisionEncoder
 from dpl.layers import resolve_depth, resolve_layers
 from dpl.lora import AttentionLoRA
 from dpl.mag import MAGBridge, alignment_loss
-from dpl.methods.config import MethodConfig
 from dpl.prompts import CoupledPrompts, DeepPrompts
 from dpl.residual_entropy import rer_lambda, residual_entropies
 from dpl.templates import RAW_MEAN_SETS, template_set

@@ -5,10 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dpl.methods import register
 from dpl.methods.base import PromptedCLIP
-from dpl.methods.config import MethodConfig
-from dpl.prompts import PromptConfig
 
 
 class CoCoOp(PromptedCLIP):
@@ -43,13 +40,3 @@ class CoCoOp(PromptedCLIP):
         logits = self._per_image_logits(batch["image"]).float()
         return {"ce": self.cfg.loss.ce * F.cross_entropy(logits, batch["label"])}
 
-
-register(
-    "cocoop",
-    MethodConfig(
-        method="cocoop",
-        prompts=PromptConfig(n_ctx_text=4, depth_text=1, ctx_init="a photo of a"),
-    ),
-    CoCoOp,
-    plugins=False,
-)

@@ -24,14 +24,12 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from dpl.config import MethodConfig
 from dpl.encoders import TokenLayout
 from dpl.layers import resolve_depth
 from dpl.llm.cache import CacheError, ClassKnowledge, LlmCache
-from dpl.llm.prompt_source import LLMConfig, LlmPromptSource
-from dpl.methods import register
+from dpl.llm.prompt_source import LlmPromptSource
 from dpl.methods.base import ClassSet, PromptedCLIP
-from dpl.methods.config import LoRAConfig, LossConfig, MethodConfig
-from dpl.prompts import PromptConfig
 
 
 @dataclass
@@ -43,7 +41,6 @@ class SuffixClassSet(ClassSet):
 
 
 class LlampCLIP(PromptedCLIP):
-    uses_llm = True  # the harness points its jobs at an LLM cache (dplbench/plan/llm.py)
 
     def __init__(self, cfg: MethodConfig, clip=None) -> None:
         super().__init__(cfg, clip)
@@ -155,25 +152,3 @@ class LlampCLIP(PromptedCLIP):
             return cos.softmax(dim=-1).mean(0).log()
 
     forward = logits
-
-
-def llamp_config(name: str, n_tokens: int, **changes) -> MethodConfig:
-    """The LLaMP base as both releases build it (flags.py defaults, launch.sh): 4 text ctx to
-    depth 9 ("a photo of a" init), LLM tokens to depth 9, 4 vision prompts to depth 6, LoRA r8
-    α16 dropout 0.1 on vision q/v of layers 6..11, loss CE + 25·L1(text) + 10·L1(image) + 2.5·KL
-    against the frozen branch (train_llamp.py / train_drople.py)."""
-    return MethodConfig(
-        method=name,
-        prompts=PromptConfig(
-            n_ctx_text=4, depth_text=0.75, ctx_init="a photo of a", n_ctx_vision=4, depth_vision=0.5
-        ),
-        lora=LoRAConfig(rank=8, alpha=16.0, dropout=0.1, layers="0.5:1"),
-        loss=LossConfig(text_l1=25.0, image_l1=10.0, kl=2.5),
-        llm=LLMConfig(n_tokens=n_tokens, depth=0.75),
-        **changes,
-    )
-
-
-# LLaMP launch.sh: --num_llm_prompts 16; one augmented view feeds both branches
-# (train_llamp.py: data = [img_1, img_1, label]).
-register("llamp", llamp_config("llamp", 16), LlampCLIP)

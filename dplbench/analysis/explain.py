@@ -12,24 +12,27 @@ from __future__ import annotations
 
 import io
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 import torch
 
 from dpl import explain as ex
+from dpl.config import MethodConfig, to_dict
 from dpl.methods import build_method, method_config
 from dpl.methods.base import PromptedCLIP
-from dpl.methods.config import MethodConfig, to_dict
+from dplbench import storage
 from dplbench.analysis import figures
 from dplbench.data.shards import eval_loader
 from dplbench.data.transforms import ViewConfig
 from dplbench.data.view import DatasetView
 from dplbench.errors import UserError
 from dplbench.plan.jobs import EvalTarget, Job
+from dplbench.plan.llm import cache_dir, check_cache
 from dplbench.plan.methods import resolve_method
-from dplbench.results import location, store
+from dplbench.results import store
+from dplbench.results.root import ResultsRoot
 from dplbench.run.evaluate import image_size
 from dplbench.run.worker import frozen_clip, load_final_state, seed_everything
 
@@ -58,8 +61,11 @@ class Explained:
     text: str = ""  # the text-side table, Markdown
 
 
-def job_subject(results_root: str, job_id: str, dataset: str | None = None) -> Subject:
-    """A finished job of the results, by id: its recorded config and its final prompts."""
+def job_subject(
+    results_root: str, job_id: str, dataset: str | None = None, llm_cache: str | None = None
+) -> Subject:
+    """A finished job of the results, by id: its recorded config and its final prompts (and, for
+    an LLM-source method, the LLM cache it was trained with: `llm_cache`, checked)."""
     if not store.has_rows(results_root):
         raise UserError(f"no results under {results_root}; run a suite first or pass --results")
     rows = store.query(
@@ -81,10 +87,17 @@ def job_subject(results_root: str, job_id: str, dataset: str | None = None) -> S
         raise UserError(
             f"job {job_id} evaluates {sorted({t.dataset for t in job.evals})}, not {dataset}"
         )
-    state_of = job.source or (job.id if job.trains else None)
+    # The recorded id names its files: rows written before the id rules changed keep theirs.
+    state_of = job.source or (job_id if job.trains else None)
+    config = job.config
+    if job.llm is not None:
+        cache = cache_dir(llm_cache)
+        if job.id == job_id:  # a job planned against a cache: that cache
+            check_cache(job, cache)
+        config = replace(config, llm=replace(config.llm, cache=cache))
     return Subject(
-        f"{job.method}-{job.id}", job.method, job.config, job.seed, targets[0],
-        job.train.shots, state_of,
+        f"{job.method}-{job_id}", job.method, config, job.seed, targets[0], job.train.shots,
+        state_of,
     )  # fmt: skip
 
 
@@ -195,20 +208,20 @@ def explain(
         pred_method=pred.cpu().numpy(),
         pred_zsclip=pred_zs.cpu().numpy(),
     )
-    out = out or location.join(results_root, "explain", subject.name)
+    out = out or ResultsRoot(results_root).explain_dir(subject.name)
     result = Explained(out)
     for i in range(len(x)):
         used = maps[0].used if maps else ()
         fig = figures.image_grid(arrays, i, subject.method, used)
-        path = location.join(out, f"image_{i:02d}.png")
+        path = storage.join(out, f"image_{i:02d}.png")
         result.figures.append(
-            location.write(path, lambda tmp, f=fig: f.savefig(tmp, format="png", dpi=100))
+            storage.write(path, lambda tmp, f=fig: f.savefig(tmp, format="png", dpi=100))
         )
     classes = sorted(set(pred.tolist()))
     text_maps = [m for m in maps if m.modality == "text"]
     result.text = figures.text_table(model, text_maps, classes, view.classnames, subject.name)
-    result.table = location.write(location.join(out, "text_tokens.md"), result.text)
+    result.table = storage.write(storage.join(out, "text_tokens.md"), result.text)
     buf = io.BytesIO()
     np.savez(buf, **arrays)
-    result.arrays = location.write(location.join(out, "maps.npz"), buf.getvalue())
+    result.arrays = storage.write(storage.join(out, "maps.npz"), buf.getvalue())
     return result

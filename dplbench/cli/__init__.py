@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import typer
 
-from dplbench.cli import bench, data, explain, llm, report, results, run, sweep
+from dplbench.cli import ablate, bench, data, explain, llm, report, results, run, tune
 
 app = typer.Typer(
     help="Dropout Prompt Learning for CLIP: train, benchmark and report on a Ray cluster.",
@@ -15,7 +15,8 @@ app = typer.Typer(
 run.register(app)
 report.register(app)
 explain.register(app)
-sweep.register(app)
+tune.register(app)
+ablate.register(app)
 app.add_typer(results.app, name="results")
 app.add_typer(data.app, name="data")
 app.add_typer(bench.app, name="bench")

@@ -47,6 +47,9 @@ def explain(
     device: Annotated[str, Opt(help="cuda / cpu (default: cuda if available)")] = None,
     data: Data = DATA_DEFAULT,
     results_root: Results = RESULTS_DEFAULT,
+    llm_cache: Annotated[
+        str, Opt("--llm-cache", help="with --job of llamp / dpl-release: the LLM cache it read")
+    ] = None,
     overrides: Overrides = None,
 ) -> None:
     """Per image: the image, Grad-CAM of the method's and of zero-shot CLIP's prediction, and per
@@ -66,7 +69,7 @@ def explain(
     if job is not None:
         if overrides:
             raise ConfigError("--job explains the job as it ran: drop the key=value overrides")
-        subject = ex.job_subject(results_root, job, dataset)
+        subject = ex.job_subject(results_root, job, dataset, llm_cache)
     else:
         if dataset is None:
             raise ConfigError("--method needs --dataset (the test images to explain)")

@@ -29,12 +29,13 @@ def report(
 
     Example: dplbench report --suite base2novel --out reports/b2n
     """
-    from dplbench.bench.calibration import load_all
-    from dplbench.results import location, store
+    from dplbench.plan.cost import load_all
+    from dplbench.results import store
     from dplbench.results.report import render_report
+    from dplbench.results.root import ResultsRoot
 
     rows = store.latest_rows(results_root).to_pylist()
-    out_dir = out or location.join(results_root, "reports", suite or "all")
+    out_dir = out or ResultsRoot(results_root).report_dir(suite)
     calibrations = load_all(results_root)  # `bench model --results R`: the cost figure
     bench = calibrations[0].rows if calibrations else []
     epochs = []  # per-epoch test scores (eval_every_epoch): the selection-gap table

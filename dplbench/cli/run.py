@@ -2,54 +2,20 @@
 
 from __future__ import annotations
 
-import json
-import os
-import sys
-from typing import Annotated
-
 import typer
 
 from dplbench.cli.common import (
     DATA_DEFAULT,
     RESULTS_DEFAULT,
-    Address,
-    Compile,
-    Cpus,
     Data,
-    Datasets,
-    DryRun,
-    Gpus,
-    JobsPerGpu,
-    JobTable,
-    LlmCacheDir,
-    LoaderWorkers,
-    OnDataError,
-    OnLease,
-    Overrides,
     Results,
-    Seeds,
-    Track,
-    TrackUri,
-    UseRay,
-    Workers,
-    abs_path,
-    check_choice,
-    check_llm_caches,
-    check_on_data_error,
     console,
     err,
-    live,
-    print_resume,
     print_rows,
-    selections,
     user_errors,
 )
-from dplbench.cli.common import (
-    jobs_per_gpu as resolve_jobs_per_gpu,
-)
-from dplbench.errors import ConfigError
-
-Opt = typer.Option
+from dplbench.cli.options import launch_options
+from dplbench.request import LaunchRequest
 
 
 def register(app: typer.Typer) -> None:
@@ -58,120 +24,56 @@ def register(app: typer.Typer) -> None:
 
 
 @user_errors
-def run(
-    suite: Annotated[str, Opt(help="suite name (configs/suites) or a YAML path")] = "smoke",
-    methods: Annotated[str, Opt(help="comma list: restrict/replace the suite's methods")] = None,
-    datasets: Datasets = None,
-    seeds: Seeds = None,
-    gpus: Gpus = 0,
-    cpus: Cpus = None,
-    workers: Workers = None,
-    address: Address = None,
-    data: Data = DATA_DEFAULT,
-    results_root: Results = RESULTS_DEFAULT,
-    resume: Annotated[bool, Opt(help="run only jobs whose result rows are missing")] = False,
-    dry_run: DryRun = False,
-    fmt: Annotated[
-        str, Opt("--format", help="--dry-run output: table | json (one object per job)")
-    ] = "table",
-    ray: UseRay = True,
-    loader_workers: LoaderWorkers = 2,
-    on_data_error: OnDataError = "raise",
-    on_lease: OnLease = "skip",
-    jobs_per_gpu: JobsPerGpu = "1",
-    compile_step: Compile = None,
-    track: Track = None,
-    track_uri: TrackUri = None,
-    llm_cache: LlmCacheDir = None,
-    override: Overrides = None,
-) -> None:
+@launch_options(extra=("methods",))
+def run(request: LaunchRequest) -> None:
     """Run a suite: every job a Ray Train run, many at once, results into Parquet.
 
     Example: dplbench run --suite base2novel --methods dpl,promptsrc --gpus 32 iwtd.p_max=0.4
     """
+    from dplbench.cli.live import JobTable, print_plan
     from dplbench.plan.suites import load_suite
+    from dplbench.run import execute
 
-    if fmt not in ("table", "json"):
-        raise ConfigError(f"--format {fmt!r}: choose table or json")
-    s = load_suite(suite, selections(methods, datasets, seeds, workers, override, llm_cache))
-    table = JobTable(s.jobs)
-    check_llm_caches(s.jobs, dry_run)
-    if dry_run:
-        if fmt == "json":  # the recipe view: what each job will train with
-            for j in s.jobs:
-                sys.stdout.write(json.dumps(recipe_view(j), sort_keys=True) + "\n")
-            return
-        console.print(table.render())
-        console.print(f"{len(s.jobs)} jobs; nothing was run (--dry-run)")
-        per_gpu = resolve_jobs_per_gpu(jobs_per_gpu, s.jobs, gpus, cpus, results_root)
-        print_estimate(s.jobs, gpus, per_gpu, cpus, results_root)
+    plan = load_suite(request.what.suite or "smoke", request.what, request.llm_cache)
+    if request.output.dry_run:
+        checks = execute(plan, request).checks
+        print_plan(JobTable(plan.jobs), plan.jobs, checks, f"{len(plan.jobs)} jobs",
+                   request.output.format)  # fmt: skip
         return
-    summary = run_live(
-        s, data, results_root, loader_workers, on_data_error, gpus, cpus, address, resume, ray,
-        on_lease, jobs_per_gpu, compile_step, track, track_uri,
-    )  # fmt: skip
-    _print_summary(abs_path(results_root), [o.job.id for o in summary.outcomes])
-    print_failures(summary)
-    if summary.failed:
+    if run_live(plan, request).failed:
         raise typer.Exit(1)
 
 
-def print_estimate(jobs, gpus: int, per_gpu: int, cpus: int | None, results_root: str) -> None:
-    """GPU-hours and wall time of the suite from this machine's bench calibration."""
-    from dplbench.bench import calibration
+def run_live(plan, request: LaunchRequest):
+    """Execute a suite (or an ablation's variants) under the live table; print the outcome."""
+    from dplbench.cli.live import JobTable, live
+    from dplbench.run import execute
 
-    calib = calibration.load_for(gpus, abs_path(results_root))
-    if calib is None:
-        console.print("no calibration: run `dplbench bench model` for estimates", highlight=False)
-        return
-    slots = gpus * per_gpu if gpus else (cpus or os.cpu_count() or 1)
-    est = calibration.estimate(list(jobs), calib, slots)
-    hours = "GPU-hours" if gpus else "CPU-job-hours"
-    bound = " (at least: packed jobs are taken not to slow each other)" if per_gpu > 1 else ""
-    console.print(
-        f"estimate from {calib.device}: {est.gpu_hours:.2f} {hours}, {est.wall_hours:.2f} h wall "
-        f"on {slots} job places{bound}; {est.covered} of {est.jobs} jobs calibrated",
-        highlight=False,
-    )
+    with live(JobTable(plan.jobs)) as on_event:
+        result = execute(plan, request, on_event)
+    print_outcome(result)
+    return result
 
 
-def run_live(
-    s, data, results_root, loader_workers, on_data_error, gpus, cpus, address, resume, ray,
-    on_lease, jobs_per_gpu="1", compile_step=None, track=None, track_uri=None,
-):  # fmt: skip
-    """A suite's jobs with the live table, from the options `run` and `ablate` share."""
-    from dplbench.run.settings import ExecOptions, RunSettings
-    from dplbench.run.suite import run_suite
-    from dplbench.run.tracking import Tracker
-
-    settings = RunSettings(
-        data=abs_path(data),
-        results=abs_path(results_root),
-        suite=s.name,
-        loader_workers=loader_workers,
-        on_data_error=check_on_data_error(on_data_error),
-        fail_job=os.environ.get("DPLBENCH_FAIL_JOB"),  # testing hook: make one job fail
-        compile=compile_step or None,
-    )
-    per_gpu = resolve_jobs_per_gpu(jobs_per_gpu, s.jobs, gpus, cpus, results_root)
-    opts = ExecOptions(
-        gpus=gpus,
-        cpus=cpus,
-        address=address,
-        resume=resume,
-        use_ray=ray,
-        on_lease=check_choice("--on-lease", on_lease, ("skip", "wait")),
-        jobs_per_gpu=per_gpu,
-    )
-    packing = f"{per_gpu} jobs per GPU" if gpus else ""
-    tracker = Tracker(track, settings.results, s.name, track_uri) if track else None
-    with live(JobTable(s.jobs, packing), tracker) as on_event:
-        summary = run_suite(s, settings, opts, on_event)
-    print_resume(summary)
-    return summary
-
-
-def print_failures(summary) -> None:
+def print_outcome(result) -> None:
+    """After a suite (or an ablation's variants): what --resume kept, the summary of the jobs'
+    scores, the one line of each failed job, the notes of the checks."""
+    summary = result.summary
+    if summary.skipped or summary.rerun_failed:
+        missing = len(summary.outcomes) - len(summary.rerun_failed)
+        console.print(
+            f"--resume: {len(summary.skipped)} jobs already had results; ran "
+            f"{len(summary.rerun_failed)} failed and {missing} missing again",
+            highlight=False,
+        )
+    if summary.elsewhere:
+        holders = sorted(set(summary.elsewhere.values()))
+        console.print(
+            f"skipped {len(summary.elsewhere)} jobs another driver is running "
+            f"({'; '.join(holders)}); --on-lease wait waits for them, --resume runs what is left",
+            highlight=False,
+        )
+    print_summary(result.request.results, [o.job.id for o in summary.outcomes])
     for o in summary.failed:
         label = o.job.params.get("variant") or f"{o.job.method} {o.job.train.dataset}"
         err.print(
@@ -179,41 +81,52 @@ def print_failures(summary) -> None:
         )
     if summary.status_file:
         console.print(f"job status: {summary.status_file}", highlight=False)
+    for line in result.checks.notes:
+        console.print(line, highlight=False, soft_wrap=True)
 
 
-def recipe_view(job) -> dict:
-    """One job as the recipe view shows it: what it trains on and its full resolved config."""
-    from dpl.methods.config import to_dict
-
-    return {
-        "job_id": job.id,
-        "method": job.method,
-        "protocol": job.protocol,
-        "dataset": job.train.dataset,
-        "subsample": job.train.subsample,
-        "shots": job.train.shots,
-        "imbalance": job.train.imbalance,
-        "seed": job.seed,
-        "evaluates": [f"{e.dataset}/{e.subsample}" for e in job.evals],
-        "source_job_id": job.source,
-        "trains": job.trains,
-        "config": to_dict(job.config),
-    }
-
-
-def _print_summary(results_root: str, job_ids: list[str]) -> None:
+def print_summary(results_root: str, job_ids: list[str]) -> None:
+    """Per method and dataset, the mean over seeds: base, novel and HM for base-to-novel jobs
+    (as the live table shows them), else the accuracy of each evaluated set."""
     from dplbench.results import store
+    from dplbench.results.aggregate import harmonic_mean
 
     if not job_ids or not store.has_rows(results_root):
         return
     rows = store.query(
         results_root,
-        "SELECT method, dataset, subsample, count(*) AS seeds, round(avg(accuracy), 2) AS accuracy "
+        "SELECT method, dataset, subsample, count(*) AS seeds, avg(accuracy) AS accuracy "
         "FROM results WHERE list_contains($ids, job_id) GROUP BY ALL "
         "ORDER BY dataset, method, subsample",
         {"ids": job_ids},
     ).to_pylist()
-    print_rows(rows, "summary (mean over seeds)")
+    cells: dict[tuple[str, str], dict] = {}
+    for r in rows:
+        cell = cells.setdefault((r["dataset"], r["method"]), {"seeds": r["seeds"]})
+        cell[r["subsample"]] = r["accuracy"]
+    table = []
+    for (dataset, method), c in cells.items():
+        hm = harmonic_mean([c["base"], c["novel"]]) if {"base", "novel"} <= set(c) else None
+
+        def num(v):
+            return "" if v is None else f"{v:.2f}"
+
+        table.append(
+            {
+                "method": method,
+                "dataset": dataset,
+                "seeds": c["seeds"],
+                "base": num(c.get("base")),
+                "novel": num(c.get("novel")),
+                "HM": num(hm),
+                "accuracy": num(c.get("all")),
+            }  # fmt: skip
+        )
+    keep = [k for k in ("base", "novel", "HM", "accuracy") if any(r[k] for r in table)]
+    print_rows(
+        [{k: r[k] for k in ("method", "dataset", "seeds", *keep)} for r in table],
+        "summary (mean over seeds)",
+    )
 
 
 @user_errors
@@ -223,7 +136,10 @@ def demo(data: Data = DATA_DEFAULT, results_root: Results = RESULTS_DEFAULT) -> 
     Example: dplbench demo
     """
     from dplbench.cli.report import report
+    from dplbench.plan.suites import load_suite
 
-    # Annotated options keep their defaults as plain values: name only what differs.
-    run(suite="smoke", data=data, results_root=results_root, loader_workers=1)
-    report(suite="smoke", compare=True, results_root=results_root, out=None)
+    request = LaunchRequest.of(suite="smoke", loader_workers=1, data=data, results=results_root)
+    result = run_live(load_suite("smoke", request.what, request.llm_cache), request)
+    report(suite="smoke", compare=True, results_root=request.results, out=None)
+    if result.failed:
+        raise typer.Exit(1)

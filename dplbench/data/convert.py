@@ -17,7 +17,6 @@ import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from dplbench.atomic import write_atomic
 from dplbench.data import images
 from dplbench.data.coop_layout import SourceItem, read_source
 from dplbench.data.datasets import get_spec, prompt_name
@@ -32,6 +31,7 @@ from dplbench.data.meta import (
 from dplbench.data.parallel import run_tasks
 from dplbench.data.progress import Progress
 from dplbench.data.tario import write_tar
+from dplbench.storage import write_atomic
 
 log = logging.getLogger(__name__)
 

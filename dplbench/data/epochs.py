@@ -29,6 +29,7 @@ from dataclasses import dataclass
 
 import torch
 
+from dplbench import storage
 from dplbench.data import tario
 from dplbench.data.errors import CorruptShardError, DataError
 from dplbench.data.shards import IMAGE_EXTS, ON_ERROR, SharedCounter, collate, decode_image
@@ -55,7 +56,7 @@ class SampleRef:
 
 def _index_shard(url: str, shard: int, label_map: dict[int, int]) -> list[SampleRef]:
     """The samples of one shard that belong to the view, in stored order."""
-    local = not tario.is_remote(url)
+    local = not storage.is_uri(url)
     refs: list[SampleRef] = []
     current: dict = {}
 
@@ -72,7 +73,7 @@ def _index_shard(url: str, shard: int, label_map: dict[int, int]) -> list[Sample
         if local:
             tf = tarfile.open(url, mode="r:")
         else:
-            tf = tarfile.open(fileobj=io.BytesIO(tario.read_bytes(url)), mode="r:")
+            tf = tarfile.open(fileobj=io.BytesIO(storage.read_bytes(url)), mode="r:")
         with tf:
             for m in tf:
                 if not m.isreg():

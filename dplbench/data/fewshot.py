@@ -20,7 +20,7 @@ import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from dplbench.atomic import write_atomic
+from dplbench import storage
 from dplbench.data import tario
 from dplbench.data.errors import DataError
 from dplbench.data.meta import (
@@ -34,6 +34,7 @@ from dplbench.data.meta import (
 from dplbench.data.parallel import run_tasks
 from dplbench.data.progress import Progress
 from dplbench.data.protocols import fewshot_sample, longtail_select, subsample_labels
+from dplbench.storage import write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -264,8 +265,8 @@ def make_fewshot(
 
 
 def load_selection(shards_root: str | Path, dataset: str, name: str) -> Selection:
-    url = tario.join(shards_root, dataset, FEWSHOT_DIR, name, SELECTION_FILE)
-    text = tario.read_text(url)
+    url = storage.join(shards_root, dataset, FEWSHOT_DIR, name, SELECTION_FILE)
+    text = storage.read_text(url)
     try:
         return Selection.from_json(text)
     except DataError as e:

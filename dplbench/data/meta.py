@@ -18,7 +18,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from dplbench.data import tario
+from dplbench import storage
 from dplbench.data.errors import DataError
 
 FORMAT_VERSION = 1
@@ -87,9 +87,9 @@ class DatasetMeta:
 
 def load_meta(shards_root: str | Path, dataset: str) -> DatasetMeta:
     """The `dplbench.json` of a converted dataset (local path or URL)."""
-    url = tario.join(shards_root, dataset, META_FILE)
+    url = storage.join(shards_root, dataset, META_FILE)
     try:
-        text = tario.read_text(url)
+        text = storage.read_text(url)
     except (FileNotFoundError, OSError) as e:
         raise DataError(f"{dataset}: expected {url} (run `dplbench data convert`): {e}") from None
     try:
@@ -108,11 +108,11 @@ def load_index(shards_root: str | Path, dataset: str):
     """`index.parquet` of a converted dataset as a pyarrow Table."""
     import pyarrow.parquet as pq
 
-    url = tario.join(shards_root, dataset, INDEX_FILE)
+    url = storage.join(shards_root, dataset, INDEX_FILE)
     try:
         # use_threads=False: with threads, pyarrow 26 here aborts at interpreter exit
         # ("terminate called without an active exception") in about half the runs.
-        return pq.read_table(io.BytesIO(tario.read_bytes(url)), use_threads=False)
+        return pq.read_table(io.BytesIO(storage.read_bytes(url)), use_threads=False)
     except (FileNotFoundError, OSError) as e:
         raise DataError(f"{dataset}: expected {url} (run `dplbench data convert`): {e}") from None
 

@@ -1,11 +1,9 @@
-"""Reading and writing WebDataset tar shards, and opening local or object-store URLs.
+"""Reading and writing WebDataset tar shards.
 
 A sample is a dict `{"__key__": str, "<ext>": bytes, ...}` stored as consecutive tar members
-`<key>.<ext>`. Keys carry no dots (WebDataset splits the key at the first dot).
-
-Object stores go through WebDataset's `pipe:` URLs (`gopen`): `s3://b/k` is read as
-`pipe:aws s3 cp s3://b/k -` and `gs://b/k` as `pipe:gsutil cat gs://b/k`; `http(s)://` goes
-to curl. Edit `URL_PIPES` to use another client.
+`<key>.<ext>`. Keys carry no dots (WebDataset splits the key at the first dot). Shards are opened
+through the one storage layer (dplbench/storage.py): local files, object stores (`s3://`, `gs://`,
+any pyarrow filesystem), `http(s)://` and `pipe:` URLs.
 """
 
 from __future__ import annotations
@@ -14,39 +12,9 @@ import io
 import tarfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from urllib.parse import urlparse
 
-from webdataset.gopen import gopen
-
+from dplbench import storage
 from dplbench.data.errors import CorruptShardError
-
-URL_PIPES = {"s3": "pipe:aws s3 cp {url} -", "gs": "pipe:gsutil cat {url}"}
-
-
-def is_remote(root: str | Path) -> bool:
-    return "://" in str(root) or str(root).startswith("pipe:")
-
-
-def join(root: str | Path, *parts: str) -> str:
-    """Join path parts onto a local path or a URL."""
-    if is_remote(root):
-        return "/".join([str(root).rstrip("/"), *parts])
-    return str(Path(root, *parts))
-
-
-def readable(url: str) -> str:
-    """The URL gopen should open: object-store schemes become `pipe:` commands."""
-    scheme = urlparse(url).scheme
-    return URL_PIPES[scheme].format(url=url) if scheme in URL_PIPES else url
-
-
-def read_bytes(url: str) -> bytes:
-    with gopen(readable(url), "rb") as f:
-        return f.read()
-
-
-def read_text(url: str) -> str:
-    return read_bytes(url).decode("utf-8")
 
 
 def split_name(name: str) -> tuple[str, str]:
@@ -62,7 +30,7 @@ def iter_samples(url: str) -> Iterator[dict]:
     current: dict | None = None
     last_key: str | None = None
     try:
-        stream = gopen(readable(url), "rb")
+        stream = storage.open_input(url)
     except Exception as e:  # open failures (missing file, failing pipe) name the shard
         raise CorruptShardError(url, None, f"cannot open: {e}") from e
     try:

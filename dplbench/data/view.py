@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from dplbench.data import tario
+from dplbench import storage
 from dplbench.data.errors import DataError
 from dplbench.data.fewshot import load_selection, selection_name
 from dplbench.data.meta import FEWSHOT_DIR, load_meta
@@ -49,7 +49,7 @@ class DatasetView:
         meta = load_meta(shards_root, dataset)
         real = meta.resolve_split(split)
         lmap = label_map(range(len(meta.classnames)), subsample)
-        base_url = tario.join(shards_root, dataset)
+        base_url = storage.join(shards_root, dataset)
         shards, counts, label_counts = (
             meta.splits[real].shards,
             meta.splits[real].shard_counts,
@@ -62,7 +62,7 @@ class DatasetView:
             if real in sel.splits:
                 m = sel.splits[real]
                 shards, counts, label_counts = m.shards, m.shard_counts, m.label_counts
-                base_url = tario.join(shards_root, dataset, FEWSHOT_DIR, sel.name)
+                base_url = storage.join(shards_root, dataset, FEWSHOT_DIR, sel.name)
                 source = f"{FEWSHOT_DIR}/{sel.name}/{real}"
         return cls(
             dataset=dataset,
@@ -73,7 +73,7 @@ class DatasetView:
             classnames=[meta.classnames[old] for old in sorted(lmap)],
             template=meta.template,
             num_samples=sum(label_counts[old] for old in lmap),
-            shard_urls=[tario.join(base_url, rel) for rel in shards],
+            shard_urls=[storage.join(base_url, rel) for rel in shards],
             shard_counts=list(counts),
         )
 
@@ -108,5 +108,5 @@ def _load_first(shards_root, dataset, names):
             continue
     raise DataError(
         f"{dataset}: no selection {' or '.join(names)} under "
-        f"{tario.join(shards_root, dataset, FEWSHOT_DIR)} (run `dplbench data fewshot`)"
+        f"{storage.join(shards_root, dataset, FEWSHOT_DIR)} (run `dplbench data fewshot`)"
     )

@@ -17,6 +17,7 @@ plain PyTorch and safetensors.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from collections.abc import Callable
@@ -26,9 +27,9 @@ from pathlib import Path
 import torch
 
 from dpl.llm.cache import FORMAT, LAYER_FILE, MANIFEST, classes_sha, dataset_file
-from dplbench.atomic import write_atomic
 from dplbench.errors import ConfigError, UserError
 from dplbench.plan.config import CONFIG_DIR, load_yaml
+from dplbench.storage import write_atomic
 
 log = logging.getLogger(__name__)
 TEMPLATES_FILE = CONFIG_DIR / "llm" / "templates.yaml"
@@ -257,6 +258,19 @@ def stale_datasets(
     return todo
 
 
+def folder_sha256(folder: str | Path) -> str:
+    """The content hash of a local model folder (every file, by relative name): what names a
+    local model in a job's identity, since its path says nothing about its weights."""
+    h = hashlib.sha256()
+    root = Path(folder)
+    for f in sorted(p for p in root.rglob("*") if p.is_file()):
+        h.update(str(f.relative_to(root)).encode() + b"\0")
+        with open(f, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()
+
+
 def build_part(
     model: str,
     classes: dict[str, list[str]],
@@ -281,6 +295,7 @@ def build_part(
     head = {
         "format": FORMAT,
         "model": model,
+        "model_sha256": folder_sha256(model) if Path(model).is_dir() else None,
         "revision": llm.revision,
         "dtype": dtype,
         "layer": layer_manifest(llm),

@@ -19,6 +19,7 @@ their params keys, and the overrides are in each row's `config` column anyway.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,7 @@ from dplbench.errors import ConfigError
 from dplbench.plan.config import CONFIG_DIR, deep_merge, load_yaml, nested, typed
 from dplbench.plan.jobs import Job
 from dplbench.plan.suites import Suite, load_suite
+from dplbench.request import Selection
 
 ABLATION_DIR = CONFIG_DIR / "ablations"
 
@@ -93,20 +95,40 @@ def load_ablation(name: str) -> Ablation:
     )
 
 
-def ablation_suite(ab: Ablation, selections: dict[str, Any], suite: str | None = None) -> Suite:
-    """Every variant's jobs (params = ablation + variant) as one suite the runner executes.
-    selections: datasets, seeds, workers, overrides (command line); methods come from variants."""
+@dataclass(frozen=True)
+class AblationPlan:
+    """An ablation's variants as one suite of jobs (what `run.execute` runs), and the ablation
+    (what its table is made of)."""
+
+    ablation: Ablation
+    suite: Suite
+
+    @property
+    def name(self) -> str:
+        return self.suite.name
+
+    @property
+    def jobs(self) -> tuple[Job, ...]:
+        return self.suite.jobs
+
+
+def ablation_plan(
+    ab: Ablation,
+    selection: Selection | Mapping[str, Any] | None = None,
+    llm_cache: str | None = None,
+) -> AblationPlan:
+    """Every variant's jobs (params = ablation + variant). selection: suite (default: the
+    ablation's), datasets, seeds, workers, overrides (command line); methods come from variants."""
+    selection = Selection.coerce(selection)
     jobs: dict[str, Job] = {}
-    name = suite or ab.suite
-    base = deep_merge(ab.overrides, selections.get("overrides") or {})
+    name = selection.suite or ab.suite
+    base = deep_merge(ab.overrides, selection.overrides)
     data = None
     for v in ab.variants:
-        sel = {
-            **selections,
-            "methods": [v.method or ab.method],
-            "overrides": deep_merge(base, v.overrides),
-        }
-        s = load_suite(name, sel)
+        sel = replace(
+            selection, methods=(v.method or ab.method,), overrides=deep_merge(base, v.overrides)
+        )
+        s = load_suite(name, sel, llm_cache)
         data = s.data
         for j in s.jobs:
             if j.id in jobs:  # same work twice would be one job with two labels
@@ -115,4 +137,4 @@ def ablation_suite(ab: Ablation, selections: dict[str, Any], suite: str | None =
                     f"ablation {ab.name}: variants {other} and {v.name} resolve to the same job"
                 )
             jobs[j.id] = replace(j, params={"ablation": ab.name, "variant": v.name})
-    return Suite(Path(name).stem, tuple(jobs.values()), data)
+    return AblationPlan(ab, Suite(Path(name).stem, tuple(jobs.values()), data))

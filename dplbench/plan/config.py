@@ -3,22 +3,25 @@
 One parser for values (`parse_value`: YAML scalars and lists, so an explicit `false` wins over a
 file's `true`), one helper for dotted keys (`nested`), one merge (`deep_merge`). Unknown keys are
 errors wherever they appear (typed specs are built with the strict `from_dict` of
-`dpl.methods.config`).
+`dpl.config`).
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping
+from importlib import resources
 from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
 
-from dpl.methods.config import from_dict
+from dpl.config import from_dict
 from dplbench.errors import ConfigError
 
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
+# Suites, recipes, references, sweeps, ablations and LLM templates ship inside the package (the
+# repository's configs/ links here), so a wheel install finds them as a checkout does.
+CONFIG_DIR = Path(str(resources.files("dplbench") / "configs"))
 T = TypeVar("T")
 _NUMBER = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+$")
 

@@ -1,10 +1,12 @@
 """A job: one method trained (or loaded) and evaluated. Its id is the hash of its resolved work.
 
-A job is (method, train data, evaluations, seed, workers, resolved `MethodConfig`, and the sweep
-or ablation it belongs to). The id hashes all of that and nothing else (not the suite or protocol
-name), so the same work has the same id in every suite and `--resume` can find it; a sweep trial or
-ablation variant whose config equals a plain run's is still its own job, so no run's rows are
-ever shadowed by another's. An evaluation job (xd, dg) names the training job whose
+A job is (method, train data, evaluations, seed, workers, resolved `MethodConfig`, the LLM
+knowledge it reads, and the sweep or ablation it belongs to). The id hashes all of that and
+nothing else: not the suite or protocol name, so the same work has the same id in every suite and
+`--resume` finds it; and nothing about where files live or how the harness runs the job (cache
+paths, loader workers, per-epoch test scores, tracking, packing, compile: run settings). A sweep
+trial or ablation variant whose config equals a plain run's is still its own job, so no run's
+rows are ever shadowed by another's. An evaluation job (xd, dg) names the training job whose
 prompts it loads (`source`) and never trains.
 """
 
@@ -16,7 +18,7 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from dpl.methods.config import MethodConfig, from_dict, to_dict
+from dpl.config import MethodConfig, from_dict, to_dict
 
 
 @dataclass(frozen=True)
@@ -65,13 +67,14 @@ class Job:
     workers: int = 1
     source: str | None = None  # evaluation job: id of the training job whose prompts it loads
     params: dict[str, Any] = field(default_factory=dict)  # sweep / ablation labels
+    llm: dict[str, Any] | None = None  # the LLM cache's identity (plan/llm.py), LLM methods only
 
     @property
     def id(self) -> str:
         work = {
             "method": self.method,
             "seed": self.seed,
-            "config": to_dict(self.config),
+            "config": work_config(self.config),
             "train": asdict(self.train),
             "evals": [asdict(e) for e in self.evals],
             "workers": self.workers,
@@ -79,6 +82,8 @@ class Job:
         }
         if self.params:  # sweep / ablation context (absent for plain runs: their ids stay)
             work["params"] = self.params
+        if self.llm is not None:
+            work["llm"] = self.llm
         blob = json.dumps(work, sort_keys=True, separators=(",", ":"), default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
@@ -109,7 +114,12 @@ class Job:
     @classmethod
     def from_description(cls, d: dict[str, Any]) -> Job:
         """The job a result row's `config` describes; its id must come out the same (the row was
-        written by a code version whose config fields this one reads differently otherwise)."""
+        written by a code version whose config fields this one reads differently otherwise).
+        Rows written before run settings left the config (`eval_every_epoch`, `llm.cache`) are
+        read with those keys dropped; their recorded ids are kept by the rows and not checked."""
+        d = dict(d)
+        config, legacy = _migrate(dict(d["config"]))
+        d["config"] = config
         job = cls(
             suite=d["suite"],
             protocol=d["protocol"],
@@ -121,10 +131,33 @@ class Job:
             workers=d["workers"],
             source=d.get("source"),
             params=d.get("params") or {},
+            llm=d.get("llm"),
         )
-        if "id" in d and job.id != d["id"]:
+        if "id" in d and not legacy and job.id != d["id"]:
             raise ValueError(
                 f"job {d['id']}: its recorded config rebuilds as job {job.id} with this code "
                 "version (a config field changed since it ran)"
             )
         return job
+
+
+# Config keys that say where files live, never what is computed: left out of a job's id.
+NOT_WORK = {"backbone": ("cache_dir",), "llm": ("cache",)}
+# Keys a config no longer has (they became run settings); rows written with them stay readable.
+RETIRED = ("eval_every_epoch",)
+
+
+def work_config(config: MethodConfig) -> dict[str, Any]:
+    """The resolved config as a job's id hashes it."""
+    out = to_dict(config)
+    for section, keys in NOT_WORK.items():
+        out[section] = {k: v for k, v in out[section].items() if k not in keys}
+    return out
+
+
+def _migrate(config: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+    legacy = any(k in config for k in RETIRED) or bool((config.get("llm") or {}).get("cache"))
+    config = {k: v for k, v in config.items() if k not in RETIRED}
+    if config.get("llm"):
+        config["llm"] = {**config["llm"], "cache": None}
+    return config, legacy

@@ -19,8 +19,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from dpl.config import MethodConfig
 from dpl.methods import METHODS, method_config
-from dpl.methods.config import MethodConfig
 from dplbench.errors import ConfigError
 from dplbench.plan.config import CONFIG_DIR, deep_merge, load_yaml
 

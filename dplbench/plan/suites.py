@@ -11,8 +11,8 @@ protocol's datasets, targets and shot counts that reports aggregate over (`proto
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +20,9 @@ from dplbench.data.datasets import DATASETS
 from dplbench.errors import ConfigError
 from dplbench.plan.config import CONFIG_DIR, deep_merge, load_yaml, typed
 from dplbench.plan.jobs import EvalTarget, Job, TrainData
-from dplbench.plan.llm import cache_dir, uses_llm
+from dplbench.plan.llm import cache_dir, check_no_cache_path, job_identity, uses_llm
 from dplbench.plan.methods import check_method, resolve_method
+from dplbench.request import Selection
 
 PROTOCOLS = ("base2novel", "fewshot", "xd", "dg", "longtail")
 SUITE_DIR = CONFIG_DIR / "suites"
@@ -107,30 +108,30 @@ def check_datasets(names: list[str] | tuple[str, ...]) -> None:
             )
 
 
-def _block_jobs(suite: str, spec: SuiteSpec, sel: dict[str, Any]) -> list[Job]:
-    """Jobs of one protocol block, restricted by the command line's selections `sel`."""
-    methods = sel.get("methods") or spec.methods
-    seeds = sel.get("seeds") or spec.seeds
-    workers = int(sel.get("workers") or spec.workers)
-    overrides = deep_merge(spec.overrides, sel.get("overrides") or {})
+def _block_jobs(suite: str, spec: SuiteSpec, sel: Selection, llm_cache: str) -> list[Job]:
+    """Jobs of one protocol block, restricted by the command line's selection `sel`."""
+    methods = sel.methods or spec.methods
+    seeds = sel.seeds or spec.seeds
+    workers = int(sel.workers or spec.workers)
+    overrides = deep_merge(spec.overrides, sel.overrides)
     for m in methods:
         check_method(m)
 
     def pick(names: tuple[str, ...]) -> list[str]:
-        chosen = sel.get("datasets")
-        return [n for n in names if not chosen or n in chosen]
+        return [n for n in names if not sel.datasets or n in sel.datasets]
 
     def job(method, seed, cfg, train, evals, source=None) -> Job:
-        return Job(suite, spec.protocol, method, seed, cfg, train, evals, workers, source)
+        j = Job(suite, spec.protocol, method, seed, cfg, train, evals, workers, source)
+        return replace(j, llm=job_identity(j, llm_cache)) if uses_llm(method) else j
 
     jobs = []
 
     def config(method: str, dataset: str, shots: int | None):
-        # The LLM methods read the chosen cache; an explicit llm.cache override still wins.
-        llm = [{"llm": {"cache": cache_dir(sel.get("llm_cache"))}}] if uses_llm(method) else []
-        return resolve_method(
-            method, *llm, overrides, protocol=spec.protocol, dataset=dataset, shots=shots
+        cfg = resolve_method(
+            method, overrides, protocol=spec.protocol, dataset=dataset, shots=shots
         )
+        check_no_cache_path(cfg, method)
+        return cfg
 
     if spec.protocol in ("xd", "dg"):
         for m in methods:
@@ -173,11 +174,15 @@ PER_DATASET: dict[str, Callable[[str, int, SuiteSpec], list[tuple[TrainData, tup
 }
 
 
-def load_suite(name: str, selections: dict[str, Any] | None = None) -> Suite:
-    """Expand a suite into its jobs. selections: methods, datasets, seeds, workers (restrict or
-    replace the file's lists) and overrides (nested method-config overrides for every job)."""
-    sel = selections or {}
-    check_datasets(sel.get("datasets") or [])
+def load_suite(
+    name: str, selection: Selection | Mapping[str, Any] | None = None, llm_cache: str | None = None
+) -> Suite:
+    """Expand a suite into its jobs. selection: methods, datasets, seeds, workers (restrict or
+    replace the file's lists) and overrides (nested method-config overrides for every job).
+    llm_cache: the LLM cache that LLM-source jobs are planned against (default: --llm-cache's)."""
+    sel = Selection.coerce(selection)
+    check_datasets(sel.datasets)
+    llm_cache = cache_dir(llm_cache)
     suite_name = suite_file(name).stem
     spec = load_spec(name)
     blocks, data = [], spec.data
@@ -189,7 +194,7 @@ def load_suite(name: str, selections: dict[str, Any] | None = None) -> Suite:
         blocks.append(spec)
     jobs: dict[str, Job] = {}
     for block in blocks:
-        for job in _block_jobs(suite_name, block, sel):
+        for job in _block_jobs(suite_name, block, sel, llm_cache):
             jobs.setdefault(job.id, job)  # xd and dg share their ImageNet training jobs
     if not jobs:
         raise ConfigError(f"suite {suite_name}: the selection leaves no jobs")

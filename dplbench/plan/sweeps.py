@@ -12,8 +12,8 @@ import itertools
 import json
 import math
 import random
-from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +29,7 @@ from dplbench.plan.config import (
 )
 from dplbench.plan.jobs import Job
 from dplbench.plan.suites import SuiteData, load_suite
+from dplbench.request import Selection
 
 SWEEP_DIR = CONFIG_DIR / "sweeps"
 
@@ -260,6 +261,10 @@ class Sweep:
     def epochs(self) -> int:
         return max(j.epochs for t in self.trials for j in t.jobs)
 
+    @property
+    def jobs(self) -> tuple[Job, ...]:
+        return tuple(j for t in self.trials for j in t.jobs)
+
 
 def trial_key(setting: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(setting, sort_keys=True).encode()).hexdigest()[:8]
@@ -268,22 +273,27 @@ def trial_key(setting: dict[str, Any]) -> str:
 def make_sweep(
     settings: list[dict[str, Any]],
     suite: str,
-    selections: dict[str, Any],
+    selection: Selection | Mapping[str, Any] | None,
     name: str | None = None,
+    llm_cache: str | None = None,
     **options: Any,
 ) -> Sweep:
     """Resolve every setting into its trial's jobs (bad keys or values fail here, before anything
     runs). Only training jobs take part: xd/dg evaluation jobs have no validation split."""
     if not settings:
         raise ConfigError("the sweep has no settings")
+    selection = Selection.coerce(selection)
     params = tuple(dict.fromkeys(k for s in settings for k in s))
     if name is None:
-        blob = json.dumps([suite, selections, settings], sort_keys=True, default=str)
+        # The sweep's name hashes what it sweeps over (not the LLM cache's path): the same
+        # command finds its records again (--resume).
+        what = {k: v for k, v in asdict(selection).items() if v not in ((), None, {})}
+        blob = json.dumps([suite, what, settings], sort_keys=True, default=str)
         name = f"{'-'.join(params)[:40]}-{hashlib.sha256(blob.encode()).hexdigest()[:8]}"
     trials, data = [], SuiteData()
     for setting in settings:
-        over = deep_merge(selections.get("overrides") or {}, overrides_of(setting))
-        s = load_suite(suite, {**selections, "overrides": over})
+        over = deep_merge(selection.overrides, overrides_of(setting))
+        s = load_suite(suite, replace(selection, overrides=over), llm_cache)
         data = s.data
         jobs = tuple(
             replace(j, params={**setting, "sweep": name})
@@ -294,3 +304,53 @@ def make_sweep(
             raise ConfigError(f"suite {suite}: no training jobs to sweep (zsclip or xd/dg only?)")
         trials.append(Trial(trial_key(setting), setting, jobs))
     return Sweep(name, Path(suite).stem, params, tuple(trials), data, **options)
+
+
+def sweep_plan(
+    selection: Selection,
+    llm_cache: str | None = None,
+    param: Sequence[str] | None = None,
+    values: str | None = None,
+    space: str | None = None,
+    method: str | None = None,
+    num_samples: int | None = None,
+    scheduler: str | None = None,
+    grace_period: int = 1,
+    reduction_factor: int = 2,
+    name: str | None = None,
+) -> Sweep:
+    """A sweep from `dplbench tune`'s words: `--param NAME[=v1,v2]` (or one `--values`) or a
+    space YAML (`--space`), over the selected suite (default: the space's, else smoke) and
+    method (default: the space's, else dpl)."""
+    spec = load_space(space) if space else None
+    if param and spec:
+        raise ConfigError("give --param or --space, not both")
+    if param:
+        grid = cli_space(param, values)
+    elif spec:
+        grid = spec.params
+    else:
+        raise ConfigError(
+            f"say what to sweep: --param NAME or --space FILE; names: {', '.join(PARAMS)}"
+        )
+    spec = spec or SweepSpace(params=grid)
+    sched = scheduler or spec.scheduler or "asha"
+    if sched not in ("fifo", "asha"):
+        raise ConfigError(f"--scheduler {sched!r}: choose fifo or asha")
+    selection = replace(
+        selection,
+        methods=(method or spec.method or "dpl",),
+        datasets=selection.datasets or tuple(spec.datasets),
+        seeds=selection.seeds or tuple(spec.seeds),
+        overrides=deep_merge(spec.overrides, selection.overrides),
+    )
+    return make_sweep(
+        expand(grid, num_samples or spec.num_samples),
+        selection.suite or spec.suite or "smoke",
+        selection,
+        name=name,
+        llm_cache=llm_cache,
+        scheduler=sched,
+        grace_period=grace_period,
+        reduction_factor=reduction_factor,
+    )

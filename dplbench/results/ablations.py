@@ -10,11 +10,13 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
+from dplbench import storage
 from dplbench.plan.ablations import Ablation
 from dplbench.results import aggregate as agg
-from dplbench.results import location, store
+from dplbench.results import store
 from dplbench.results.aggregate import Row
 from dplbench.results.markdown import fmt, md_table
+from dplbench.results.root import ResultsRoot
 
 
 def field(row: Row, name: str) -> Any:
@@ -142,4 +144,4 @@ def ablation_markdown(ab: Ablation, table: list[Row], suite: str | None = None) 
 
 def write_markdown(text: str, root: str, name: str) -> str:
     """R/reports/ablations/NAME.md, published whole."""
-    return location.write(location.join(root, "reports", "ablations", f"{name}.md"), text)
+    return storage.write(ResultsRoot(root).ablation_report(name), text)

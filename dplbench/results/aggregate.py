@@ -22,6 +22,7 @@ from dpl.methods import METHODS
 from dplbench.data.datasets import BENCHMARKS, label
 
 # Each protocol's datasets / source / targets / shots come from its canonical suite file.
+from dplbench.plan.config import CONFIG_DIR
 from dplbench.plan.suites import protocol_spec
 
 Row = dict[str, Any]
@@ -29,7 +30,7 @@ Row = dict[str, Any]
 # Our registry names -> the names used in the published tables.
 PUBLISHED_NAME = {"zsclip": "clip"}
 AVERAGE = "average"  # the dataset key of the cross-dataset "Average" row
-REFERENCE_DIR = Path(__file__).resolve().parents[2] / "configs" / "reference"
+REFERENCE_DIR = CONFIG_DIR / "reference"
 
 
 class SeedStat(NamedTuple):

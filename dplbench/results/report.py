@@ -15,10 +15,11 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any, NamedTuple
 
+from dplbench import storage
 from dplbench.data.datasets import BENCHMARKS
 from dplbench.plan.suites import protocol_spec
 from dplbench.results import aggregate as agg
-from dplbench.results import location, plots
+from dplbench.results import plots
 from dplbench.results.ablations import ablation_tables, pivot_markdown
 from dplbench.results.aggregate import AVERAGE, Row
 from dplbench.results.markdown import MISSING, fmt, md_table
@@ -350,7 +351,7 @@ def render_report(
     epochs: Sequence[Row] = (),
 ) -> ReportFiles:
     """Write `out_dir/report.md` and one PNG per protocol section (`<protocol>.png`, and
-    `cost.png` with bench rows); `out_dir` may be a local folder or a URI (results/location.py)."""
+    `cost.png` with bench rows); `out_dir` may be a local folder or a URI (dplbench/storage.py)."""
     tables = report_tables(rows, suite, compare, refs, bench, epochs)
     images, pngs = {}, []
     for name, table in tables.items():
@@ -359,11 +360,11 @@ def render_report(
         )
         if draw is not None:
             fig = draw(table)
-            path = location.write(
-                location.join(out_dir, f"{name}.png"), partial(fig.savefig, format="png", dpi=120)
+            path = storage.write(
+                storage.join(out_dir, f"{name}.png"), partial(fig.savefig, format="png", dpi=120)
             )
             images[name] = f"{name}.png"
             pngs.append(path)
     text = _markdown(tables, suite, images)
-    md = location.write(location.join(out_dir, "report.md"), text)
+    md = storage.write(storage.join(out_dir, "report.md"), text)
     return ReportFiles(markdown=md, plots=tuple(pngs), text=text)

@@ -18,7 +18,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from dplbench.results import location
+from dplbench.results.root import ResultsRoot
 from dplbench.results.store import STATUS_SCHEMA, write_parquet
 
 
@@ -41,7 +41,7 @@ class JobStatus:
 
 
 def status_path(root: str, suite: str, run_id: str) -> str:
-    return location.join(root, "status", f"suite={suite}", f"{run_id}.parquet")
+    return ResultsRoot(root).status_file(suite, run_id)
 
 
 class StatusBook:

@@ -14,7 +14,6 @@ run's file; readers take the newest run (`latest_sql`, the one "newest run wins"
 from __future__ import annotations
 
 import os
-import uuid
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -22,7 +21,8 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from dplbench.results import location
+from dplbench import storage
+from dplbench.results.root import ResultsRoot
 
 # One row per (job, evaluated split). Partition columns (suite, method) live in the path.
 ROW_SCHEMA = pa.schema(
@@ -96,10 +96,6 @@ FILE_SCHEMA = pa.schema([f for f in ROW_SCHEMA if f.name not in PARTITIONS])
 LATEST_KEYS = ("job_id", "dataset", "subsample", "split")
 
 
-def new_run_id() -> str:
-    return uuid.uuid4().hex[:12]
-
-
 def result_row(**values: Any) -> dict[str, Any]:
     """One `rows` row, checked against the schema: a missing or misspelled column is an error."""
     names = set(ROW_SCHEMA.names)
@@ -109,13 +105,9 @@ def result_row(**values: Any) -> dict[str, Any]:
     return {name: values[name] for name in ROW_SCHEMA.names}
 
 
-def _partition_dir(root: str | os.PathLike, table: str, suite: str, method: str) -> str:
-    return location.join(root, table, f"suite={suite}", f"method={method}")
-
-
 def write_parquet(table: pa.Table, path: str | os.PathLike) -> str:
-    """One Parquet file, published whole (results/location.py)."""
-    return location.write(path, lambda tmp: pq.write_table(table, tmp))
+    """One Parquet file, published whole (dplbench/storage.py)."""
+    return storage.write(path, lambda tmp: pq.write_table(table, tmp))
 
 
 def write_rows(root: str | os.PathLike, rows: Sequence[Mapping[str, Any]]) -> Path:
@@ -129,10 +121,10 @@ def write_rows(root: str | os.PathLike, rows: Sequence[Mapping[str, Any]]) -> Pa
     table = pa.Table.from_pylist(
         [{k: result_row(**r)[k] for k in FILE_SCHEMA.names} for r in rows], schema=FILE_SCHEMA
     )
-    name = f"{first['job_id']}-{first['run_id']}.parquet"
-    return write_parquet(
-        table, location.join(_partition_dir(root, "rows", first["suite"], first["method"]), name)
+    path = ResultsRoot(root).table_file(
+        "rows", first["suite"], first["method"], first["job_id"], first["run_id"]
     )
+    return write_parquet(table, path)
 
 
 def write_epochs(
@@ -149,8 +141,10 @@ def write_epochs(
         raise ValueError(f"epoch row: unknown columns {bad}")
     schema = pa.schema(list(EPOCH_SCHEMA_FIXED) + [(k, pa.float64()) for k in extra])
     table = pa.Table.from_pylist([{k: r.get(k) for k in schema.names} for r in rows], schema=schema)
-    name = f"{rows[0]['job_id']}-{rows[0]['run_id']}.parquet"
-    return write_parquet(table, location.join(_partition_dir(root, "epochs", suite, method), name))
+    path = ResultsRoot(root).table_file(
+        "epochs", suite, method, rows[0]["job_id"], rows[0]["run_id"]
+    )
+    return write_parquet(table, path)
 
 
 def sql_string(value: str | os.PathLike) -> str:
@@ -162,14 +156,14 @@ def parquet_relation(con, root: str | os.PathLike, table: str, hive: bool = True
     """A SQL source over the Parquet files under root/table: DuckDB's own reader for a local
     folder; on an object store a pyarrow dataset registered in `con` (DuckDB's httpfs extension
     would be a download at run time)."""
-    folder = location.join(root, table)
-    if not location.is_uri(folder):
+    folder = ResultsRoot(root).table(table)
+    if not storage.is_uri(folder):
         pattern = sql_string(Path(folder) / "**" / "*.parquet")
         return f"read_parquet({pattern}, hive_partitioning={str(hive).lower()}, union_by_name=true)"
     import pyarrow.dataset as ds
 
-    fs, inner = location.filesystem(folder)
-    files = [location.filesystem(f)[1] for f in location.listdir(folder, "*.parquet", True)]
+    fs, inner = storage.filesystem(folder)
+    files = [storage.filesystem(f)[1] for f in storage.listdir(folder, "*.parquet", True)]
     # union_by_name: files of one table may differ (loss_<term> columns by method)
     schema = pa.unify_schemas([pq.read_schema(f, filesystem=fs) for f in files])
     keys = dict.fromkeys(
@@ -203,7 +197,7 @@ def latest_sql(source: str, keys: Sequence[str], order: str = "created_at") -> s
 
 
 def has_rows(root: str | os.PathLike, table: str = "rows") -> bool:
-    return bool(location.listdir(location.join(root, table), "*.parquet", recursive=True))
+    return bool(storage.listdir(ResultsRoot(root).table(table), "*.parquet", recursive=True))
 
 
 def connect(root: str | os.PathLike):

@@ -18,11 +18,13 @@ from typing import Any
 
 import pyarrow as pa
 
+from dplbench import storage
 from dplbench.plan.jobs import Job
 from dplbench.plan.sweeps import Sweep, Trial, best_overrides
-from dplbench.results import location, store
+from dplbench.results import store
 from dplbench.results.aggregate import harmonic_mean
 from dplbench.results.markdown import fmt, md_table
+from dplbench.results.root import ResultsRoot
 
 TERMINAL_KEEP = ("done", "stopped")  # statuses --resume keeps; failed trials run again
 
@@ -57,7 +59,7 @@ def trial_test_metrics(rows: Sequence[dict[str, Any]]) -> dict[str, float | None
 
 
 def sweep_dir(results_root: str, name: str) -> str:
-    return location.join(results_root, "sweeps", name)
+    return ResultsRoot(results_root).sweep_dir(name)
 
 
 def trial_rows(
@@ -94,7 +96,7 @@ def trial_rows(
 
 def write_trial(results_root: str, sweep: str, run_id: str, rows: list[dict[str, Any]]) -> str:
     name = f"{rows[0]['trial']}-{run_id}.parquet"
-    path = location.join(sweep_dir(results_root, sweep), "trials", name)
+    path = storage.join(sweep_dir(results_root, sweep), "trials", name)
     return store.write_parquet(pa.Table.from_pylist(rows), path)
 
 
@@ -103,7 +105,7 @@ def read_trials(results_root: str, sweep: str) -> list[dict[str, Any]]:
     import duckdb
 
     folder = sweep_dir(results_root, sweep)
-    if not location.listdir(location.join(folder, "trials"), "*.parquet"):
+    if not storage.listdir(storage.join(folder, "trials"), "*.parquet"):
         return []
     con = duckdb.connect()
     source = store.parquet_relation(con, folder, "trials", hive=False)
@@ -212,20 +214,20 @@ def write_outputs(result: SweepResult, out: str) -> dict[str, str]:
     """summary.md, objective.png and best.txt, each written atomically."""
     from dplbench.results.plots import objective_plot
 
-    files = {"trials": location.join(out, "trials")}
-    files["summary"] = location.write(location.join(out, "summary.md"), summary_markdown(result))
+    files = {"trials": storage.join(out, "trials")}
+    files["summary"] = storage.write(storage.join(out, "summary.md"), summary_markdown(result))
     if result.records:
         fig = objective_plot(result.trials(), result.sweep.params, result.sweep.name)
-        files["plot"] = location.write(
-            location.join(out, "objective.png"), partial(fig.savefig, format="png", dpi=110)
+        files["plot"] = storage.write(
+            storage.join(out, "objective.png"), partial(fig.savefig, format="png", dpi=110)
         )
     setting = result.best_setting()
     if setting:
         best = " ".join(best_overrides(setting)) + "\n"
-        files["best"] = location.write(location.join(out, "best.txt"), best)
+        files["best"] = storage.write(storage.join(out, "best.txt"), best)
     return files
 
 
 def write_description(sweep: Sweep, out: str) -> str:
     text = json.dumps(describe(sweep), indent=1, default=str)
-    return location.write(location.join(out, "sweep.json"), text)
+    return storage.write(storage.join(out, "sweep.json"), text)

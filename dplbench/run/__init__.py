@@ -1,1 +1,6 @@
-"""How it runs: the per-worker train/eval loop (no Ray) and the one Ray launcher."""
+"""How it runs: `execute(plan, request)` (run/executor.py) and what it drives: the one Ray
+launcher (launcher.py), the workers (worker.py, train_loop.py), leases, tracking."""
+
+from dplbench.run.executor import Execution, execute
+
+__all__ = ["Execution", "execute"]

@@ -19,7 +19,8 @@ from typing import Any, Protocol
 
 import torch
 
-from dplbench.results import location
+from dplbench import storage
+from dplbench.results.root import CHECKPOINT_PATTERN, ResultsRoot
 
 STATE_FILE = "state.pt"
 
@@ -36,45 +37,27 @@ class WorkerContext(Protocol):
 
 
 class CheckpointStore:
-    """One job run's checkpoints on the results root (local or object store):
-
-        R/checkpoints/<job_id>/<run_name>/epoch_XXX.pt     the newest epoch's is kept
-
-    `run_name` is `<job_id>-<run_id>`; with --resume it is the job's earlier run whose newest
-    checkpoint is the latest (`run_name`), so the resumed run continues from there."""
+    """One job run's checkpoints on the results root (local or object store), the newest epoch's
+    kept (results/root.py). `run_name` is `<job_id>-<run_id>`; with --resume it is the job's
+    earlier run whose newest checkpoint is the latest (`ResultsRoot.resume_run`), so the resumed
+    run continues from there. Plain trials, DDP workers and --no-ray runs all restart from here."""
 
     def __init__(self, results_root: str, job_id: str, run_name: str) -> None:
-        self.dir = location.join(results_root, "checkpoints", job_id, run_name)
+        self.dir = ResultsRoot(results_root).checkpoints(job_id, run_name)
         self._restored: tempfile.TemporaryDirectory | None = None
 
-    @staticmethod
-    def run_name(results_root: str, job_id: str, run_id: str, resume: bool) -> str:
-        if resume:
-            runs = location.subdirs(location.join(results_root, "checkpoints", job_id))
-            newest = {
-                r: max(
-                    location.listdir(location.join(results_root, "checkpoints", job_id, r)),
-                    default="",
-                )
-                for r in runs
-                if r.startswith(f"{job_id}-")
-            }
-            if newest and max(newest.values()):
-                return max(newest, key=lambda r: newest[r].rsplit("/", 1)[-1])
-        return f"{job_id}-{run_id}"
-
     def _files(self) -> list[str]:
-        return location.listdir(self.dir, "epoch_[0-9][0-9][0-9].pt")
+        return storage.listdir(self.dir, CHECKPOINT_PATTERN)
 
     def save(self, epoch: int, checkpoint_dir: str) -> None:
         older = self._files()
         name = f"epoch_{epoch:03d}.pt"
-        location.write(
-            location.join(self.dir, name), (Path(checkpoint_dir) / STATE_FILE).read_bytes()
+        storage.write(
+            storage.join(self.dir, name), (Path(checkpoint_dir) / STATE_FILE).read_bytes()
         )
         for path in older:  # the newest is all a restart or --resume needs
             if not path.endswith(name):
-                location.remove(path)
+                storage.remove(path)
 
     def latest(self) -> str | None:
         """A local folder holding the newest checkpoint's STATE_FILE, or None."""
@@ -82,7 +65,7 @@ class CheckpointStore:
         if not files:
             return None
         self._restored = tempfile.TemporaryDirectory()
-        (Path(self._restored.name) / STATE_FILE).write_bytes(location.read_bytes(files[-1]))
+        (Path(self._restored.name) / STATE_FILE).write_bytes(storage.read_bytes(files[-1]))
         return self._restored.name
 
 

@@ -11,10 +11,9 @@ from __future__ import annotations
 import traceback
 from datetime import datetime, timezone
 
+from dplbench import storage
 from dplbench.errors import UserError
-from dplbench.results import location
-
-LOG_DIR = "logs"
+from dplbench.results.root import ResultsRoot
 
 
 class JobFailed(RuntimeError):
@@ -29,8 +28,7 @@ class JobFailed(RuntimeError):
 
 
 def log_path(results_root: str, job_id: str, run_id: str, rank: int = 0) -> str:
-    suffix = f".rank{rank}" if rank else ""
-    return location.join(results_root, LOG_DIR, f"{job_id}-{run_id}{suffix}.log")
+    return ResultsRoot(results_root).log(job_id, run_id, rank)
 
 
 def root_cause(exc: BaseException) -> BaseException:
@@ -84,4 +82,4 @@ def write_log(path: str, header: str, exc: BaseException) -> str:
     """The failure's full traceback, with a header saying which job and when."""
     when = datetime.now(timezone.utc).isoformat(timespec="seconds")
     trace = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-    return location.write(path, f"{header}\n{when}\n\n{trace}")
+    return storage.write(path, f"{header}\n{when}\n\n{trace}")

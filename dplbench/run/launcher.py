@@ -1,27 +1,28 @@
 """Everything Ray, in one place: jobs launched as Ray Tune trials, one Ray Train run per job.
 
 `dplbench run`, `tune` and `ablate` all go through `launch` (one Tuner: trial resources,
-concurrency, failure handling, events to the driver, placement-group cleanup), and every job
-inside a trial through `fit_job` (one `TorchTrainer`: DDP workers, per-epoch checkpoints, worker
-restarts). Two kinds of trial share them (run/trials.py): `job_trial` (one job, `dplbench run`)
-and `sweep_trial` (one sweep setting: its jobs at once, the validation objective reported every
+concurrency, failure handling, events to the driver, placement-group cleanup). Each trial gets one
+typed, frozen `TrialSpec` (its jobs, their checkpoint runs, the run settings, the resources). Two
+kinds of trial run on it (run/trials.py): `job_trial` (one job, `dplbench run` / `ablate`) and
+`sweep_trial` (one sweep setting: its jobs at once, the validation objective reported every
 epoch for ASHA).
 
-Why Tune: it is Ray's supported way to run many Train runs at once (docs/ray-notes.md), with per-trial
-failure isolation and callbacks for the live table. Tune does not count the Train workers'
-resources, so `concurrency` bounds the trials by what their workers need, and each trial itself
-holds only a token of memory.
+A job runs in its trial's own process (a plain trial: single-worker jobs) or as one Ray Train
+`TorchTrainer` (`fit_job`: DDP workers, worker restarts). Both keep their checkpoints in the
+results root (`CheckpointStore`, one per job run) and restart from there: a plain trial that died
+is restarted by Tune, a DDP worker group by Train (`FailureConfig(max_failures)`), and `--resume`
+continues each job's run whose newest checkpoint is the latest (`ResultsRoot.resume_run`).
 
-Train runs are named `<job_id>-<run_id>`; `--resume` reuses a job's newest run name, and Ray then
-restarts it from its last per-epoch checkpoint. `FailureConfig(max_failures)` does the same after
-a worker dies mid-job.
+Why Tune: it is Ray's supported way to run many Train runs at once (docs/operating.md §5), with
+per-trial failure isolation and callbacks for the live table. Tune does not count the Train
+workers' resources, so `concurrency` bounds the trials by what their workers need, and each trial
+itself holds only a token of memory.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -31,9 +32,10 @@ from typing import Any
 import ray.tune as tune
 import torch
 
+from dplbench import storage
 from dplbench.errors import ConfigError
 from dplbench.plan.jobs import Job
-from dplbench.results import location
+from dplbench.results.root import ResultsRoot
 from dplbench.run import placement_groups
 from dplbench.run.context import CheckpointStore, LocalContext
 from dplbench.run.failures import one_line
@@ -42,24 +44,50 @@ from dplbench.run.worker import final_val_accuracy, run_job
 
 log = logging.getLogger(__name__)
 
-# A trial only drives its TorchTrainers and sleeps: it reserves a token of memory and no CPU
-# (Tune refuses an empty request, and a CPU sliver per trial would keep whole workers off a node).
+# A trial that only drives TorchTrainers reserves a token of memory and no CPU (Tune refuses an
+# empty request, and a CPU sliver per trial would keep whole workers off a node).
 TRIAL_RESOURCES = {"memory": 2**20}
-# Train's controller retries a worker group that cannot start forever unless limited (docs/ray-notes.md).
+# Train's controller retries a worker group that cannot start forever unless limited
+# (docs/operating.md §5).
 CONTROLLER_FAILURE_LIMIT = 1
-# The newest checkpoint is all a restart or --resume needs.
-CHECKPOINTS_KEPT = 1
+
+
+@dataclass(frozen=True)
+class WorkerResources:
+    gpus: int  # GPUs of the run in all (0: CPU workers)
+    gpu_share: float  # of one GPU per worker (1 / jobs per GPU)
+    cpus_per_worker: float
+    max_failures: int  # restarts of a job from its last checkpoint
+    train_storage: str  # Ray Train's own run state (R/ray/.../jobs)
+
+
+@dataclass(frozen=True)
+class TrialSpec:
+    """One Tune trial's work, typed: its jobs, the checkpoint run each job writes to, how they
+    run. Travels to the trial's process as its config (`config["spec"]`)."""
+
+    key: str
+    jobs: tuple[Job, ...]
+    run_names: tuple[str, ...]  # per job, in order: its CheckpointStore run
+    settings: RunSettings
+    resources: WorkerResources
+    plain: bool  # single-worker jobs in the trial's own process (no TorchTrainer)
+    pg_dir: str  # where its Train runs announce their placement groups
+
+    def run_name(self, job: Job) -> str:
+        return self.run_names[self.jobs.index(job)]
 
 
 # ---- on the Train workers ------------------------------------------------------------------
 
 
 class RayTrainContext:
-    """WorkerContext on a Ray Train worker. Rank 0 leaves its placement group's id under `pg_dir`
-    (see run/placement_groups.py) and, in sweeps, streams each epoch's validation accuracy to
-    the trial through `queue`."""
+    """WorkerContext on a Ray Train worker. Checkpoints go to the results root like every other
+    run's (rank 0 writes; every rank of a restarted group reads the newest). Rank 0 leaves its
+    placement group's id under `pg_dir` (see run/placement_groups.py) and, in sweeps, streams
+    each epoch's validation accuracy to the trial through `queue`."""
 
-    def __init__(self, job_id: str, queue: Any = None, pg_dir: str | None = None) -> None:
+    def __init__(self, job: Job, spec: TrialSpec, queue: Any = None) -> None:
         import ray
         import ray.train
         import ray.train.torch
@@ -70,17 +98,19 @@ class RayTrainContext:
         self.node = ray.get_runtime_context().get_node_id()
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)
-        self.job_id, self.queue = job_id, queue
+        self.job_id, self.queue = job.id, queue
+        self.store = CheckpointStore(spec.settings.results, job.id, spec.run_name(job))
         self.reports = 0
         self.last_val: float | None = None
-        if self.rank == 0 and pg_dir:
-            placement_groups.announce(pg_dir, job_id)
+        if self.rank == 0:
+            placement_groups.announce(spec.pg_dir, job.id)
 
     def report(self, metrics: dict[str, Any], checkpoint_dir: str | None) -> None:
         import ray.train
 
-        ckpt = ray.train.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
-        ray.train.report(metrics, checkpoint=ckpt)  # checkpoint first: a restart starts after it
+        if checkpoint_dir and self.rank == 0:  # checkpoint first: a restart starts after it
+            self.store.save(int(metrics["epoch"]), checkpoint_dir)
+        ray.train.report(metrics)
         self.reports += 1
         if metrics.get("val_accuracy") is not None:
             self.last_val = float(metrics["val_accuracy"])
@@ -88,57 +118,49 @@ class RayTrainContext:
                 self.queue.put((self.job_id, int(metrics["epoch"]), self.last_val))
 
     def latest_checkpoint(self) -> str | None:
-        import ray.train
-
-        ckpt = ray.train.get_checkpoint()
-        return ckpt.to_directory() if ckpt is not None else None
+        return self.store.latest()
 
 
-def run_in_trial(job: Job, settings: RunSettings, run_name: str) -> dict[str, Any]:
+def run_in_trial(job: Job, spec: TrialSpec) -> dict[str, Any]:
     """One single-worker job in this Tune trial's process (a plain trial): checkpoints in the
     results root, each epoch's metrics reported to Tune (the live table, ASHA)."""
     import ray
 
     ctx = LocalContext(
-        settings.results,
+        spec.settings.results,
         job.id,
-        run_name,
+        spec.run_name(job),
         node=ray.get_runtime_context().get_node_id(),
         also_report=tune.report,
     )
     if ctx.device.type == "cuda":
         torch.cuda.set_device(ctx.device)
-    return {"rows": run_job(job, settings, ctx)}
+    return {"rows": run_job(job, spec.settings, ctx)}
 
 
 def _train_worker(config: dict[str, Any]) -> dict[str, Any] | None:
     logging.basicConfig(level=logging.WARNING)
-    job, settings = config["job"], config["settings"]
-    ctx = RayTrainContext(job.id, config.get("queue"), config.get("pg_dir"))
-    rows = run_job(job, settings, ctx)
+    job, spec = config["job"], config["spec"]
+    ctx = RayTrainContext(job, spec, config.get("queue"))
+    rows = run_job(job, spec.settings, ctx)
     val = None
-    if settings.val_each_epoch:
+    if spec.settings.val_each_epoch:
         # Every rank reported the same epochs, so every rank takes this branch or none.
-        val = ctx.last_val if ctx.reports else final_val_accuracy(job, settings, ctx)
+        val = ctx.last_val if ctx.reports else final_val_accuracy(job, spec.settings, ctx)
     return {"rows": rows, "val_accuracy": val} if ctx.rank == 0 else None
 
 
 def fit_job(
-    job: Job,
-    settings: RunSettings,
-    ex: dict[str, Any],
-    run_name: str,
-    queue: Any = None,
-    pg_dir: str | None = None,
-    report_to_tune: bool = False,
+    job: Job, spec: TrialSpec, queue: Any = None, report_to_tune: bool = False
 ) -> dict[str, Any] | None:
     """One job as one Ray Train run (the only `TorchTrainer` of the project); returns rank 0's
     rows (and validation accuracy in sweeps)."""
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    use_gpu = ex["gpus"] > 0
-    per_worker = {"CPU": ex["cpus_per_worker"], **({"GPU": ex["gpu_share"]} if use_gpu else {})}
+    res = spec.resources
+    use_gpu = res.gpus > 0
+    per_worker = {"CPU": res.cpus_per_worker, **({"GPU": res.gpu_share} if use_gpu else {})}
     callbacks = []
     if report_to_tune:
         from ray.tune.integration.ray_train import TuneReportCallback
@@ -146,17 +168,18 @@ def fit_job(
         callbacks.append(TuneReportCallback())
     trainer = TorchTrainer(
         _train_worker,
-        train_loop_config={"job": job, "settings": settings, "queue": queue, "pg_dir": pg_dir},
+        train_loop_config={"job": job, "spec": spec, "queue": queue},
         scaling_config=ScalingConfig(
             num_workers=job.workers, use_gpu=use_gpu, resources_per_worker=per_worker
         ),
         run_config=RunConfig(
-            name=run_name,
-            storage_path=ex["storage"],
+            # A fresh name per run: Train would otherwise resume its own state; our checkpoints
+            # (CheckpointStore) decide where a job continues.
+            name=f"{spec.run_name(job)}-{spec.settings.run_id}",
+            storage_path=res.train_storage,
             failure_config=FailureConfig(
-                max_failures=ex["max_failures"], controller_failure_limit=CONTROLLER_FAILURE_LIMIT
+                max_failures=res.max_failures, controller_failure_limit=CONTROLLER_FAILURE_LIMIT
             ),
-            checkpoint_config=CheckpointConfig(num_to_keep=CHECKPOINTS_KEPT),
             callbacks=callbacks,
         ),
     )
@@ -179,25 +202,27 @@ class TrialEnd:
 # (trial key, state, info): state running | result | done | stopped | failed; info carries the
 # Tune result ("result") or {"last": last result, "error": one line} when a trial ends.
 TrialEvent = Callable[[str, str, dict[str, Any]], None]
-# Tune pickles its callbacks; the driver's sinks (live tables, record writers) stay here, found by
-# a token.
-_SINKS: dict[str, TrialEvent] = {}
 
 
 class _TrialEvents(tune.Callback):
-    def __init__(self, token: str) -> None:
-        self.token = token
+    """Tune's trial callbacks -> the driver's event sink. Tune may pickle its callbacks with the
+    experiment state; the sink (live tables, record writers) stays with the driver's own copy."""
+
+    def __init__(self, sink: TrialEvent | None) -> None:
+        self.sink = sink
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "sink": None}
 
     def _emit(self, trial, state: str, info: dict) -> None:
+        spec: TrialSpec = trial.config["spec"]
         if state in ("done", "stopped", "failed"):
-            pg_dir = trial.config["cfg"]["pg_dir"]
             if state != "done":  # its Train placement groups may outlive it
-                placement_groups.release(pg_dir)
-            for f in location.listdir(pg_dir):
-                location.remove(f)
-        sink = _SINKS.get(self.token)
-        if sink is not None:
-            sink(trial.config["cfg"]["key"], state, info)
+                placement_groups.release(spec.pg_dir)
+            for f in storage.listdir(spec.pg_dir):
+                storage.remove(f)
+        if self.sink is not None:
+            self.sink(spec.key, state, info)
 
     def on_trial_start(self, iteration, trials, trial, **info):
         self._emit(trial, "running", {})
@@ -252,14 +277,6 @@ def init_ray(opts: ExecOptions) -> None:
         ray.init(num_cpus=opts.cpus, num_gpus=opts.gpus, **kw)
 
 
-def ray_log_path(settings: RunSettings) -> Path:
-    """R/logs/ray-<run>.log; a local temporary folder when results live on an object store (a
-    log file is appended to, which object stores cannot do)."""
-    root = settings.results
-    logs = Path(tempfile.gettempdir(), "dplbench-logs") if location.is_uri(root) else Path(root)
-    return logs / "logs" / f"ray-{settings.run_id}.log"
-
-
 def ray_log_to_file(path: Path) -> None:
     """Ray's own driver-side log lines (Tune's trial errors with their tracebacks, status lines)
     go to `path`, not the console: the live table and the one-line failures are the console's."""
@@ -305,15 +322,35 @@ def concurrency(workers_per_trial: int, opts: ExecOptions) -> int:
     return max(1, int(cpus // need))
 
 
-def run_name(storage: str, job: Job, run_id: str, resume: bool) -> str:
-    """`<job>-<run>`; with --resume the job's earlier run with the newest checkpoint (Ray names
-    checkpoints by time), which Ray restarts from that checkpoint."""
-    if resume:
-        previous = [d for d in location.subdirs(storage) if d.startswith(f"{job.id}-")]
-        newest = {d: max(location.subdirs(location.join(storage, d)), default="") for d in previous}
-        if previous:
-            return max(previous, key=lambda d: newest[d])
-    return f"{job.id}-{run_id}"
+def trial_specs(
+    trials: dict[str, list[Job]],
+    settings: RunSettings,
+    opts: ExecOptions,
+    plain: bool,
+    sweep: str | None = None,
+) -> list[TrialSpec]:
+    """The typed trials of a launch: each job's checkpoint run (fresh, or the one --resume
+    continues), the worker resources, where placement groups are announced."""
+    root = ResultsRoot(settings.results)
+    resources = WorkerResources(
+        gpus=opts.gpus,
+        gpu_share=1.0 / opts.jobs_per_gpu,
+        cpus_per_worker=opts.cpus_per_worker,
+        max_failures=opts.max_failures,
+        train_storage=storage.join(root.ray_storage(sweep), "jobs"),
+    )
+    return [
+        TrialSpec(
+            key=key,
+            jobs=tuple(jobs),
+            run_names=tuple(root.resume_run(j.id, settings.run_id, opts.resume) for j in jobs),
+            settings=settings,
+            resources=resources,
+            plain=plain,
+            pg_dir=root.placement_groups(settings.run_id, key, sweep),
+        )
+        for key, jobs in trials.items()
+    ]
 
 
 def launch(
@@ -321,60 +358,29 @@ def launch(
     trials: dict[str, list[Job]],
     settings: RunSettings,
     opts: ExecOptions,
-    storage: str,
     on_event: TrialEvent | None = None,
     scheduler: Any = None,
     plain: bool = False,
+    sweep: str | None = None,
 ) -> list[TrialEnd]:
     """Run `trials` (key -> its jobs) as Tune trials of `trainable` on Ray; returns how each
-    ended. Jobs' Train runs live under `storage/jobs`, the Tune experiment under `storage`.
+    ended. The Tune experiment lives under `ResultsRoot.ray_storage(sweep)`.
 
     plain: every trial is one single-worker job that the trial runs itself (no TorchTrainer, the
-    trial holds the job's CPU and GPU share); Tune restarts a trial that died, from the job's
-    checkpoints in the results root, and reuses trial actors, so imports and cached frozen models
-    survive from one job to the next."""
+    trial holds the job's CPU and GPU share); Tune restarts a trial that died, and reuses trial
+    actors, so imports and cached frozen models survive from one job to the next."""
     init_ray(opts)
-    jobs_storage = location.join(storage, "jobs")
-    ex = {
-        "gpus": opts.gpus,
-        "gpu_share": 1.0 / opts.jobs_per_gpu,
-        "cpus_per_worker": opts.cpus_per_worker,
-        "max_failures": opts.max_failures,
-        "storage": str(jobs_storage),
-    }
-
-    def names(jobs: list[Job]) -> dict[str, str]:
-        if plain:
-            return {
-                j.id: CheckpointStore.run_name(settings.results, j.id, settings.run_id, opts.resume)
-                for j in jobs
-            }
-        return {j.id: run_name(jobs_storage, j, settings.run_id, opts.resume) for j in jobs}
-
-    configs = [
-        {
-            "key": key,
-            "jobs": jobs,
-            "run_names": names(jobs),
-            "settings": settings,
-            "exec": ex,
-            "plain": plain,
-            "pg_dir": location.join(storage, "placement_groups", settings.run_id, key),
-        }
-        for key, jobs in trials.items()
-    ]
-    workers = max(sum(j.workers for j in jobs) for jobs in trials.values())
+    specs = trial_specs(trials, settings, opts, plain, sweep)
+    workers = max(sum(j.workers for j in s.jobs) for s in specs)
     resources = TRIAL_RESOURCES
     if plain:
         resources = {"CPU": opts.cpus_per_worker}
         if opts.gpus > 0:
-            resources["GPU"] = ex["gpu_share"]
-    token = f"{settings.run_id}-{time.time_ns()}"
-    if on_event is not None:
-        _SINKS[token] = on_event
+            resources["GPU"] = 1.0 / opts.jobs_per_gpu
+    experiment = ResultsRoot(settings.results).ray_storage(sweep)
     tuner = tune.Tuner(
         tune.with_resources(trainable, resources),
-        param_space={"cfg": tune.grid_search(configs)},
+        param_space={"spec": tune.grid_search(specs)},
         tune_config=tune.TuneConfig(
             scheduler=scheduler,
             max_concurrent_trials=concurrency(workers, opts),
@@ -382,8 +388,8 @@ def launch(
         ),
         run_config=tune.RunConfig(
             name=f"{settings.suite}-{settings.run_id}-{int(time.time())}",
-            storage_path=str(storage),
-            callbacks=[_TrialEvents(token)],
+            storage_path=str(experiment),
+            callbacks=[_TrialEvents(on_event)],
             # A failing trial is recorded and the others go on. Plain trials are restarted when
             # their process dies (TorchTrainers restart their own workers).
             failure_config=tune.FailureConfig(
@@ -392,16 +398,15 @@ def launch(
             verbose=0,
         ),
     )
-    ray_log_to_file(ray_log_path(settings))
+    ray_log_to_file(ResultsRoot(settings.results).ray_log(settings.run_id))
     before = placement_groups.snapshot()
     try:
         grid = tuner.fit()
     finally:
-        _SINKS.pop(token, None)
         placement_groups.remove_leaked(before)
     ends = {}
     for r in grid:
-        key = r.config["cfg"]["key"]
+        key = r.config["spec"].key
         last = r.metrics or {}
         if r.error is not None:
             ends[key] = TrialEnd(key, "failed", one_line(r.error))

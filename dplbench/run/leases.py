@@ -19,7 +19,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from dplbench.results import location
+from dplbench import storage
+from dplbench.results.root import ResultsRoot
 
 DEFAULT_TIMEOUT = 300.0  # seconds without renewal after which a lease is stale
 
@@ -51,8 +52,8 @@ class Leases:
     """The leases one driver holds, renewed by a background thread until `release`d."""
 
     def __init__(self, root: str, run_id: str, timeout: float = DEFAULT_TIMEOUT) -> None:
-        self.dir = location.join(root, "leases")
-        self.local = not location.is_uri(root)
+        self.root = ResultsRoot(root)
+        self.local = not storage.is_uri(root)
         self.host, self.pid = socket.gethostname(), os.getpid()
         self.owner = f"{self.host}:{self.pid}:{run_id}"
         self.timeout = timeout
@@ -62,7 +63,7 @@ class Leases:
         self._thread: threading.Thread | None = None
 
     def _path(self, job_id: str) -> str:
-        return location.join(self.dir, f"{job_id}.json")
+        return self.root.lease(job_id)
 
     def _record(self) -> str:
         return json.dumps(
@@ -73,8 +74,8 @@ class Leases:
         """Who holds the job's live lease (None: free or stale)."""
         path = self._path(job_id)
         try:
-            d = json.loads(location.read_text(path))
-            age = time.time() - (location.mtime(path) or 0.0)
+            d = json.loads(storage.read_text(path))
+            age = time.time() - (storage.mtime(path) or 0.0)
         except (FileNotFoundError, OSError, ValueError):
             return None
         if age > self.timeout or (d.get("host") == self.host and not _alive(int(d["pid"]))):
@@ -88,7 +89,7 @@ class Leases:
         path = self._path(job_id)
         created = False
         if self.local:
-            Path(self.dir).mkdir(parents=True, exist_ok=True)
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
             try:
                 fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
             except FileExistsError:
@@ -101,7 +102,7 @@ class Leases:
             held = self.holder(job_id)
             if held is not None and held.owner != self.owner:
                 return held
-            location.write(path, self._record())  # free, stale or ours: take it (over)
+            storage.write(path, self._record())  # free, stale or ours: take it (over)
             time.sleep(0.05)  # a driver taking it at the same moment: the last write wins
             current = self.holder(job_id)
             if current is not None and current.owner != self.owner:
@@ -118,7 +119,7 @@ class Leases:
             self.held.discard(job_id)
         held = self.holder(job_id)
         if held is None or held.owner == self.owner:
-            location.remove(self._path(job_id))
+            storage.remove(self._path(job_id))
 
     def release_all(self) -> None:
         for job_id in list(self.held):
@@ -140,6 +141,6 @@ class Leases:
                     if self.local:
                         os.utime(path)
                     else:
-                        location.write(path, location.read_bytes(path))
+                        storage.write(path, storage.read_bytes(path))
                 except (FileNotFoundError, OSError):
                     pass

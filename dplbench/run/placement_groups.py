@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 
-from dplbench.results import location
+from dplbench import storage
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +28,7 @@ def announce(pg_dir: str, job_id: str) -> None:
 
     pg = ray.util.get_current_placement_group()
     if pg is not None:
-        location.write(location.join(pg_dir, f"{job_id}-{pg.id.hex()}"), b"")
+        storage.write(storage.join(pg_dir, f"{job_id}-{pg.id.hex()}"), b"")
 
 
 def release(pg_dir: str) -> int:
@@ -41,7 +41,7 @@ def release(pg_dir: str) -> int:
     )
 
     removed = 0
-    for f in location.listdir(pg_dir, "*-*"):
+    for f in storage.listdir(pg_dir, "*-*"):
         pg = PlacementGroup(PlacementGroupID(bytes.fromhex(f.rsplit("-", 1)[1])))
         if placement_group_table(pg).get("state") not in (None, "REMOVED"):
             remove_placement_group(pg)

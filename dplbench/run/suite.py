@@ -10,12 +10,14 @@ import logging
 import time
 from dataclasses import dataclass, field, replace
 
+from dplbench import storage
 from dplbench.plan.jobs import Job
 from dplbench.plan.suites import Suite
-from dplbench.results import location, store
+from dplbench.results import store
+from dplbench.results.root import ResultsRoot
 from dplbench.results.status import StatusBook
 from dplbench.run import launcher
-from dplbench.run.context import CheckpointStore, LocalContext
+from dplbench.run.context import LocalContext
 from dplbench.run.failures import JobFailed, log_path
 from dplbench.run.launcher import TrialEvent
 from dplbench.run.leases import Leases
@@ -80,7 +82,6 @@ def run_jobs(
         {j.id: [j] for j in jobs},
         settings,
         opts,
-        location.join(settings.results, "ray"),
         on_event,
         plain=opts.plain_trials and all(j.workers == 1 for j in jobs),
     )
@@ -100,15 +101,15 @@ def _with_log(settings: RunSettings, job_id: str, error: str) -> str:
     if "(log: " in error:
         return error
     path = log_path(settings.results, job_id, settings.run_id)
-    if not location.exists(path):
-        location.write(path, f"job {job_id} failed on the cluster:\n{error}\n")
+    if not storage.exists(path):
+        storage.write(path, f"job {job_id} failed on the cluster:\n{error}\n")
     return f"{error} (log: {path})"
 
 
 def _run_local(job: Job, settings: RunSettings, emit: TrialEvent, resume: bool) -> JobOutcome:
     emit(job.id, "running", {})
     try:
-        name = CheckpointStore.run_name(settings.results, job.id, settings.run_id, resume)
+        name = ResultsRoot(settings.results).resume_run(job.id, settings.run_id, resume)
         ctx = LocalContext(
             settings.results, job.id, name, also_report=lambda m: emit(job.id, "result", m)
         )

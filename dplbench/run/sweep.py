@@ -14,7 +14,6 @@ from dataclasses import replace
 from typing import Any
 
 from dplbench.plan.sweeps import Sweep
-from dplbench.results import location
 from dplbench.results import sweeps as records
 from dplbench.results.sweeps import SweepResult
 from dplbench.run import launcher
@@ -79,9 +78,9 @@ def run_sweep(
             {t.key: list(t.jobs) for t in trials},
             settings,
             without_restarts(opts),
-            location.join(settings.results, "ray", "sweeps", sweep.name),
             record,
             _scheduler(sweep),
+            sweep=sweep.name,
         )
     result = SweepResult(sweep, records.read_trials(settings.results, sweep.name), skipped)
     result.files = records.write_outputs(result, out)

@@ -14,15 +14,14 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from dplbench.errors import ConfigError
-from dplbench.results import location
+from dplbench.request import TRACKERS
+from dplbench.results.root import ResultsRoot
 
 log = logging.getLogger(__name__)
-TRACKERS = ("mlflow", "tensorboard")
 # Metrics of an epoch report worth a chart (the rest are bookkeeping).
 _SKIP = {"epoch", "attempt", "samples", "trial_done", "node"}
 
@@ -42,7 +41,7 @@ class Tracker:
         if kind not in TRACKERS:
             raise ConfigError(f"--track {kind!r}: choose one of {', '.join(TRACKERS)}")
         self.kind, self.suite = kind, suite
-        local_root = results_root if not location.is_uri(results_root) else tempfile.gettempdir()
+        root = ResultsRoot(results_root)
         if kind == "mlflow":
             try:
                 import mlflow
@@ -54,7 +53,7 @@ class Tracker:
                 os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
             try:
                 self.client = mlflow.MlflowClient(
-                    uri or Path(local_root, "mlruns").resolve().as_uri()
+                    uri or root.tracking_dir("mlruns").resolve().as_uri()
                 )
                 exp = self.client.get_experiment_by_name(suite)
                 self.experiment = exp.experiment_id if exp else self.client.create_experiment(suite)
@@ -69,7 +68,7 @@ class Tracker:
                     "--track tensorboard needs tensorboardX: pip install 'dplbench[track]'"
                 ) from None
             self.writer_cls = SummaryWriter
-            self.where = uri or str(Path(local_root, "tensorboard", suite))
+            self.where = uri or str(root.tracking_dir("tensorboard", suite))
         self.runs: dict[str, Any] = {}
 
     def job_event(self, job: Any, state: str, info: dict[str, Any]) -> None:

@@ -8,26 +8,31 @@ restore.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
+import random
 import signal
 import tempfile
 import time
 from collections import defaultdict
+from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
 from dpl.methods.base import PromptedCLIP
 from dpl.optim import build_optimizer
 from dpl.schedules import set_lr
+from dplbench import storage
 from dplbench.data.epochs import train_loader
 from dplbench.data.transforms import ViewConfig
 from dplbench.data.view import DatasetView
 from dplbench.plan.jobs import Job
-from dplbench.results import location
+from dplbench.results.root import ResultsRoot
 from dplbench.run.context import STATE_FILE, WorkerContext
 from dplbench.run.evaluate import autocast, count_correct, evaluate, image_size
 from dplbench.run.settings import RunSettings
@@ -86,6 +91,18 @@ class _Step:
             return self.run(*args)
 
 
+@contextlib.contextmanager
+def rng_untouched(device: torch.device) -> Iterator[None]:
+    """Run a block without moving any random stream training draws from (torch's CPU and device
+    generators, Python's, NumPy's)."""
+    py, np_state = random.getstate(), np.random.get_state()
+    devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices, device_type=device.type):
+        yield
+    random.setstate(py)
+    np.random.set_state(np_state)
+
+
 def _to_device(batch: dict, device: torch.device) -> dict:
     return {
         k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()
@@ -101,9 +118,9 @@ def _fail_if_asked(job: Job, settings: RunSettings, epoch: int) -> None:
     prefix, _, at = spec.partition("@")
     if job.id.startswith(prefix) and epoch == int(at or 0):
         if how == "kill":
-            marker = location.join(settings.results, "logs", f".killed-{job.id}-{settings.run_id}")
-            if not location.exists(marker):
-                location.write(marker, b"")
+            marker = ResultsRoot(settings.results).marker("killed", f"{job.id}-{settings.run_id}")
+            if not storage.exists(marker):
+                storage.write(marker, b"")
                 os.kill(os.getpid(), signal.SIGKILL)
             return
         raise RuntimeError(f"job {job.id}: failure injected at epoch {epoch}")
@@ -113,9 +130,10 @@ def _count_attempt(job: Job, settings: RunSettings) -> int:
     """This start of the job's training in this run: 1, then 2 after a worker restart, ... (a
     marker per start; checkpoints cannot count them: a restart may come before the newest one
     is registered)."""
-    folder = location.join(settings.results, "logs", ".attempts")
-    n = len(location.listdir(folder, f"{job.id}-{settings.run_id}-*")) + 1
-    location.write(location.join(folder, f"{job.id}-{settings.run_id}-{n}"), b"")
+    root = ResultsRoot(settings.results)
+    folder = storage.parent(root.marker("attempts", "-"))
+    n = len(storage.listdir(folder, f"{job.id}-{settings.run_id}-*")) + 1
+    storage.write(root.marker("attempts", f"{job.id}-{settings.run_id}-{n}"), b"")
     return n
 
 
@@ -189,16 +207,18 @@ def train(
             n += 1
             samples += len(batch["label"])
         model.on_epoch_end(epoch, epochs)
-        val_accuracy = None
-        if val_view is not None:
-            c, n_val, _ = count_correct(model, val_view, settings, ctx)
-            val_accuracy = 100.0 * c / max(n_val, 1)
-        test = {}
-        if cfg.eval_every_epoch:  # the selection-gap table's data, nothing else
-            test = {f"test_{e['target'].subsample}": 100.0 * e["correct"] / max(e["total"], 1)
-                    for e in evaluate(model, job, settings, ctx)}  # fmt: skip
-        if val_view is not None or test:
-            model.set_classes(view.classnames, view.template, view.dataset)
+        val_accuracy, test = None, {}
+        # Scores between epochs draw from no training RNG stream (a DataLoader iterator takes its
+        # base seed from the global generator): the trained state is the same with or without.
+        with rng_untouched(ctx.device):
+            if val_view is not None:
+                c, n_val, _ = count_correct(model, val_view, settings, ctx)
+                val_accuracy = 100.0 * c / max(n_val, 1)
+            if settings.eval_every_epoch:  # the selection-gap table's data, nothing else
+                test = {f"test_{e['target'].subsample}": 100.0 * e["correct"] / max(e["total"], 1)
+                        for e in evaluate(model, job, settings, ctx)}  # fmt: skip
+            if val_view is not None or test:
+                model.set_classes(view.classnames, view.template, view.dataset)
         rows.append(
             {
                 "job_id": job.id,

@@ -13,7 +13,7 @@ import ray.tune as tune
 from dplbench.plan.jobs import Job
 from dplbench.results.sweeps import objective, trial_test_metrics
 from dplbench.run.failures import JobFailed, one_line
-from dplbench.run.launcher import fit_job, run_in_trial
+from dplbench.run.launcher import TrialSpec, fit_job, run_in_trial
 
 
 def job_trial(config: dict[str, Any]) -> None:
@@ -21,14 +21,13 @@ def job_trial(config: dict[str, Any]) -> None:
     TorchTrainer run; its epochs reach the live table through Tune, and the last report carries
     where it ran and what it scored. A job that fails ends the trial with its one line: retrying
     the same work would fail the same way (a process that dies is restarted by Tune)."""
-    cfg = config["cfg"]
-    (job,) = cfg["jobs"]
-    name = cfg["run_names"][job.id]
+    spec: TrialSpec = config["spec"]
+    (job,) = spec.jobs
     try:
-        if cfg["plain"]:
-            out = run_in_trial(job, cfg["settings"], name)
+        if spec.plain:
+            out = run_in_trial(job, spec)
         else:
-            out = fit_job(job, cfg["settings"], cfg["exec"], name, None, cfg["pg_dir"], True)
+            out = fit_job(job, spec, report_to_tune=True)
     except JobFailed as e:
         tune.report({"trial_done": 0, "failed": str(e)})
         return
@@ -60,16 +59,14 @@ def sweep_trial(config: dict[str, Any]) -> None:
     When ASHA stops the trial, Tune kills this actor, and with it the Train controllers it owns."""
     from ray.util.queue import Empty, Queue
 
-    cfg = config["cfg"]
-    jobs: list[Job] = list(cfg["jobs"])
+    spec: TrialSpec = config["spec"]
+    jobs: list[Job] = list(spec.jobs)
     queue = Queue(actor_options={"num_cpus": 0})  # 0: never waits for a CPU on a full cluster
     outcomes: dict[str, tuple[str, Any]] = {}
 
     def fit(job: Job) -> None:
         try:
-            out = fit_job(
-                job, cfg["settings"], cfg["exec"], cfg["run_names"][job.id], queue, cfg["pg_dir"]
-            )
+            out = fit_job(job, spec, queue)
             outcomes[job.id] = ("done", out)
         except BaseException as e:  # noqa: BLE001 - reported by the trial thread below
             outcomes[job.id] = ("failed", e)

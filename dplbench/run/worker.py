@@ -14,6 +14,7 @@ import io
 import json
 import random
 import time
+from dataclasses import replace
 from datetime import datetime, timezone
 from typing import Any
 
@@ -22,12 +23,16 @@ import open_clip
 import torch
 
 from dpl.backbone import BackboneConfig, load_clip
-from dpl.methods import build_method
+from dpl.config import MethodConfig
+from dpl.methods import build_method, load_plugins
 from dpl.methods.base import PromptedCLIP
+from dplbench import storage
 from dplbench.data.view import DatasetView
 from dplbench.errors import UserError
 from dplbench.plan.jobs import Job
-from dplbench.results import location, provenance, store
+from dplbench.plan.llm import cache_dir, check_cache
+from dplbench.results import provenance, store
+from dplbench.results.root import ResultsRoot
 from dplbench.run import failures
 from dplbench.run.context import WorkerContext
 from dplbench.run.evaluate import count_correct, evaluate
@@ -42,22 +47,20 @@ def seed_everything(seed: int) -> None:
 
 
 def final_state_path(results_root: str, job_id: str) -> str:
-    return location.join(results_root, "checkpoints", job_id, "final.pt")
+    return ResultsRoot(results_root).final_state(job_id)
 
 
 def load_final_state(model: PromptedCLIP, results_root: str, source: str, user: str) -> None:
     """Load the trainable state that job `source` left after training (`user`: who needs it, for
     the error)."""
     path = final_state_path(results_root, source)
-    if not location.exists(path):
+    if not storage.exists(path):
         raise UserError(
             f"{user} uses the prompts of job {source}, but {path} is missing; "
             "run the suite's training jobs first (dplbench run --resume)"
         )
     device = next(model.parameters()).device
-    state = torch.load(
-        io.BytesIO(location.read_bytes(path)), map_location=device, weights_only=True
-    )
+    state = torch.load(io.BytesIO(storage.read_bytes(path)), map_location=device, weights_only=True)
     model.load_trainable_state(state)
 
 
@@ -77,12 +80,24 @@ def frozen_clip(cfg: BackboneConfig, seed: int) -> open_clip.CLIP:
     return _FROZEN[key]
 
 
-def build_model(job: Job, ctx: WorkerContext) -> PromptedCLIP:
+def job_config(job: Job, settings: RunSettings) -> MethodConfig:
+    """The job's config as this run builds it: plug-in methods loaded, and LLM methods pointed
+    at this run's LLM cache (checked to hold what the job was planned with)."""
+    load_plugins(settings.plugins)
+    if job.llm is None:
+        return job.config
+    cache = settings.llm_cache or cache_dir()
+    check_cache(job, cache)
+    return replace(job.config, llm=replace(job.config.llm, cache=cache))
+
+
+def build_model(job: Job, settings: RunSettings, ctx: WorkerContext) -> PromptedCLIP:
     # Same seed on every rank while building: random-init weights (tests, smoke) and prompt inits
     # must be identical across DDP ranks. Then a per-rank seed for dropout draws and augmentation.
-    clip = frozen_clip(job.config.backbone, job.seed)
+    cfg = job_config(job, settings)
+    clip = frozen_clip(cfg.backbone, job.seed)
     seed_everything(job.seed)
-    model = build_method(job.config, clip).to(ctx.device)
+    model = build_method(cfg, clip).to(ctx.device)
     seed_everything(job.seed * 1000 + ctx.rank)
     return model
 
@@ -90,7 +105,7 @@ def build_model(job: Job, ctx: WorkerContext) -> PromptedCLIP:
 def final_val_accuracy(job: Job, settings: RunSettings, ctx: WorkerContext) -> float:
     """Validation accuracy of the job's final prompts (for a sweep job resumed after its last
     epoch: its epochs ran in an earlier, interrupted sweep, so none reported now)."""
-    model = build_model(job, ctx)
+    model = build_model(job, settings, ctx)
     load_final_state(model, settings.results, job.id, f"job {job.id}")
     t = job.train
     view = DatasetView.open(settings.data, t.dataset, "val", t.shots, t.seed, t.subsample, None)
@@ -117,7 +132,7 @@ def run_job(job: Job, settings: RunSettings, ctx: WorkerContext) -> list[dict]:
 
 def _run(job: Job, settings: RunSettings, ctx: WorkerContext, epoch_rows: list[dict]) -> list[dict]:
     wall = time.perf_counter()
-    model = build_model(job, ctx)
+    model = build_model(job, settings, ctx)
     train_s = 0.0
     if job.trains:
         tic = time.perf_counter()
@@ -125,7 +140,7 @@ def _run(job: Job, settings: RunSettings, ctx: WorkerContext, epoch_rows: list[d
         train_s = time.perf_counter() - tic
         if ctx.rank == 0:
             state = model.trainable_state()
-            location.write(
+            storage.write(
                 final_state_path(settings.results, job.id), lambda tmp: torch.save(state, tmp)
             )
     elif job.source is not None and model.trainable:

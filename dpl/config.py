@@ -1,4 +1,10 @@
-"""The one typed config every method is built from; each method registers its defaults."""
+"""Every typed config a method is built from, in one torch-free module: the frozen backbone, the
+prompts, DPL's plug-ins (IWTD, MAG, RER), LoRA, the LLM prompt source, losses, optimiser and the
+`MethodConfig` that holds them; and the strict nested construction (`from_dict`, `merge`,
+`to_dict`: unknown keys are errors). Each method registers its defaults (dpl/methods/catalog.py);
+the modules that build models import their config from here, so naming a method, resolving its
+recipe and planning a suite never import torch or open_clip.
+"""
 
 from __future__ import annotations
 
@@ -9,12 +15,101 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any
 
-from dpl.backbone import BackboneConfig
-from dpl.llm.prompt_source import LLMConfig
-from dpl.mag import MAGConfig
-from dpl.prompts import PromptConfig
-from dpl.residual_entropy import RERConfig
-from dpl.token_dropout import IWTDConfig
+# IWTD's importance scores (docs/method.md §3, dpl/importance.py) and drop modes (dpl/token_dropout.py).
+IMPORTANCE_SCORES = ("cls", "self", "cross")
+DROP_MODES = ("noise", "zero")
+
+
+@dataclass(frozen=True)
+class BackboneConfig:
+    """Which CLIP to load (docs/method.md §1: the frozen branch and the base of the learnable one)."""
+
+    model: str = "ViT-B-16"  # open_clip architecture name
+    pretrained: str | None = "openai"  # hub tag, local .pt/.bin/.safetensors path, or None (random)
+    quick_gelu: bool | None = None  # None: decided from the weights (see module docstring)
+    cache_dir: str | None = None  # hub cache, when a tag is downloaded
+
+
+@dataclass(frozen=True)
+class PromptConfig:
+    """Learnable context. depth = layers with their own prompts (0 = none): a count, or a fraction
+    of the tower (dpl/layers.py) so that settings carry over to deeper and shallower towers."""
+
+    n_ctx_text: int = 4
+    depth_text: int | float = 1  # 1: CoOp (layer 0 only); 0.75 (9 of 12): IVLP/PromptSRC/DPL/MaPLe
+    ctx_init: str = "a photo of a"  # layer-0 text context initialised from these words
+    n_ctx_vision: int = 0
+    depth_vision: int | float = 0
+    coupling: str = "none"  # "none" | "maple": vision prompts = Linear(text prompts) per layer
+    init_std: float = 0.02  # N(0, std) for every prompt not initialised from words
+
+    def __post_init__(self) -> None:
+        if self.coupling not in ("none", "maple"):
+            raise ValueError(f"prompts.coupling={self.coupling!r}: choose 'none' or 'maple'")
+
+
+@dataclass(frozen=True)
+class IWTDConfig:
+    """docs/method.md §3. Defaults: the paper's and the authors' release (noise mode)."""
+
+    enabled: bool = False
+    importance: tuple[str, ...] = ("cls", "self", "cross")  # non-empty subset, or ("uniform",)
+    p_min: float = 0.1
+    p_max: float = 0.5
+    drop_mode: str = "noise"  # "noise": h ⊙ ε, ε~N(1,σ²) (release) | "zero": inverted dropout
+    sigma: float = 0.03
+    text: bool = True  # act in the text encoder
+    vision: bool = True  # act in the vision encoder
+    # layers 0..n-1 (a count or a fraction of the tower, dpl/layers.py); None: the prompt depth
+    text_layers: int | float | None = None
+    vision_layers: int | float | None = None
+
+    def __post_init__(self) -> None:
+        names = set(self.importance)
+        if not names or not (names <= set(IMPORTANCE_SCORES) or names == {"uniform"}):
+            raise ValueError(
+                f"iwtd.importance={list(self.importance)}: use a non-empty subset of "
+                f"{list(IMPORTANCE_SCORES)} or ['uniform']"
+            )
+        if self.drop_mode not in DROP_MODES:
+            raise ValueError(f"iwtd.drop_mode={self.drop_mode!r}: choose one of {DROP_MODES}")
+        if not 0.0 <= self.p_min <= self.p_max < 1.0:
+            raise ValueError(f"iwtd: need 0 <= p_min <= p_max < 1, got {self.p_min}, {self.p_max}")
+
+    @property
+    def needs_attention(self) -> bool:
+        return bool({"cls", "self"} & set(self.importance))
+
+    @property
+    def needs_cross(self) -> bool:
+        return "cross" in self.importance
+
+
+@dataclass(frozen=True)
+class MAGConfig:
+    enabled: bool = False  # the alignment loss (the bridge also exists when S_cross needs it)
+    weight: float = 30.0
+    tokens: int = 64  # M
+    dim: int = 512
+    tau: float = 1.0
+
+
+@dataclass(frozen=True)
+class RERConfig:
+    enabled: bool = False
+    weight: float = 0.05  # w_res: the loss term is −w_res (H_t + H_v)
+    lambda0: float = 0.1
+    fixed_lambda: bool = False  # True: λ = λ0 throughout
+
+
+@dataclass(frozen=True)
+class LLMConfig:
+    """The LLM prompt source of `llamp` and `dpl-release`."""
+
+    cache: str | None = None  # directory written by `dplbench llm cache`
+    model: str | None = None  # HF id / dir the cache must come from (None: whichever it names)
+    n_tokens: int = 24  # P: DroPLe launch.sh --num_llm_prompts 24 (LLaMP: 16)
+    depth: int | float = 0.75  # text layers 0..depth-1 get LLM tokens: --llm_prompt_depth 9 of 12
 
 
 @dataclass(frozen=True)
@@ -134,10 +229,6 @@ class MethodConfig:
     dataset_template: str | None = None
     logit_scale: LogitScaleConfig = field(default_factory=LogitScaleConfig)
     cache_frozen_image_features: bool = True
-    # Harness: also evaluate the test split after every epoch, into the `epochs` table, for the
-    # report's selection-gap table only (the DPL release picks its best epoch on test data; the
-    # field reports the last). Never used to select anything.
-    eval_every_epoch: bool = False
 
     def __post_init__(self) -> None:
         checks = {

@@ -1,12 +1,14 @@
-"""Where results live: a local folder, or any pyarrow filesystem URI (`s3://bucket/prefix`,
-`gs://...`, `hdfs://...`) for clusters without a shared filesystem.
+"""Every file the harness reads or writes, local or remote, goes through here: one storage layer.
 
-Every file under the results root is written and read through here. Publishing keeps the
-store's guarantee either way: a reader sees a whole file or none. Locally that is a temporary name
-renamed into place (`dplbench/atomic.py`); on an object store a single PUT (a multipart upload
-completed at close) is already all-or-nothing, and the object's name carries the job and run, so no
-write replaces another's. Object-store credentials and endpoints come from the usual environment
-(`AWS_ACCESS_KEY_ID`, `AWS_ENDPOINT_URL`, ...), as Ray's own storage does.
+A location is a local path, or a URI: any pyarrow filesystem (`s3://bucket/prefix`, `gs://...`,
+`hdfs://...`) for clusters without a shared filesystem, and, for reading shards only, what
+WebDataset's `gopen` opens (`http(s)://...`, `pipe:CMD`).
+
+Publishing keeps one guarantee everywhere: a reader sees a whole file or none. Locally that is a
+temporary name in the same folder renamed into place (`write_atomic`); on an object store a single
+PUT (a multipart upload completed at close) is already all-or-nothing. Object-store credentials
+and endpoints come from the usual environment (`AWS_ACCESS_KEY_ID`, `AWS_ENDPOINT_URL`, ...), as
+Ray's own storage does.
 """
 
 from __future__ import annotations
@@ -15,16 +17,22 @@ import fnmatch
 import functools
 import os
 import tempfile
+import uuid
 from collections.abc import Callable
 from pathlib import Path
+from typing import IO, TYPE_CHECKING
 
-import pyarrow.fs as pafs
+if TYPE_CHECKING:
+    import pyarrow.fs as pafs
 
-from dplbench.atomic import write_atomic
+Data = str | bytes | Callable[[Path], None]
+# Schemes pyarrow has no filesystem for: streamed through WebDataset's gopen (read-only).
+_GOPEN_SCHEMES = ("http://", "https://", "pipe:")
 
 
 def is_uri(path: str | os.PathLike) -> bool:
-    return "://" in str(path)
+    s = str(path)
+    return "://" in s or s.startswith("pipe:")
 
 
 def join(root: str | os.PathLike, *parts: str) -> str:
@@ -38,14 +46,28 @@ def resolve(root: str | os.PathLike) -> str:
     return str(root) if is_uri(root) else str(Path(root).resolve())
 
 
+def parent(path: str | os.PathLike) -> str:
+    if is_uri(path):
+        return str(path).rstrip("/").rsplit("/", 1)[0]
+    return str(Path(path).parent)
+
+
+def name(path: str | os.PathLike) -> str:
+    return str(path).rstrip("/").rsplit("/", 1)[-1]
+
+
 @functools.cache
 def _filesystem(uri_head: str) -> pafs.FileSystem:
+    import pyarrow.fs as pafs
+
     fs, _ = pafs.FileSystem.from_uri(uri_head)
     return fs
 
 
 def filesystem(path: str | os.PathLike) -> tuple[pafs.FileSystem, str]:
     """(pyarrow filesystem, the path within it)."""
+    import pyarrow.fs as pafs
+
     path = str(path)
     if not is_uri(path):
         return pafs.LocalFileSystem(), str(Path(path).absolute())
@@ -55,13 +77,30 @@ def filesystem(path: str | os.PathLike) -> tuple[pafs.FileSystem, str]:
     return pafs.FileSystem.from_uri(path)
 
 
-def write(path: str | os.PathLike, data: str | bytes | Callable[[Path], None]) -> str:
+def write_atomic(path: str | os.PathLike, data: Data) -> Path:
+    """Write `data` (text, bytes, or a function that writes a given path) under a temporary name
+    in the same folder, then rename it into place. The temporary file never outlives a failure."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        if callable(data):
+            data(tmp)
+        else:
+            tmp.write_bytes(data.encode() if isinstance(data, str) else data)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def write(path: str | os.PathLike, data: Data) -> str:
     """Publish `data` (text, bytes, or a function that writes a given local path) at `path`."""
     if not is_uri(path):
         return str(write_atomic(path, data))
     if callable(data):
         with tempfile.TemporaryDirectory() as tmp:
-            local = Path(tmp) / Path(str(path)).name
+            local = Path(tmp) / name(path)
             data(local)
             data = local.read_bytes()
     fs, inner = filesystem(path)
@@ -70,11 +109,23 @@ def write(path: str | os.PathLike, data: str | bytes | Callable[[Path], None]) -
     return str(path)
 
 
+def open_input(path: str | os.PathLike) -> IO[bytes]:
+    """A binary stream of the file (shards are read as streams: nothing is staged on disk)."""
+    s = str(path)
+    if not is_uri(s):
+        return open(s, "rb")  # noqa: SIM115 - the caller closes it
+    if s.startswith(_GOPEN_SCHEMES):
+        from webdataset.gopen import gopen
+
+        return gopen(s, "rb")
+    fs, inner = filesystem(s)
+    return fs.open_input_stream(inner)
+
+
 def read_bytes(path: str | os.PathLike) -> bytes:
     if not is_uri(path):
         return Path(path).read_bytes()
-    fs, inner = filesystem(path)
-    with fs.open_input_stream(inner) as f:
+    with open_input(path) as f:
         return f.read()
 
 
@@ -85,12 +136,16 @@ def read_text(path: str | os.PathLike) -> str:
 def exists(path: str | os.PathLike) -> bool:
     if not is_uri(path):
         return Path(path).exists()
+    import pyarrow.fs as pafs
+
     fs, inner = filesystem(path)
     return fs.get_file_info(inner).type != pafs.FileType.NotFound
 
 
 def mtime(path: str | os.PathLike) -> float | None:
     """Seconds since the epoch of the last write, None when absent."""
+    import pyarrow.fs as pafs
+
     fs, inner = filesystem(path)
     info = fs.get_file_info(inner)
     if info.type == pafs.FileType.NotFound:
@@ -108,6 +163,8 @@ def remove(path: str | os.PathLike) -> None:
 
 def listdir(path: str | os.PathLike, pattern: str = "*", recursive: bool = False) -> list[str]:
     """Files under `path` whose base name matches `pattern`, as full paths/URIs, sorted."""
+    import pyarrow.fs as pafs
+
     fs, inner = filesystem(path)
     try:
         infos = fs.get_file_info(pafs.FileSelector(inner, recursive=recursive))
@@ -123,9 +180,19 @@ def listdir(path: str | os.PathLike, pattern: str = "*", recursive: bool = False
 
 def subdirs(path: str | os.PathLike) -> list[str]:
     """Names of the folders directly under `path` (object stores: common prefixes)."""
+    import pyarrow.fs as pafs
+
     fs, inner = filesystem(path)
     try:
         infos = fs.get_file_info(pafs.FileSelector(inner, recursive=False))
     except (FileNotFoundError, OSError):
         return []
     return sorted(i.base_name for i in infos if i.type == pafs.FileType.Directory)
+
+
+def local_dir(path: str | os.PathLike, fallback: str) -> Path:
+    """`path` itself when local; else a folder of this machine (`fallback` under the temporary
+    folder) for what must live on a local disk (appended logs, file-based trackers)."""
+    if is_uri(path):
+        return Path(tempfile.gettempdir(), fallback)
+    return Path(path)

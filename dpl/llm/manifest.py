@@ -1,0 +1,63 @@
+"""The LLM cache's layout on disk and its manifest (torch-free: planning reads manifests only).
+The layout is described in dpl/llm/cache.py; `dplbench llm cache` writes it (dplbench/llm/build.py).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+FORMAT = 1
+MANIFEST = "manifest.json"
+LAYER_FILE = "layer.safetensors"
+
+
+class CacheError(ValueError):
+    """A cache that is missing or does not fit the job; the message says how to make one."""
+
+
+def classes_sha(classnames: list[str] | tuple[str, ...]) -> str:
+    return hashlib.sha256("\n".join(classnames).encode()).hexdigest()
+
+
+def dataset_file(dataset: str) -> str:
+    return f"{dataset}.safetensors"
+
+
+def read_manifest(cache_dir: str | Path) -> dict:
+    path = Path(cache_dir) / MANIFEST
+    if not path.is_file():
+        raise CacheError(
+            f"no LLM cache at {cache_dir} ({MANIFEST} missing); make it with "
+            f"`dplbench llm cache --model <HF id or dir> --datasets ... --out {cache_dir}`"
+        )
+    manifest = json.loads(path.read_text())
+    if manifest.get("format") != FORMAT:
+        raise CacheError(f"{path}: cache format {manifest.get('format')}, expected {FORMAT}")
+    return manifest
+
+
+def identity(manifest: dict, datasets: list[str] | tuple[str, ...]) -> dict:
+    """What a job reads from a cache, as data that names no path: the LLM (its hub id and
+    revision, or the content hash of a local model folder), how the cache was made (format,
+    dtype, generation length, phrase extraction) and, per dataset the job reads, its class list's
+    and templates' hashes. Two caches with the same identity hold the same knowledge, wherever
+    they live; a job's id hashes this, never the cache's directory."""
+    out: dict = {
+        "model": manifest.get("model_sha256") and f"local:{manifest['model_sha256'][:16]}"
+        or manifest["model"],
+        "revision": manifest.get("revision"),
+        "format": manifest.get("format"),
+        "dtype": manifest.get("dtype"),
+        "datasets": {},
+    }
+    for d in sorted(set(datasets)):
+        e = manifest.get("datasets", {}).get(d)
+        out["datasets"][d] = None if e is None else {
+            "classes_sha": e["classes_sha"],
+            "templates_sha": hashlib.sha256("\n".join(e["templates"]).encode()).hexdigest(),
+            "max_new_tokens": e.get("max_new_tokens"),
+            "phrases": e.get("phrases"),
+        }
+    return out

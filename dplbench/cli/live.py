@@ -1,0 +1,213 @@
+"""The live tables of `run` / `ablate` (one line per job) and `tune` (one line per trial), fed by
+the trial events of `run.execute`, and the plan views of a dry run (table, or JSON per job)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sys
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from rich.live import Live
+from rich.table import Table
+
+from dplbench.cli.common import console
+
+STYLE = {"done": "green", "failed": "red", "running": "yellow", "stopped": "cyan", "queued": "dim"}
+
+
+def clock(seconds: float | None) -> str:
+    if seconds is None:
+        return ""
+    m, s = divmod(int(seconds), 60)
+    h, m = divmod(m, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+
+
+def scores(accuracy: dict | None) -> str:
+    """base / novel / HM for base-to-novel jobs, else the accuracy of each evaluated set."""
+    if not accuracy:
+        return ""
+    if {"base", "novel"} <= set(accuracy):
+        from dplbench.results.aggregate import harmonic_mean
+
+        b, n = accuracy["base"], accuracy["novel"]
+        return f"base {b:.1f}  novel {n:.1f}  HM {harmonic_mean([b, n]):.1f}"
+    return "  ".join(f"acc {v:.1f}" for v in accuracy.values())
+
+
+class JobTable:
+    """One line per job (state, elapsed time, epoch and loss while it trains, its scores once
+    done, its one-line cause once failed), and the suite's elapsed time, ETA and packing."""
+
+    def __init__(self, jobs, packing: str = "") -> None:
+        self.packing = packing
+        self.jobs = {j.id: j for j in jobs}
+        self.state = {j.id: "queued" for j in jobs}
+        self.detail = {j.id: "" for j in jobs}
+        self.started: dict[str, float] = {}
+        self.ended: dict[str, float] = {}
+        self.t0 = time.monotonic()
+        self.most_running = 1
+
+    def event(self, job_id: str, state: str, info: dict) -> None:
+        if state == "checked":  # the plan's pre-run checks: how jobs are packed
+            self.packing = info["checks"].packing
+            return
+        if job_id not in self.jobs:
+            return
+        j, now = self.jobs[job_id], time.monotonic()
+        if state == "result":
+            if "epoch" in info:
+                detail = f"epoch {int(info['epoch']) + 1}/{j.epochs}"
+                if info.get("loss") is not None:
+                    detail += f"  loss {info['loss']:.3f}"
+                self.detail[job_id] = detail
+            return
+        self.state[job_id] = state
+        if state == "running":
+            self.started.setdefault(job_id, now)
+            running = sum(1 for s in self.state.values() if s == "running")
+            self.most_running = max(self.most_running, running)
+        elif state in ("done", "failed", "stopped"):
+            self.ended[job_id] = now
+            if state == "done":
+                self.detail[job_id] = scores((info.get("last") or {}).get("accuracy"))
+            elif info.get("error"):
+                self.detail[job_id] = info["error"][:80]
+
+    def eta(self) -> float | None:
+        """Seconds left: the mean duration of finished jobs times the jobs left, spread over
+        as many as have run at once."""
+        took = [self.ended[k] - self.started[k] for k in self.ended if k in self.started]
+        left = sum(1 for s in self.state.values() if s in ("queued", "running"))
+        if not took or not left:
+            return None
+        return sum(took) / len(took) * left / self.most_running
+
+    def render(self) -> Table:
+        counts = {
+            s: sum(1 for v in self.state.values() if v == s)
+            for s in ("queued", "running", "done", "failed")
+        }
+        head = " · ".join(f"{k} {v}" for k, v in counts.items())
+        head += f" · elapsed {clock(time.monotonic() - self.t0)}"
+        if self.eta() is not None:
+            head += f" · ETA {clock(self.eta())}"
+        if self.packing:
+            head += f" · {self.packing}"
+        t = Table(title=head, title_justify="left")
+        cols = ("job", "method", "protocol", "train on", "evaluate", "seed", "state", "time")
+        for col in (*cols, "progress / result"):
+            t.add_column(col)
+        now = time.monotonic()
+        for jid, j in self.jobs.items():
+            state = self.state[jid]
+            evals = ",".join(f"{e.dataset}/{e.subsample}" for e in j.evals)
+            train = "–"
+            if j.trains:
+                train = f"{j.train.dataset}/{j.train.subsample}"
+                train += f" k{j.train.shots}" if j.train.shots else ""
+            took = None
+            if jid in self.started:
+                took = self.ended.get(jid, now) - self.started[jid]
+            t.add_row(
+                jid[:10], j.method, j.protocol, train, evals, str(j.seed),
+                f"[{STYLE[state]}]{state}[/]", clock(took), self.detail[jid],
+            )  # fmt: skip
+        return t
+
+
+class TrialTable:
+    """One line per sweep trial, updated from trial events."""
+
+    def __init__(self, sweep) -> None:
+        self.sweep = sweep
+        self.state = {t.key: ("queued", "", None) for t in sweep.trials}
+
+    def event(self, key: str, state: str, info: dict) -> None:
+        if key not in self.state:
+            return
+        old_state, epoch, obj = self.state[key]
+        if state == "result":
+            state = old_state
+        result = info.get("last", info)
+        if result.get("epoch"):
+            epoch = f"{int(result['epoch'])}/{self.sweep.epochs}"
+        if result.get("objective") is not None:
+            obj = result["objective"]
+        if state == "failed" and info.get("error"):
+            epoch = str(info["error"])[:60]
+        self.state[key] = (state, epoch, obj)
+
+    def render(self) -> Table:
+        counts: dict[str, int] = {}
+        for s, _, _ in self.state.values():
+            counts[s] = counts.get(s, 0) + 1
+        t = Table(title=" · ".join(f"{k} {v}" for k, v in counts.items()), title_justify="left")
+        for col in ("trial", *self.sweep.params, "jobs", "state", "epoch", "objective"):
+            t.add_column(col)
+        for trial in self.sweep.trials:
+            state, epoch, obj = self.state[trial.key]
+            t.add_row(
+                trial.key,
+                *(str(trial.setting.get(p, "")) for p in self.sweep.params),
+                str(len(trial.jobs)),
+                f"[{STYLE.get(state, 'dim')}]{state}[/]",
+                epoch,
+                "" if obj is None else f"{obj:.2f}",
+            )
+        return t
+
+
+@contextlib.contextmanager
+def live(table: JobTable | TrialTable) -> Iterator[Any]:
+    """Show `table` live while the block runs; yields the event sink that updates it. The final
+    table stays on screen (a terminal) or is printed once when the block ends (a log)."""
+    with Live(table.render(), console=console, auto_refresh=False, transient=False) as view:
+
+        def on_event(key: str, state: str, info: dict) -> None:
+            table.event(key, state, info)
+            view.update(table.render(), refresh=True)
+
+        yield on_event
+        view.update(table.render(), refresh=True)
+    if not console.is_terminal:  # Live ends a terminal's table with a newline, not a log's
+        console.line()
+
+
+def recipe_view(job) -> dict:
+    """One job as the recipe view shows it: what it trains on and its full resolved config."""
+    from dpl.config import to_dict
+
+    return {
+        "job_id": job.id,
+        "method": job.method,
+        "protocol": job.protocol,
+        "dataset": job.train.dataset,
+        "subsample": job.train.subsample,
+        "shots": job.train.shots,
+        "imbalance": job.train.imbalance,
+        "seed": job.seed,
+        "evaluates": [f"{e.dataset}/{e.subsample}" for e in job.evals],
+        "source_job_id": job.source,
+        "trains": job.trains,
+        "params": job.params,
+        "llm": job.llm,
+        "config": to_dict(job.config),
+    }
+
+
+def print_plan(table: JobTable | TrialTable, jobs, checks, what: str, fmt: str) -> None:
+    """A dry run: every planned job as JSON (one object per line), or the table, what it would
+    run and the pre-run checks' notes."""
+    if fmt == "json":
+        for j in jobs:
+            sys.stdout.write(json.dumps(recipe_view(j), sort_keys=True) + "\n")
+        return
+    console.print(table.render())
+    console.print(f"{what}; nothing was run (--dry-run)", highlight=False)
+    for line in checks.notes:
+        console.print(line, highlight=False, soft_wrap=True)

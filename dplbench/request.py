@@ -1,0 +1,237 @@
+"""`LaunchRequest`: everything `run`, `tune` and `ablate` are asked to do, typed and frozen.
+
+    what    Selection: the suite and how the command line restricts it (datasets, seeds, workers,
+            method-config overrides); the sweep or ablation itself is the plan (plan/)
+    where   data (shards root) and results (results root): local paths or URIs
+    how     resources and execution: GPUs, CPUs, DDP workers, loaders, packing, compile, Ray
+    policy  resume, bad data, leases, tracking, the LLM cache, per-epoch test scores
+    output  dry run, output format
+
+The command line builds one from one shared set of options (cli/options.py), generated from the
+fields below: a new execution option is one field here, with its help text, and every command has
+it. A notebook builds one directly and hands it to `dplbench.run.execute`, which does every
+pre-run check the command line gets:
+
+    from dplbench.plan.suites import load_suite
+    from dplbench.request import LaunchRequest
+    from dplbench.run import execute
+    result = execute(load_suite("smoke"), LaunchRequest())
+
+Torch-, Ray- and Typer-free: the command line imports it before it knows what it will run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from dplbench.errors import ConfigError
+
+
+def option(default: Any = None, help: str = "", **cli: Any) -> Any:
+    """A request field that is also a command-line option. cli: `flags` ("--ray/--no-ray"),
+    `kind` ("csv", "ints": a comma list on the command line), `metavar`."""
+    if isinstance(default, dict):
+        return field(default_factory=dict, metadata={"help": help, **cli})
+    return field(default=default, metadata={"help": help, **cli})
+
+
+# Where data and results live unless told: the environment, else folders here.
+DATA_DEFAULT = os.environ.get("DPLBENCH_DATA", "shards")
+RESULTS_DEFAULT = os.environ.get("DPLBENCH_RESULTS", "results")
+
+
+@dataclass(frozen=True)
+class Selection:
+    suite: str | None = option(
+        None, "suite name (configs/suites) or a YAML path (default: the command's)"
+    )
+    methods: tuple[str, ...] = option(
+        (), "comma list: restrict or replace the suite's methods", kind="csv", shared=False
+    )
+    datasets: tuple[str, ...] = option((), "comma list: restrict the suite's datasets", kind="csv")
+    seeds: tuple[int, ...] = option((), "comma list of seeds", kind="ints")
+    workers: int | None = option(None, "DDP workers per job")
+    plugins: tuple[str, ...] = option(
+        (), "a module that registers methods (repeatable; also $DPLBENCH_PLUGINS)",
+        flags="--plugin", kind="multi",
+    )  # fmt: skip
+    overrides: dict[str, Any] = option({}, "method config overrides key=value", shared=False)
+
+    def __post_init__(self) -> None:
+        if self.workers is not None and self.workers < 1:
+            raise ConfigError(f"--workers {self.workers}: at least 1")
+
+    @classmethod
+    def coerce(cls, value: Selection | Mapping[str, Any] | None) -> Selection:
+        """A Selection from itself, None, or a mapping of its fields (lists become tuples):
+        `load_suite("smoke", {"methods": ["coop"], "seeds": [1]})`."""
+        if value is None:
+            return cls()
+        if isinstance(value, cls):
+            return value
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(value) - names
+        if unknown:
+            raise ConfigError(
+                f"unknown selection {sorted(unknown)[0]!r}; valid: {', '.join(names)}"
+            )
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in value.items()})
+
+
+@dataclass(frozen=True)
+class Where:
+    data: str = option(DATA_DEFAULT, "shards root ($DPLBENCH_DATA)")
+    results: str = option(RESULTS_DEFAULT, "results root ($DPLBENCH_RESULTS)")
+
+
+COMPILE_HELP = (
+    "torch.compile the training step: reduce-overhead (CUDA graphs: the launch-bound DPL step), "
+    "default, max-autotune, or a backend (aot_eager); eager if it fails"
+)
+
+
+@dataclass(frozen=True)
+class How:
+    gpus: int = option(0, "GPUs to use in all (one per worker)")
+    cpus: int | None = option(None, "CPUs to use in all (default: all)")
+    address: str | None = option(None, "join a running Ray cluster (e.g. auto)")
+    loader_workers: int = option(2, "data loader processes per worker")
+    jobs_per_gpu: str = option(
+        "1",
+        "jobs sharing one GPU (fractional GPU resources); auto: as many as the calibrated peak "
+        "memory fits, capped by the CPUs per GPU (dplbench bench model calibrates)",
+    )
+    compile: str | None = option(None, COMPILE_HELP)
+    use_ray: bool = option(True, "--no-ray: jobs one after the other in this process",
+                           flags="--ray/--no-ray")  # fmt: skip
+
+    def __post_init__(self) -> None:
+        if self.gpus < 0 or (self.cpus is not None and self.cpus < 1):
+            raise ConfigError(f"--gpus {self.gpus} / --cpus {self.cpus}: GPUs >= 0, CPUs >= 1")
+        if self.loader_workers < 0:
+            raise ConfigError(f"--loader-workers {self.loader_workers}: 0 or more")
+        if self.jobs_per_gpu != "auto":
+            try:
+                ok = int(self.jobs_per_gpu) >= 1
+            except ValueError:
+                ok = False
+            if not ok:
+                raise ConfigError(
+                    f"--jobs-per-gpu {self.jobs_per_gpu!r}: a positive integer or auto"
+                )
+
+
+TRACKERS = ("mlflow", "tensorboard")
+
+
+@dataclass(frozen=True)
+class Policy:
+    resume: bool = option(False, "run only jobs (trials, variants) without results; failed and "
+                          "interrupted ones continue from their last checkpoint")  # fmt: skip
+    on_data_error: str = option(
+        "raise",
+        "a corrupt image: raise (the job fails, naming shard and sample) or skip it (counted in "
+        "the rows' `skipped` column and shown in the report)",
+    )
+    on_lease: str = option(
+        "skip", "a job another driver is running on this results root: skip it or wait for it"
+    )
+    track: str | None = option(
+        None, "stream per-epoch metrics and final scores to mlflow or tensorboard"
+    )
+    track_uri: str | None = option(
+        None, "MLflow tracking URI / TensorBoard log folder (default: under --results)"
+    )
+    llm_cache: str | None = option(
+        None,
+        "the LLM cache of llamp / dpl-release jobs (dplbench llm cache; default "
+        "$DPLBENCH_LLM_CACHE or ./llm-cache)",
+        flags="--llm-cache",
+    )
+    eval_every_epoch: bool = option(
+        False,
+        "also score the test split after every epoch, for the report's selection-gap table only "
+        "(never selects anything; does not change the job or its training)",
+    )
+
+    def __post_init__(self) -> None:
+        choices = {"on_data_error": ("raise", "skip"), "on_lease": ("skip", "wait")}
+        for key, allowed in choices.items():
+            if getattr(self, key) not in allowed:
+                flag = "--" + key.replace("_", "-")
+                raise ConfigError(f"{flag} {getattr(self, key)!r}: choose {' or '.join(allowed)}")
+        if self.track is not None and self.track not in TRACKERS:
+            raise ConfigError(f"--track {self.track!r}: choose one of {', '.join(TRACKERS)}")
+
+
+@dataclass(frozen=True)
+class Output:
+    dry_run: bool = option(False, "plan only: list the jobs (and trials), the checks, the estimate")
+    format: str = option("table", "--dry-run output: table | json (one object per job)")
+
+    def __post_init__(self) -> None:
+        if self.format not in ("table", "json"):
+            raise ConfigError(f"--format {self.format!r}: choose table or json")
+
+
+GROUPS = {"what": Selection, "where": Where, "how": How, "policy": Policy, "output": Output}
+
+
+@dataclass(frozen=True)
+class LaunchRequest:
+    what: Selection = field(default_factory=Selection)
+    where: Where = field(default_factory=Where)
+    how: How = field(default_factory=How)
+    policy: Policy = field(default_factory=Policy)
+    output: Output = field(default_factory=Output)
+
+    @classmethod
+    def of(cls, **values: Any) -> LaunchRequest:
+        """A request from flat field names: `LaunchRequest.of(gpus=8, suite="base2novel")`."""
+        groups: dict[str, dict[str, Any]] = {g: {} for g in GROUPS}
+        owner = {f.name: g for g, c in GROUPS.items() for f in dataclasses.fields(c)}
+        for key, value in values.items():
+            if key not in owner:
+                raise ConfigError(f"unknown request field {key!r}; valid: {', '.join(owner)}")
+            groups[owner[key]][key] = value
+        return cls(**{g: GROUPS[g](**kw) for g, kw in groups.items()})
+
+    def replace(self, **values: Any) -> LaunchRequest:
+        """A copy with some flat fields changed."""
+        flat = {f: v for g in GROUPS for f, v in dataclasses.asdict(getattr(self, g)).items()}
+        flat.update(values)
+        return LaunchRequest.of(**flat)
+
+    @property
+    def data(self) -> str:
+        from dplbench import storage
+
+        return storage.resolve(self.where.data)
+
+    @property
+    def results(self) -> str:
+        from dplbench import storage
+
+        return storage.resolve(self.where.results)
+
+    @property
+    def llm_cache(self) -> str:
+        """--llm-cache, else $DPLBENCH_LLM_CACHE, else ./llm-cache; absolute, so that every
+        worker reads the same directory (on a cluster: shared storage)."""
+        path = self.policy.llm_cache or os.environ.get("DPLBENCH_LLM_CACHE") or "llm-cache"
+        return str(Path(path).resolve())
+
+
+def request_fields() -> list[tuple[dataclasses.Field, Any]]:
+    """(field, its type) of every request field, in declaration order (cli/options.py)."""
+    out = []
+    for cls in GROUPS.values():
+        hints = typing.get_type_hints(cls)
+        out += [(f, hints[f.name]) for f in dataclasses.fields(cls)]
+    return out

@@ -1,0 +1,80 @@
+"""The checks before anything runs, for the command line and a notebook alike (`run.execute`):
+the LLM caches the jobs need, how many jobs share a GPU (`--jobs-per-gpu auto`), and what the
+plan will cost (plan/cost.py). Reads files only: a dry run imports neither torch nor Ray. The data
+itself is checked and prepared by run/prepare.py once the run is sure to start.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from dplbench.errors import ConfigError
+from dplbench.plan import cost
+from dplbench.plan.jobs import Job
+from dplbench.plan.llm import missing_caches
+from dplbench.request import LaunchRequest
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Preflight:
+    jobs: tuple[Job, ...]
+    jobs_per_gpu: int = 1
+    notes: list[str] = field(default_factory=list)  # what a dry run or the console should say
+    missing_caches: list[str] = field(default_factory=list)
+
+    @property
+    def packing(self) -> str:
+        return f"{self.jobs_per_gpu} jobs per GPU" if self.jobs_per_gpu > 1 else ""
+
+
+def resolve_jobs_per_gpu(
+    request: LaunchRequest, jobs: Sequence[Job], calib: cost.Calibration | None
+) -> tuple[int, str | None]:
+    value, gpus = request.how.jobs_per_gpu, request.how.gpus
+    if value != "auto":
+        return int(value), None
+    if not gpus:
+        return 1, None
+    cpus_per_gpu = (request.how.cpus or os.cpu_count() or 1) / gpus
+    n, why = cost.auto_jobs_per_gpu(calib, list(jobs), cpus_per_gpu, 1.0)
+    return n, f"--jobs-per-gpu auto: {why}"
+
+
+def estimate_line(
+    request: LaunchRequest, jobs: Sequence[Job], calib: cost.Calibration | None, per_gpu: int
+) -> str:
+    """GPU-hours and wall time of the jobs from this machine's bench calibration."""
+    if calib is None:
+        return "no calibration: run `dplbench bench model` for estimates"
+    gpus = request.how.gpus
+    slots = gpus * per_gpu if gpus else (request.how.cpus or os.cpu_count() or 1)
+    est = cost.estimate(list(jobs), calib, slots)
+    hours = "GPU-hours" if gpus else "CPU-job-hours"
+    bound = " (at least: packed jobs are taken not to slow each other)" if per_gpu > 1 else ""
+    return (
+        f"estimate from {calib.device}: {est.gpu_hours:.2f} {hours}, {est.wall_hours:.2f} h wall "
+        f"on {slots} job places{bound}; {est.covered} of {est.jobs} jobs calibrated"
+    )
+
+
+def preflight(jobs: Sequence[Job], request: LaunchRequest) -> Preflight:
+    """Every check that needs no data and no cluster. A missing LLM cache is an error unless
+    this is a dry run (then it is listed with the command that makes it)."""
+    checked = Preflight(tuple(jobs))
+    checked.missing_caches = missing_caches(jobs, request.llm_cache)
+    if checked.missing_caches and not request.output.dry_run:
+        raise ConfigError(checked.missing_caches[0])
+    checked.notes += checked.missing_caches
+    calib = cost.load_for(request.how.gpus, request.results)
+    checked.jobs_per_gpu, why = resolve_jobs_per_gpu(request, jobs, calib)
+    if why:
+        checked.notes.append(why)
+        log.info(why)
+    if request.output.dry_run:
+        checked.notes.append(estimate_line(request, jobs, calib, checked.jobs_per_gpu))
+    return checked
