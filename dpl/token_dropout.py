@@ -21,7 +21,6 @@ from dpl.mag import MAGBridge
 log = logging.getLogger(__name__)
 
 
-
 def select_tokens(
     p: torch.Tensor, target: torch.Tensor, generator: torch.Generator | None = None
 ) -> torch.Tensor:

@@ -23,7 +23,6 @@ from pathlib import Path
 import torch
 
 from dpl.llm.decoder import LlamaLayerShape
-
 from dpl.llm.manifest import (  # noqa: F401  (the layout, re-used by the writer)
     FORMAT,
     LAYER_FILE,

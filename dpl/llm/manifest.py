@@ -45,7 +45,8 @@ def identity(manifest: dict, datasets: list[str] | tuple[str, ...]) -> dict:
     and templates' hashes. Two caches with the same identity hold the same knowledge, wherever
     they live; a job's id hashes this, never the cache's directory."""
     out: dict = {
-        "model": manifest.get("model_sha256") and f"local:{manifest['model_sha256'][:16]}"
+        "model": manifest.get("model_sha256")
+        and f"local:{manifest['model_sha256'][:16]}"
         or manifest["model"],
         "revision": manifest.get("revision"),
         "format": manifest.get("format"),
@@ -54,10 +55,14 @@ def identity(manifest: dict, datasets: list[str] | tuple[str, ...]) -> dict:
     }
     for d in sorted(set(datasets)):
         e = manifest.get("datasets", {}).get(d)
-        out["datasets"][d] = None if e is None else {
-            "classes_sha": e["classes_sha"],
-            "templates_sha": hashlib.sha256("\n".join(e["templates"]).encode()).hexdigest(),
-            "max_new_tokens": e.get("max_new_tokens"),
-            "phrases": e.get("phrases"),
-        }
+        out["datasets"][d] = (
+            None
+            if e is None
+            else {
+                "classes_sha": e["classes_sha"],
+                "templates_sha": hashlib.sha256("\n".join(e["templates"]).encode()).hexdigest(),
+                "max_new_tokens": e.get("max_new_tokens"),
+                "phrases": e.get("phrases"),
+            }
+        )
     return out

@@ -116,6 +116,11 @@ def _env_plugins() -> list[str]:
     return [m.strip() for m in os.environ.get(PLUGINS_ENV, "").split(",") if m.strip()]
 
 
+def plugin_modules(named: Iterable[str] = ()) -> tuple[str, ...]:
+    """The plug-in modules a run uses: $DPLBENCH_PLUGINS, then those `named` (--plugin)."""
+    return tuple(dict.fromkeys([*_env_plugins(), *named]))
+
+
 _LOADED: set[str] = set()
 
 
@@ -127,7 +132,9 @@ def load_plugins(modules: Iterable[str]) -> None:
         try:
             importlib.import_module(module)
         except Exception as e:  # a plug-in's own bug, named as such
-            raise PluginError(f"plugin {module!r} failed to load: {type(e).__name__}: {e}") from None
+            raise PluginError(
+                f"plugin {module!r} failed to load: {type(e).__name__}: {e}"
+            ) from None
         _LOADED.add(module)
 
 
@@ -180,6 +187,7 @@ __all__ = [
     "from_dict",
     "load_plugins",
     "method_config",
+    "plugin_modules",
     "register",
     "to_dict",
 ]

@@ -39,4 +39,3 @@ class CoCoOp(PromptedCLIP):
     def losses(self, batch, epoch=0, epochs=1, generator=None):
         logits = self._per_image_logits(batch["image"]).float()
         return {"ce": self.cfg.loss.ce * F.cross_entropy(logits, batch["label"])}
-

@@ -41,7 +41,6 @@ class SuffixClassSet(ClassSet):
 
 
 class LlampCLIP(PromptedCLIP):
-
     def __init__(self, cfg: MethodConfig, clip=None) -> None:
         super().__init__(cfg, clip)
         lc = cfg.llm

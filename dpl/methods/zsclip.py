@@ -11,4 +11,3 @@ class ZeroShotCLIP(PromptedCLIP):
 
     def losses(self, batch, epoch=0, epochs=1, generator=None):
         raise RuntimeError("zsclip has no trainable parameters; evaluate it directly")
-

@@ -17,6 +17,7 @@ shot section: CoOp trains ImageNet 50 epochs at every K.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from dpl.config import MethodConfig
@@ -46,8 +47,12 @@ def check_method(name: str) -> None:
 def recipe_layers(
     name: str, protocol: str | None, dataset: str | None, shots: int | None
 ) -> list[dict[str, Any]]:
-    """The layers of configs/methods/<name>.yaml that apply, in order."""
-    path = METHOD_DIR / f"{name}.yaml"
+    """The layers of the method's recipe that apply, in order: configs/methods/<name>.yaml, or
+    the YAML a plug-in method registered (`register(..., recipe=PATH)`)."""
+    spec = METHODS.get(name)
+    path = Path(spec.recipe) if spec.recipe else METHOD_DIR / f"{name}.yaml"
+    if spec.recipe and not path.is_file():
+        raise ConfigError(f"method {name}: its recipe {path} does not exist")
     recipe = load_yaml(path) if path.is_file() else {}
     protocols = recipe.pop("protocols", None) or {}
     per_dataset = recipe.pop("datasets", None) or {}

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from dpl.methods import load_plugins, plugin_modules
 from dplbench.data.datasets import DATASETS
 from dplbench.errors import ConfigError
 from dplbench.plan.config import CONFIG_DIR, deep_merge, load_yaml, typed
@@ -181,6 +182,9 @@ def load_suite(
     replace the file's lists) and overrides (nested method-config overrides for every job).
     llm_cache: the LLM cache that LLM-source jobs are planned against (default: --llm-cache's)."""
     sel = Selection.coerce(selection)
+    load_plugins(
+        plugin_modules(sel.plugins)
+    )  # the user's own methods (--plugin, $DPLBENCH_PLUGINS)
     check_datasets(sel.datasets)
     llm_cache = cache_dir(llm_cache)
     suite_name = suite_file(name).stem

@@ -20,7 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from dpl.methods import load_plugins
+from dpl.methods import load_plugins, plugin_modules
 from dplbench.plan.ablations import AblationPlan
 from dplbench.plan.suites import Suite
 from dplbench.plan.sweeps import Sweep
@@ -70,7 +70,7 @@ def _events(plan: Plan, request: LaunchRequest, on_event: Any) -> tuple[Any, Any
 def execute(plan: Plan, request: LaunchRequest | None = None, on_event: Any = None) -> Execution:
     """Check, prepare and run `plan` as `request` says; see the module docstring."""
     request = request or LaunchRequest()
-    load_plugins(request.what.plugins)
+    load_plugins(plugin_modules(request.what.plugins))
     checks = preflight(plan.jobs, request)
     result = Execution(plan, request, checks)
     if request.output.dry_run:

@@ -13,6 +13,7 @@ import os
 import uuid
 from dataclasses import dataclass, field
 
+from dpl.methods import plugin_modules
 from dplbench.request import LaunchRequest
 
 
@@ -52,7 +53,7 @@ class RunSettings:
             eval_every_epoch=request.policy.eval_every_epoch,
             compile=request.how.compile or None,
             llm_cache=request.llm_cache,
-            plugins=request.what.plugins,
+            plugins=plugin_modules(request.what.plugins),
             fail_job=os.environ.get("DPLBENCH_FAIL_JOB"),  # testing hook: make one job fail
             **extra,
         )
