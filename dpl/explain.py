@@ -75,13 +75,9 @@ class ImportanceProbe:
         if self.mag is not None:
             mag_attn, _ = self.mag.attend(x, modality, layout.valid)
             scores["cross"] = imp.cross_score(mag_attn.float(), content)
-        if self.importance == ("uniform",):
-            used, importance = ("uniform",), imp.uniform_score(content)
-        else:
-            # A score the model cannot compute (S_cross without a bridge) is left out, and said
-            # so in `used`.
-            used = tuple(n for n in self.importance if n in scores)
-            importance = imp.combine([scores[n] for n in used])
+        # A score the model cannot compute (S_cross without a bridge) is left out, and said so
+        # in `used`.
+        used, importance = imp.importance(self.importance, scores, content)
         p = imp.drop_probability(importance, content, self.p_min, self.p_max)
         mask = select_tokens(p, layout.target, self.generator)
         self.maps.append(LayerMaps(modality, layer, scores, importance, used, p, mask, layout))

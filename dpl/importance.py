@@ -7,6 +7,8 @@ attention [B,M,S], masks [B,S] bool.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import torch
 
 from dpl.config import IMPORTANCE_SCORES  # noqa: F401  (the scores this module computes)
@@ -47,6 +49,17 @@ def uniform_score(content: torch.Tensor) -> torch.Tensor:
 def combine(scores: list[torch.Tensor]) -> torch.Tensor:
     """I(j) = the mean of the enabled scores."""
     return torch.stack(scores).mean(0)
+
+
+def importance(
+    names: tuple[str, ...], scores: Mapping[str, torch.Tensor], content: torch.Tensor
+) -> tuple[tuple[str, ...], torch.Tensor]:
+    """(the scores used, I): the mean of the enabled scores (`names`) among those computed
+    (`scores`; S_cross needs the MAG bridge), or all content tokens alike for ("uniform",)."""
+    if names == ("uniform",):
+        return names, uniform_score(content)
+    used = tuple(n for n in names if n in scores)
+    return used, combine([scores[n] for n in used])
 
 
 def drop_probability(

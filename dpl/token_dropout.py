@@ -68,18 +68,14 @@ def importance_drop_factor(
 ) -> torch.Tensor:
     """Scores -> importance -> p -> the drop factor, in one function (docs/method.md §3), so that on
     GPU torch.compile can fuse its few dozen small kernels per layer into a handful."""
-    if names == ("uniform",):
-        importance = imp.uniform_score(content)
-    else:
-        parts = []
-        for n in names:
-            if n == "cls":
-                parts.append(imp.cls_score(attn, global_index, content))
-            elif n == "self":
-                parts.append(imp.self_score(attn, content))
-            else:
-                parts.append(imp.cross_score(mag_attn, content))
-        importance = imp.combine(parts)
+    scores = {}
+    if "cls" in names:
+        scores["cls"] = imp.cls_score(attn, global_index, content)
+    if "self" in names:
+        scores["self"] = imp.self_score(attn, content)
+    if "cross" in names:
+        scores["cross"] = imp.cross_score(mag_attn, content)
+    _, importance = imp.importance(names, scores, content)
     p = imp.drop_probability(importance, content, p_min, p_max)
     return drop_factor(p, target, mode, sigma, width, generator)
 

@@ -24,8 +24,9 @@ def test_saved_calibration_is_found_again(tmp_path, monkeypatch):
     assert mine is not None and mine.device == saved.device_key(torch.device("cpu"))
     assert mine.row("ViT-B-16", "coop")["train_ms"] == 100.0
     assert mine.memory_mib is None  # a CPU calibration
-    assert calibration.load_for(8, str(tmp_path / "results")) is None  # no GPU one anywhere
-    assert [c.device for c in calibration.load_all(str(tmp_path / "results"))] == [mine.device]
+    bench = str(tmp_path / "results" / "bench")
+    assert calibration.load_for(8, bench) is None  # no GPU one anywhere
+    assert [c.device for c in calibration.load_all(bench)] == [mine.device]
 
 
 def test_jobs_per_gpu_from_peak_memory_capped_by_cpus():

@@ -1,181 +1,25 @@
-"""The method registry: a method is a name, its typed default `MethodConfig` and the module class
-that builds it (imported only when a model is built, so naming methods needs no torch).
+"""The methods: a registry of names, typed default configs and the module classes that build
+them (registry.py), and the built-ins declared in the field's order (catalog.py).
 
     cfg = method_config("dpl", {"iwtd": {"drop_mode": "zero"}})
     model = build_method(cfg)            # frozen CLIP loaded from cfg.backbone
 
-Methods are found by name in this registry (the built-ins of dpl/methods/catalog.py), then in
-installed packages' entry points (group `dplbench.methods`), then in modules named by
-`load_plugins` (`--plugin MODULE` / $DPLBENCH_PLUGINS). A plug-in module calls `register` when
-imported; an entry point names such a module, or a function that registers. The contract, with a
-worked example: docs/adding-a-method.md.
+A plug-in registers its own (docs/adding-a-method.md): `from dpl.methods import register`.
 """
 
-from __future__ import annotations
-
-import importlib
-import logging
-import os
-from collections.abc import Iterable
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
-
-from dpl.config import MethodConfig, from_dict, merge, to_dict
-from dpl.registry import Registry, UnknownNameError
-
-log = logging.getLogger(__name__)
-
-ENTRY_POINT_GROUP = "dplbench.methods"
-PLUGINS_ENV = "DPLBENCH_PLUGINS"  # comma list of modules, as --plugin
-DEFAULT_MODULE = "dpl.methods.base:PromptedCLIP"
-
-
-class PluginError(ValueError):
-    """A plug-in that cannot be loaded, or registers something broken (one line: which, why)."""
-
-
-@dataclass(frozen=True)
-class MethodSpec:
-    name: str
-    defaults: MethodConfig
-    module: str  # "package.module:Class": the PromptedCLIP subclass that builds the model
-    plugins: bool = True  # IWTD / RER / MAG may be switched on
-    uses_llm: bool = False  # its jobs read an LLM cache (dplbench llm cache)
-    recipe: str | None = None  # its recipe YAML; None: dplbench/configs/methods/<name>.yaml
-
-    def model_class(self) -> type:
-        mod, _, cls = self.module.partition(":")
-        try:
-            return getattr(importlib.import_module(mod), cls)
-        except (ImportError, AttributeError) as e:
-            raise PluginError(f"method {self.name}: cannot import {self.module} ({e})") from None
-
-
-class _Methods(Registry[MethodSpec]):
-    """The registry, completed on demand from entry points and $DPLBENCH_PLUGINS: a lookup of an
-    unknown name, or a listing, discovers them first."""
-
-    def __init__(self) -> None:
-        super().__init__("method")
-        self._discovered = False
-
-    def discover(self) -> None:
-        if self._discovered:
-            return
-        self._discovered = True
-        load_entry_points()
-        load_plugins(_env_plugins())
-
-    def get(self, name: str) -> MethodSpec:
-        if name not in self._items:
-            self.discover()
-        return super().get(name)
-
-    def names(self) -> list[str]:
-        self.discover()
-        return super().names()
-
-    def in_order(self) -> list[str]:
-        self.discover()
-        return super().in_order()
-
-    def __contains__(self, name: object) -> bool:
-        if name not in self._items:
-            self.discover()
-        return name in self._items
-
-
-METHODS = _Methods()
-
-
-def register(
-    name: str,
-    defaults: MethodConfig,
-    module: str = DEFAULT_MODULE,
-    plugins: bool = True,
-    uses_llm: bool = False,
-    recipe: str | os.PathLike | None = None,
-) -> MethodSpec:
-    """Register a method. `module` names its model class as "package.module:Class" (a
-    PromptedCLIP subclass taking (cfg, clip)); `recipe` its training recipe YAML."""
-    if not isinstance(defaults, MethodConfig):
-        raise PluginError(f"method {name}: defaults must be a dpl.config.MethodConfig")
-    if defaults.method != name:
-        raise PluginError(f"method {name}: its defaults say method={defaults.method!r}")
-    if ":" not in module:
-        raise PluginError(f"method {name}: module {module!r} must read 'package.module:Class'")
-    spec = MethodSpec(
-        name, defaults, module, plugins, uses_llm, str(Path(recipe).resolve()) if recipe else None
-    )
-    METHODS.register(name, spec)
-    return spec
-
-
-def _env_plugins() -> list[str]:
-    return [m.strip() for m in os.environ.get(PLUGINS_ENV, "").split(",") if m.strip()]
-
-
-def plugin_modules(named: Iterable[str] = ()) -> tuple[str, ...]:
-    """The plug-in modules a run uses: $DPLBENCH_PLUGINS, then those `named` (--plugin)."""
-    return tuple(dict.fromkeys([*_env_plugins(), *named]))
-
-
-_LOADED: set[str] = set()
-
-
-def load_plugins(modules: Iterable[str]) -> None:
-    """Import each plug-in module once (it registers its methods)."""
-    for module in modules:
-        if module in _LOADED:
-            continue
-        try:
-            importlib.import_module(module)
-        except Exception as e:  # a plug-in's own bug, named as such
-            raise PluginError(
-                f"plugin {module!r} failed to load: {type(e).__name__}: {e}"
-            ) from None
-        _LOADED.add(module)
-
-
-def load_entry_points() -> None:
-    """Installed packages' methods (entry point group `dplbench.methods`): each entry point is a
-    module that registers on import, or a function to call."""
-    from importlib.metadata import entry_points
-
-    for ep in entry_points(group=ENTRY_POINT_GROUP):
-        if ep.value in _LOADED:
-            continue
-        try:
-            obj = ep.load()
-            if callable(obj):
-                obj()
-        except Exception as e:
-            raise PluginError(
-                f"entry point {ep.name} = {ep.value} (group {ENTRY_POINT_GROUP}) failed to "
-                f"load: {type(e).__name__}: {e}"
-            ) from None
-        _LOADED.add(ep.value)
-
-
-def method_config(name: str, overrides: dict[str, Any] | None = None) -> MethodConfig:
-    """The method's defaults with nested overrides applied (unknown keys raise)."""
-    spec = METHODS.get(name)
-    cfg = merge(spec.defaults, overrides or {})
-    if cfg.method != name:
-        raise ValueError(f"config says method={cfg.method!r} but was built as {name!r}")
-    return cfg
-
-
-def build_method(cfg: MethodConfig, clip: Any = None) -> Any:
-    """The method's model (a PromptedCLIP) on `clip` (default: loaded from cfg.backbone)."""
-    spec = METHODS.get(cfg.method)
-    if not spec.plugins and (cfg.iwtd.enabled or cfg.rer.enabled or cfg.mag.enabled):
-        raise ValueError(f"method {cfg.method} does not take the IWTD/RER/MAG plug-ins")
-    return spec.model_class()(cfg, clip)
-
-
-import dpl.methods.catalog  # noqa: E402, F401  (the built-ins register, in the field's order)
+from dpl.config import MethodConfig, from_dict, to_dict
+from dpl.methods import catalog  # noqa: F401  (the built-ins register, in the field's order)
+from dpl.methods.registry import (
+    METHODS,
+    MethodSpec,
+    PluginError,
+    UnknownNameError,
+    build_method,
+    load_plugins,
+    method_config,
+    plugin_modules,
+    register,
+)
 
 __all__ = [
     "METHODS",

@@ -19,7 +19,7 @@ from dpl.config import (
     PromptConfig,
     RERConfig,
 )
-from dpl.methods import register
+from dpl.methods.registry import register
 
 # Zero-shot CLIP: the dataset's hand-crafted template(s), nothing trained (docs/method.md §6).
 register(

@@ -36,7 +36,8 @@ def report(
 
     rows = store.latest_rows(results_root).to_pylist()
     out_dir = out or ResultsRoot(results_root).report_dir(suite)
-    calibrations = load_all(results_root)  # `bench model --results R`: the cost figure
+    # `bench model --results R` saved calibrations there: the cost figure
+    calibrations = load_all(ResultsRoot(results_root).bench_dir())
     bench = calibrations[0].rows if calibrations else []
     epochs = []  # per-epoch test scores (eval_every_epoch): the selection-gap table
     if store.has_rows(results_root, "epochs"):

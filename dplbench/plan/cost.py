@@ -4,7 +4,8 @@
 and saves the rows as the calibration of the device it ran on (bench/calibration.py):
 
     ~/.cache/dplbench/bench/<device>.json      ($DPLBENCH_CACHE instead of ~/.cache/dplbench)
-    R/bench/<device>.json                       with --results R (the report's cost figure)
+    R/bench/<device>.json                       with --results R (the report's cost figure;
+                                                `bench_dir` below: ResultsRoot.bench_dir())
 
 From it, `--jobs-per-gpu auto` picks how many jobs share a GPU, and a dry run estimates a suite's
 GPU-hours and wall time. Torch-free: a dry run plans without importing it.
@@ -23,7 +24,6 @@ from typing import Any
 from dplbench import storage
 from dplbench.data.datasets import DATASETS
 from dplbench.plan.jobs import Job, estimated_train_samples
-from dplbench.results.root import ResultsRoot
 
 # Fraction of a GPU's memory that packed jobs may fill (the rest: allocator slack, fragmentation).
 MEMORY_HEADROOM = 0.85
@@ -71,37 +71,34 @@ def _read(path: str) -> Calibration:
     return Calibration(d["device"], d.get("memory_mib"), d["rows"], path)
 
 
-def load(device: str | None = None, results_root: str | None = None) -> Calibration | None:
+def load(device: str | None = None, bench_dir: str | None = None) -> Calibration | None:
     """A device's calibration (default: this machine's, its GPU's if it has one) from the cache,
-    else from R/bench/."""
+    else from `bench_dir` (R/bench/)."""
     device = device or device_key_of(gpu_name() or cpu_name())
     candidates = [str(cache_dir() / f"{device}.json")]
-    if results_root:
-        candidates.append(storage.join(ResultsRoot(results_root).bench_dir(), f"{device}.json"))
+    if bench_dir:
+        candidates.append(storage.join(bench_dir, f"{device}.json"))
     for path in candidates:
         if storage.exists(path):
             return _read(path)
     return None
 
 
-def load_for(gpus: int, results_root: str | None) -> Calibration | None:
+def load_for(gpus: int, bench_dir: str | None) -> Calibration | None:
     """The calibration a run should plan with: with GPUs, a GPU's (this machine's, else any under
     the cache or R/bench/: a driver on a CPU head node plans for its GPU workers); without, this
     machine's CPU one."""
     if not gpus:
-        return load(device_key_of(cpu_name()), results_root)
-    mine = load(results_root=results_root)
+        return load(device_key_of(cpu_name()), bench_dir)
+    mine = load(bench_dir=bench_dir)
     if mine is not None and mine.memory_mib:
         return mine
-    found = load_all(str(cache_dir())) + (load_all(results_root) if results_root else [])
+    found = load_all(str(cache_dir())) + (load_all(bench_dir) if bench_dir else [])
     return next((c for c in found if c.memory_mib), None)
 
 
-def load_all(results_root: str) -> list[Calibration]:
-    """Every device's calibration saved under R/bench/ (the report's cost figure)."""
-    folder = (
-        results_root if results_root == str(cache_dir()) else ResultsRoot(results_root).bench_dir()
-    )
+def load_all(folder: str) -> list[Calibration]:
+    """Every device's calibration saved in `folder` (R/bench/: the report's cost figure)."""
     return [_read(path) for path in storage.listdir(folder, "*.json")]
 
 

@@ -173,34 +173,96 @@ def _incomplete(row: Row) -> str:
 # ---------------------------------------------------------------- sections
 
 
+@dataclass(frozen=True)
+class Inputs:
+    """What the sections are made of: the selected result rows, the published numbers, bench
+    rows (the cost figure) and per-epoch rows (the selection gap)."""
+
+    rows: list[Row]
+    compare: bool
+    refs: Mapping[str, list[Row]] | None
+    bench: Sequence[Row]
+    epochs: Sequence[Row]
+
+
 class Section(NamedTuple):
+    """One part of the report: its title, its table from the inputs (empty: not shown), the
+    table as Markdown, and its figure (None: no figure)."""
+
     title: str
-    aggregate: Callable[..., list[Row]]
-    markdown: Callable[[Sequence[Row]], str]
-    plot: Callable[[Sequence[Row]], Any]
+    table: Callable[[Inputs, Mapping[str, Any]], Any]
+    markdown: Callable[[Any], str]
+    plot: Callable[[Any], Any] | None = None
 
 
+def _protocol(name: str, aggregate: Callable[..., list[Row]]):
+    """The table of one protocol, from the rows of that protocol."""
+
+    def table(inputs: Inputs, _: Mapping[str, Any]) -> list[Row]:
+        if not any(r.get("protocol") == name for r in inputs.rows):
+            return []
+        return aggregate(inputs.rows, compare=inputs.compare, refs=inputs.refs)
+
+    return table
+
+
+def _ablations_markdown(table: Mapping[tuple[str, str], list[Row]]) -> str:
+    return "\n\n".join(
+        f"### {name} ({protocol})\n\n{pivot_markdown(pivot)}"
+        for (name, protocol), pivot in table.items()
+    )
+
+
+def _cost(inputs: Inputs, done: Mapping[str, Any]) -> list[Row]:
+    models = {json_model(r) for r in inputs.rows if r.get("protocol") == "base2novel"}
+    return cost_table(done.get("base2novel", []), [b for b in inputs.bench if b["model"] in models])
+
+
+# The report's sections, in order. A section's table may use the tables before it (`done`).
 SECTIONS: dict[str, Section] = {
     "base2novel": Section(
-        "Base-to-novel generalisation", agg.base2novel, _b2n_markdown, plots.b2n_plot
+        "Base-to-novel generalisation",
+        _protocol("base2novel", agg.base2novel),
+        _b2n_markdown,
+        plots.b2n_plot,
     ),
     "xd": Section(
         "Cross-dataset transfer (trained on ImageNet)",
-        agg.cross_dataset,
+        _protocol("xd", agg.cross_dataset),
         _target_markdown("xd", "targets"),
         plots.target_plot("xd", "Cross-dataset transfer"),
     ),
     "dg": Section(
         "Domain generalisation (trained on ImageNet)",
-        agg.domain_generalization,
+        _protocol("dg", agg.domain_generalization),
         _target_markdown("dg", "ImageNet variants"),
         plots.target_plot("dg", "Domain generalisation"),
     ),
     "fewshot": Section(
-        "Few-shot classification", agg.fewshot, _fewshot_markdown, plots.fewshot_plot
+        "Few-shot classification",
+        _protocol("fewshot", agg.fewshot),
+        _fewshot_markdown,
+        plots.fewshot_plot,
     ),
     "longtail": Section(
-        "Long-tail base-to-novel", agg.longtail, _longtail_markdown, plots.longtail_plot
+        "Long-tail base-to-novel",
+        _protocol("longtail", agg.longtail),
+        _longtail_markdown,
+        plots.longtail_plot,
+    ),
+    "ablations": Section(
+        "Ablations and sweeps", lambda i, _: ablation_tables(i.rows), _ablations_markdown
+    ),
+    "partial": Section(
+        "Partial splits",
+        lambda i, _: [r for r in i.rows if (r.get("skipped") or 0) > 0],
+        lambda t: _partial_markdown(t),
+    ),
+    "cost": Section("Cost and accuracy", _cost, lambda t: _cost_markdown(t), plots.cost_plot),
+    "selection": Section(
+        "Selection gap",
+        lambda i, _: selection_gap(i.epochs, i.rows) if i.epochs else [],
+        selection_markdown,
     ),
 }
 
@@ -230,32 +292,17 @@ def report_tables(
     bench: Sequence[Row] = (),
     epochs: Sequence[Row] = (),
 ) -> dict[str, Any]:
-    """The aggregated tables of the protocols present (keys of SECTIONS, in that order) plus
-    `ablations` ({(ablation, protocol): pivot table}) when sweep rows exist, `partial` splits,
-    and `cost` (bench rows beside base-to-novel HM) when `bench` rows are given."""
-    selected = _select(rows, suite)
+    """The non-empty tables of SECTIONS, in that order: the protocols present, `ablations`
+    ({(ablation, protocol): pivot table}) when sweep rows exist, `partial` splits, `cost` (bench
+    rows beside base-to-novel HM) and `selection` (per-epoch test rows)."""
     if compare and refs is None:
         refs = agg.reference_tables()
-    protocols = {r.get("protocol") for r in selected}
+    inputs = Inputs(_select(rows, suite), compare, refs, bench, epochs)
     tables: dict[str, Any] = {}
     for name, section in SECTIONS.items():
-        if name in protocols:
-            table = section.aggregate(selected, compare=compare, refs=refs)
-            if table:
-                tables[name] = table
-    ablations = ablation_tables(selected)
-    if ablations:
-        tables["ablations"] = ablations
-    partial = [r for r in selected if (r.get("skipped") or 0) > 0]
-    if partial:
-        tables["partial"] = partial
-    models = {json_model(r) for r in selected if r.get("protocol") == "base2novel"}
-    cost = cost_table(tables.get("base2novel", []), [b for b in bench if b["model"] in models])
-    if cost:
-        tables["cost"] = cost
-    gap = selection_gap(epochs, selected) if epochs else []
-    if gap:
-        tables["selection"] = gap
+        table = section.table(inputs, tables)
+        if table:
+            tables[name] = table
     return tables
 
 
@@ -307,25 +354,10 @@ def _markdown(tables: Mapping[str, Any], suite: str | None, images: Mapping[str,
         return _no_results(suite)
     parts = [f"# dplbench report{f': suite `{suite}`' if suite else ''}", RULE]
     for name, table in tables.items():
-        if name == "ablations":
-            parts.append("## Ablations and sweeps")
-            for (name, protocol), pivot in table.items():
-                parts += [f"### {name} ({protocol})", pivot_markdown(pivot)]
-            continue
-        if name == "partial":
-            parts += ["## Partial splits", _partial_markdown(table)]
-            continue
-        if name == "selection":
-            parts += ["## Selection gap", selection_markdown(table)]
-            continue
-        if name == "cost":
-            parts += ["## Cost and accuracy", _cost_markdown(table)]
-            if name in images:
-                parts.append(f"![Cost and accuracy]({images[name]})")
-            continue
-        parts += [f"## {SECTIONS[name].title}", SECTIONS[name].markdown(table)]
+        section = SECTIONS[name]
+        parts += [f"## {section.title}", section.markdown(table)]
         if name in images:
-            parts.append(f"![{SECTIONS[name].title}]({images[name]})")
+            parts.append(f"![{section.title}]({images[name]})")
     return "\n\n".join(parts) + "\n"
 
 
@@ -350,21 +382,19 @@ def render_report(
     bench: Sequence[Row] = (),
     epochs: Sequence[Row] = (),
 ) -> ReportFiles:
-    """Write `out_dir/report.md` and one PNG per protocol section (`<protocol>.png`, and
-    `cost.png` with bench rows); `out_dir` may be a local folder or a URI (dplbench/storage.py)."""
+    """Write `out_dir/report.md` and one PNG per section with a figure (`<section>.png`);
+    `out_dir` may be a local folder or a URI (dplbench/storage.py)."""
     tables = report_tables(rows, suite, compare, refs, bench, epochs)
     images, pngs = {}, []
     for name, table in tables.items():
-        draw = (
-            SECTIONS[name].plot if name in SECTIONS else plots.cost_plot if name == "cost" else None
+        if SECTIONS[name].plot is None:
+            continue
+        fig = SECTIONS[name].plot(table)
+        path = storage.write(
+            storage.join(out_dir, f"{name}.png"), partial(fig.savefig, format="png", dpi=120)
         )
-        if draw is not None:
-            fig = draw(table)
-            path = storage.write(
-                storage.join(out_dir, f"{name}.png"), partial(fig.savefig, format="png", dpi=120)
-            )
-            images[name] = f"{name}.png"
-            pngs.append(path)
+        images[name] = f"{name}.png"
+        pngs.append(path)
     text = _markdown(tables, suite, images)
     md = storage.write(storage.join(out_dir, "report.md"), text)
     return ReportFiles(markdown=md, plots=tuple(pngs), text=text)

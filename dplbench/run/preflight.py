@@ -16,6 +16,7 @@ from dplbench.plan import cost
 from dplbench.plan.jobs import Job
 from dplbench.plan.llm import missing_caches
 from dplbench.request import LaunchRequest
+from dplbench.results.root import ResultsRoot
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +71,7 @@ def preflight(jobs: Sequence[Job], request: LaunchRequest) -> Preflight:
     if checked.missing_caches and not request.output.dry_run:
         raise ConfigError(checked.missing_caches[0])
     checked.notes += checked.missing_caches
-    calib = cost.load_for(request.how.gpus, request.results)
+    calib = cost.load_for(request.how.gpus, ResultsRoot(request.results).bench_dir())
     checked.jobs_per_gpu, why = resolve_jobs_per_gpu(request, jobs, calib)
     if why:
         checked.notes.append(why)
