@@ -74,8 +74,9 @@ def test_corrupt_shard_fails_as_one_line_with_a_log_or_is_skipped_and_counted(
     shutil.copytree(shards, data)
     shard, key = _corrupt_one_test_image(data)
     res = tmp_path / "r"
+    # the default loader workers: the error is raised in a DataLoader worker process
     args = ["run", "--suite", "smoke", "--methods", "zsclip", "--data", str(data)]
-    args += ["--results", str(res), "--loader-workers", "0"]
+    args += ["--results", str(res)]
     out = CliRunner().invoke(app, args)
     assert out.exit_code == 1
     failed = [ln for ln in out.stderr.splitlines() if ln.startswith("failed ")]
@@ -85,7 +86,9 @@ def test_corrupt_shard_fails_as_one_line_with_a_log_or_is_skipped_and_counted(
     assert "Traceback (most recent call last)" in open(log_file).read()
     (status,) = store.query(res, "SELECT status, error, log FROM status").to_pylist()
     assert status["status"] == "failed" and status["log"] == log_file
-    assert "CorruptShardError" in status["error"]
+    assert status["error"].startswith(f"CorruptShardError: corrupt shard {shard}: sample '{key}'")
+    listed = CliRunner().invoke(app, ["results", "ls", "--results", str(res)])
+    assert "CorruptShardError" in listed.stdout and "DataLoader" not in listed.stdout
 
     skip = CliRunner().invoke(app, [*args, "--on-data-error", "skip"])
     assert skip.exit_code == 0, skip.output

@@ -147,7 +147,7 @@ register(
 # depth 6), LoRA r8 on q/v of vision layers 6..11, IWTD (noise mode) in the prompted layers, RER
 # with the annealed λ, MAG (weight 30), PromptSRC-style consistency (25 / 10 / 2.5). The frozen
 # branch sees the clean view; the learnable one a patch-wise RandAugment view. No LLM prompts
-# (docs/deviations.md).
+# (docs/deviations.md §2).
 register(
     "dpl",
     MethodConfig(

@@ -46,7 +46,7 @@ class LlampCLIP(PromptedCLIP):
         lc = cfg.llm
         if not lc.cache:
             raise CacheError(
-                f"method {cfg.method} needs an LLM cache: set llm.cache=DIR (make one with "
+                f"method {cfg.method} needs an LLM cache: set llm.cache=DIR (dplbench: --llm-cache DIR; make one with "
                 "`dplbench llm cache`, or a tiny test one with `dplbench llm tiny`)"
             )
         if self.text_prompts is None:

@@ -62,7 +62,7 @@ def clip_test(size: int = 224) -> v2.Compose:
 # purpose, because they are what the release trains with: the grey level of Contrast and Color
 # weights the channels 0.114 / 0.587 / 0.299 (OpenCV's BGR weights applied to RGB arrays). One is
 # not: its Sharpness casts out-of-range values to uint8 without clipping, which wraps around on x86
-# (platform-dependent); we saturate (README: deviations).
+# (platform-dependent); we saturate (docs/deviations.md §8).
 GREY_WEIGHTS = (0.114, 0.587, 0.299)
 
 

@@ -7,7 +7,7 @@ Per dataset, as the releases' tools/run_inference_chat.py does (JustCoolPig/DroP
    " The {name} appears as";
 2. greedy generation (max 128 new tokens) of a description;
 3. its noun phrases, ", "-joined (spaCy en_core_web_sm noun_chunks, when spaCy and the model are
-   installed; otherwise the description itself: README, deviations);
+   installed; otherwise the description itself: docs/deviations.md §2);
 4. one forward pass over [prompt | phrases] (left-padded each, so the phrase padding sits between
    them, masked) keeping the last layer's keys and values.
 

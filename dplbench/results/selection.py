@@ -1,6 +1,6 @@
 """Selection honesty: how much picking the best epoch on test data inflates a number.
 
-Jobs run with `eval_every_epoch=true` record each epoch's test accuracy in the `epochs` table
+Jobs run with `--eval-every-epoch` record each epoch's test accuracy in the `epochs` table
 (`test_base`, `test_novel`, or `test_all`). Per method and dataset, the mean over seeds of the
 last epoch's score (what dplbench reports, as the field does) beside that of the best epoch chosen
 on the test split itself (what the DPL release reports), and the gap.
@@ -68,7 +68,7 @@ def selection_markdown(table: Sequence[Row]) -> str:
     note = (
         "Last epoch (what this report's tables use) against the best epoch picked on the test "
         "split itself (what the DPL release reports), mean over seeds. The gap is what "
-        "selecting on test data adds; runs with `eval_every_epoch=true` only."
+        "selecting on test data adds; runs with `--eval-every-epoch` only."
     )
     head = ["Method", "Dataset", "Metric", "Last epoch", "Best epoch on test", "Gap", "Seeds"]
     return note + "\n\n" + md_table(head, body)

@@ -65,10 +65,11 @@ class StatusBook:
         with self._lock:
             st = self.jobs[job_id]
             status = fields.get("status")
-            if status == "running" and st.started_at is None:
-                st.started_at = now
-            if status in ("done", "failed", "stopped"):
-                st.ended_at = now
+            if status == "running":
+                st.started_at = st.started_at or now
+                st.ended_at = None  # running again (a job waited for after a lease)
+            if status in ("done", "failed", "stopped") and st.ended_at is None:
+                st.ended_at = now  # when it ended, not when the driver last said so
             for k, v in fields.items():
                 if v is not None:
                     setattr(st, k, v)

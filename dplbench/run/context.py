@@ -3,7 +3,7 @@
 - `LocalContext`: one worker in this process; checkpoints in the results root (`CheckpointStore`).
   It serves `--no-ray` runs, and (through `report`) single-worker jobs run as plain Tune trials,
   where a trial that died is restarted by Tune and continues from the store.
-- The launcher's `RayTrainContext`: a Ray Train worker, checkpoints through Ray Train.
+- `RayTrainContext` (run/trials.py): a Ray Train worker, checkpoints in the results root too.
 
 The train loop (run/train_loop.py) sees only the `WorkerContext` protocol. A checkpoint handed to
 it is a folder holding STATE_FILE.

@@ -17,6 +17,7 @@ anything runs, one `(plan name, "checked", {"checks": Preflight})` event says ho
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -81,20 +82,35 @@ def execute(plan: Plan, request: LaunchRequest | None = None, on_event: Any = No
 
     opts = ExecOptions.of(request, checks.jobs_per_gpu)
     sink, tracker = _events(plan, request, on_event)
-    if isinstance(plan, Sweep):
-        from dplbench.run.sweep import run_sweep
+    suite = plan.suite if isinstance(plan, AblationPlan) else plan
+    settings = RunSettings.of(request, plan.suite if isinstance(plan, Sweep) else suite.name)
+    with _ray(plan, opts, settings):
+        if isinstance(plan, Sweep):
+            from dplbench.run.sweep import run_sweep
 
-        result.sweep = run_sweep(plan, RunSettings.of(request, plan.suite), opts, sink)
-    else:
-        from dplbench.run.suite import run_suite
+            result.sweep = run_sweep(plan, settings, opts, sink)
+        else:
+            from dplbench.run.suite import run_suite
 
-        suite = plan.suite if isinstance(plan, AblationPlan) else plan
-        result.summary = run_suite(suite, RunSettings.of(request, suite.name), opts, sink)
+            result.summary = run_suite(suite, settings, opts, sink)
     if isinstance(plan, AblationPlan):
         result.table = ablation_table(plan, request.results)
     if tracker is not None:
         result.checks.notes.append(f"tracked in {tracker.kind}: {tracker.where}")
     return result
+
+
+def _ray(plan: Plan, opts: Any, settings: Any) -> Any:
+    """The Ray session of a run (none with --no-ray): Ray's messages to R/logs/ray-<run>.log; a
+    local cluster started for a run of single-worker jobs (plain trials) needs no dashboard."""
+    if not opts.use_ray:
+        return contextlib.nullcontext()
+    from dplbench.results.root import ResultsRoot
+    from dplbench.run import launcher
+
+    plain = not isinstance(plan, Sweep) and all(j.workers == 1 for j in plan.jobs)
+    log = ResultsRoot(settings.results).ray_log(settings.run_id)
+    return launcher.session(opts, log, dashboard=not (plain and opts.plain_trials))
 
 
 def ablation_table(plan: AblationPlan, results: str) -> tuple[str, str]:

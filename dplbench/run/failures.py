@@ -8,6 +8,7 @@ traceback it saw (`write_log`); the driver appends Ray's own report when it has 
 
 from __future__ import annotations
 
+import re
 import traceback
 from datetime import datetime, timezone
 
@@ -50,11 +51,35 @@ def root_cause(exc: BaseException) -> BaseException:
     return exc
 
 
+# PyTorch re-raises a DataLoader worker's error as "Caught <Type> in DataLoader worker process
+# <n>.\nOriginal Traceback (most recent call last): ..." (torch/_utils.py ExceptionWrapper), as a
+# RuntimeError when <Type> cannot be built from that one string (ours take structured fields).
+_LOADER_WORKER = re.compile(r"^Caught (\w+) in DataLoader worker process \d+\.")
+
+
+def _loader_worker_cause(text: str) -> str | None:
+    """The original `Type: message` inside a re-raised DataLoader worker error."""
+    m = _LOADER_WORKER.match(text)
+    if not m:
+        return None
+    lines = text.splitlines()
+    head = re.compile(rf"^(?:[\w.]+\.)?{m.group(1)}: ")
+    for i in range(len(lines) - 1, -1, -1):  # the traceback's last "Type: message" line
+        if head.match(lines[i]):
+            message = " ".join(" ".join(lines[i:]).split(": ", 1)[1].split())
+            return f"{m.group(1)}: {message}"
+    return None
+
+
 def one_line(exc: BaseException) -> str:
-    """`Type: message` of the root cause, on one line (JobFailed: its line and log)."""
+    """`Type: message` of the root cause, on one line (JobFailed: its line and log), also when the
+    error was raised in a DataLoader worker process."""
     root = root_cause(exc)
     if isinstance(root, JobFailed):
         return str(root)
+    loader = _loader_worker_cause(str(root))
+    if loader is not None:
+        return loader[:1000]
     text = " ".join(str(root).split()) or "(no message)"
     return f"{type(root).__name__}: {text}"[:1000]
 

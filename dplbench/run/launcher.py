@@ -1,4 +1,6 @@
-"""Everything Ray, in one place: jobs launched as Ray Tune trials, one Ray Train run per job.
+"""The driver's side of Ray: jobs launched as Ray Tune trials (what runs inside a trial, a job
+in the trial's process or one Ray Train run per job, is run/trials.py). The driver imports
+neither torch nor the model library: only the trial processes build models.
 
 `dplbench run`, `tune` and `ablate` all go through `launch` (one Tuner: trial resources,
 concurrency, failure handling, events to the driver, placement-group cleanup). Each trial gets one
@@ -8,10 +10,10 @@ kinds of trial run on it (run/trials.py): `job_trial` (one job, `dplbench run` /
 epoch for ASHA).
 
 A job runs in its trial's own process (a plain trial: single-worker jobs) or as one Ray Train
-`TorchTrainer` (`fit_job`: DDP workers, worker restarts). Both keep their checkpoints in the
-results root (`CheckpointStore`, one per job run) and restart from there: a plain trial that died
-is restarted by Tune, a DDP worker group by Train (`FailureConfig(max_failures)`), and `--resume`
-continues each job's run whose newest checkpoint is the latest (`ResultsRoot.resume_run`).
+`TorchTrainer` (DDP workers, worker restarts). Both keep their checkpoints in the results root
+(`CheckpointStore`, one per job run) and restart from there: a plain trial that died is restarted
+by Tune, a DDP worker group by Train (`FailureConfig(max_failures)`), and `--resume` continues each
+job's run whose newest checkpoint is the latest (`ResultsRoot.resume_run`).
 
 Why Tune: it is Ray's supported way to run many Train runs at once (docs/operating.md §5), with
 per-trial failure isolation and callbacks for the live table. Tune does not count the Train
@@ -21,26 +23,25 @@ itself holds only a token of memory.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import ray.tune as tune
-import torch
 
 from dplbench import storage
 from dplbench.errors import ConfigError
 from dplbench.plan.jobs import Job
 from dplbench.results.root import ResultsRoot
 from dplbench.run import placement_groups
-from dplbench.run.context import CheckpointStore, LocalContext
 from dplbench.run.failures import one_line
 from dplbench.run.settings import ExecOptions, RunSettings
-from dplbench.run.worker import final_val_accuracy, run_job
 
 log = logging.getLogger(__name__)
 
@@ -76,117 +77,6 @@ class TrialSpec:
 
     def run_name(self, job: Job) -> str:
         return self.run_names[self.jobs.index(job)]
-
-
-# ---- on the Train workers ------------------------------------------------------------------
-
-
-class RayTrainContext:
-    """WorkerContext on a Ray Train worker. Checkpoints go to the results root like every other
-    run's (rank 0 writes; every rank of a restarted group reads the newest). Rank 0 leaves its
-    placement group's id under `pg_dir` (see run/placement_groups.py) and, in sweeps, streams
-    each epoch's validation accuracy to the trial through `queue`."""
-
-    def __init__(self, job: Job, spec: TrialSpec, queue: Any = None) -> None:
-        import ray
-        import ray.train
-        import ray.train.torch
-
-        tc = ray.train.get_context()
-        self.rank, self.world_size = tc.get_world_rank(), tc.get_world_size()
-        self.device = ray.train.torch.get_device()
-        self.node = ray.get_runtime_context().get_node_id()
-        if self.device.type == "cuda":
-            torch.cuda.set_device(self.device)
-        self.job_id, self.queue = job.id, queue
-        self.store = CheckpointStore(spec.settings.results, job.id, spec.run_name(job))
-        self.reports = 0
-        self.last_val: float | None = None
-        if self.rank == 0:
-            placement_groups.announce(spec.pg_dir, job.id)
-
-    def report(self, metrics: dict[str, Any], checkpoint_dir: str | None) -> None:
-        import ray.train
-
-        if checkpoint_dir and self.rank == 0:  # checkpoint first: a restart starts after it
-            self.store.save(int(metrics["epoch"]), checkpoint_dir)
-        ray.train.report(metrics)
-        self.reports += 1
-        if metrics.get("val_accuracy") is not None:
-            self.last_val = float(metrics["val_accuracy"])
-            if self.rank == 0 and self.queue is not None:
-                self.queue.put((self.job_id, int(metrics["epoch"]), self.last_val))
-
-    def latest_checkpoint(self) -> str | None:
-        return self.store.latest()
-
-
-def run_in_trial(job: Job, spec: TrialSpec) -> dict[str, Any]:
-    """One single-worker job in this Tune trial's process (a plain trial): checkpoints in the
-    results root, each epoch's metrics reported to Tune (the live table, ASHA)."""
-    import ray
-
-    ctx = LocalContext(
-        spec.settings.results,
-        job.id,
-        spec.run_name(job),
-        node=ray.get_runtime_context().get_node_id(),
-        also_report=tune.report,
-    )
-    if ctx.device.type == "cuda":
-        torch.cuda.set_device(ctx.device)
-    return {"rows": run_job(job, spec.settings, ctx)}
-
-
-def _train_worker(config: dict[str, Any]) -> dict[str, Any] | None:
-    logging.basicConfig(level=logging.WARNING)
-    job, spec = config["job"], config["spec"]
-    ctx = RayTrainContext(job, spec, config.get("queue"))
-    rows = run_job(job, spec.settings, ctx)
-    val = None
-    if spec.settings.val_each_epoch:
-        # Every rank reported the same epochs, so every rank takes this branch or none.
-        val = ctx.last_val if ctx.reports else final_val_accuracy(job, spec.settings, ctx)
-    return {"rows": rows, "val_accuracy": val} if ctx.rank == 0 else None
-
-
-def fit_job(
-    job: Job, spec: TrialSpec, queue: Any = None, report_to_tune: bool = False
-) -> dict[str, Any] | None:
-    """One job as one Ray Train run (the only `TorchTrainer` of the project); returns rank 0's
-    rows (and validation accuracy in sweeps)."""
-    from ray.train import FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
-
-    res = spec.resources
-    use_gpu = res.gpus > 0
-    per_worker = {"CPU": res.cpus_per_worker, **({"GPU": res.gpu_share} if use_gpu else {})}
-    callbacks = []
-    if report_to_tune:
-        from ray.tune.integration.ray_train import TuneReportCallback
-
-        callbacks.append(TuneReportCallback())
-    trainer = TorchTrainer(
-        _train_worker,
-        train_loop_config={"job": job, "spec": spec, "queue": queue},
-        scaling_config=ScalingConfig(
-            num_workers=job.workers, use_gpu=use_gpu, resources_per_worker=per_worker
-        ),
-        run_config=RunConfig(
-            # A fresh name per run: Train would otherwise resume its own state; our checkpoints
-            # (CheckpointStore) decide where a job continues.
-            name=f"{spec.run_name(job)}-{spec.settings.run_id}",
-            storage_path=res.train_storage,
-            failure_config=FailureConfig(
-                max_failures=res.max_failures, controller_failure_limit=CONTROLLER_FAILURE_LIMIT
-            ),
-            callbacks=callbacks,
-        ),
-    )
-    result = trainer.fit()
-    if result.error is not None:
-        raise result.error
-    return result.return_value
 
 
 # ---- the driver ----------------------------------------------------------------------------
@@ -254,7 +144,9 @@ def _error_line(trial: Any) -> str:
     ]
 
 
-def init_ray(opts: ExecOptions) -> None:
+def init_ray(opts: ExecOptions, dashboard: bool = True) -> None:
+    """Join the cluster at opts.address, or start a local one (without the dashboard when the
+    run does not need it: plain trials leave no Train placement groups behind)."""
     import ray
 
     # Our live table replaces Tune's console reporter (verbose=0 silences the old one only);
@@ -274,7 +166,53 @@ def init_ray(opts: ExecOptions) -> None:
     if opts.address:
         ray.init(address=opts.address, **kw)
     else:
-        ray.init(num_cpus=opts.cpus, num_gpus=opts.gpus, **kw)
+        ray.init(num_cpus=opts.cpus, num_gpus=opts.gpus, include_dashboard=dashboard, **kw)
+
+
+@contextlib.contextmanager
+def session(opts: ExecOptions, log: Path, dashboard: bool = True) -> Iterator[None]:
+    """Ray for one `run.execute`: Ray's own messages go to `log` from the start (its token-
+    authentication warning included); a local cluster started here stops when the block ends,
+    every process at once."""
+    import ray
+
+    ray_log_to_file(log)
+    started = not ray.is_initialized()
+    init_ray(opts, dashboard)
+    try:
+        yield
+    finally:
+        if started:
+            shutdown()
+
+
+def shutdown() -> None:
+    """`ray.shutdown()` of a local cluster, its processes stopped all at once: Ray stops them one
+    after another, allowing each a second (seconds of a short local run's wall time)."""
+    import ray
+    from ray._private import worker
+
+    node = getattr(worker, "_global_node", None)
+    if node is None or not hasattr(node, "all_processes"):  # not ours, or Ray changed
+        ray.shutdown()
+        return
+    worker._global_node = None  # ray.shutdown() below disconnects; the processes are ours
+    try:
+        ray.shutdown()
+    finally:
+        if node.is_head():
+            node.destroy_external_storage()
+        procs = [i.process for infos in node.all_processes.values() for i in infos]
+        for p in procs:
+            if p.poll() is None:
+                p.terminate()
+        deadline = time.monotonic() + 2.0
+        for p in procs:
+            try:
+                p.wait(timeout=max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                p.kill()
+        node.all_processes.clear()
 
 
 def ray_log_to_file(path: Path) -> None:

@@ -17,14 +17,12 @@ from dplbench.results import store
 from dplbench.results.root import ResultsRoot
 from dplbench.results.status import StatusBook
 from dplbench.run import launcher
-from dplbench.run.context import LocalContext
 from dplbench.run.failures import JobFailed, log_path
 from dplbench.run.launcher import TrialEvent
 from dplbench.run.leases import Leases
 from dplbench.run.prepare import prepare
 from dplbench.run.settings import ExecOptions, RunSettings
 from dplbench.run.trials import job_summary, job_trial
-from dplbench.run.worker import run_job
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +105,9 @@ def _with_log(settings: RunSettings, job_id: str, error: str) -> str:
 
 
 def _run_local(job: Job, settings: RunSettings, emit: TrialEvent, resume: bool) -> JobOutcome:
+    from dplbench.run.context import LocalContext
+    from dplbench.run.worker import run_job
+
     emit(job.id, "running", {})
     try:
         name = ResultsRoot(settings.results).resume_run(job.id, settings.run_id, resume)

@@ -1,10 +1,13 @@
-"""The two kinds of Tune trial that run/launcher.py launches: `job_trial` (one job, `dplbench
+"""What runs inside the Tune trials that run/launcher.py launches: `job_trial` (one job, `dplbench
 run` and `ablate`) and `sweep_trial` (one sweep setting: its jobs at once, the validation objective
-reported every epoch for ASHA). Jobs run as `launcher.fit_job` (a TorchTrainer) or, single-worker
-jobs of `run`, in the trial's own process (`launcher.run_in_trial`)."""
+reported every epoch for ASHA). A job runs in the trial's own process (`run_in_trial`, single-worker
+jobs of `run`) or as one Ray Train run (`fit_job`: the project's only `TorchTrainer`, DDP workers
+with a `RayTrainContext`). The driver imports this module for the trial functions alone: torch
+and the model library are imported inside them, in the trial processes."""
 
 from __future__ import annotations
 
+import logging
 import threading
 from typing import Any
 
@@ -12,8 +15,128 @@ import ray.tune as tune
 
 from dplbench.plan.jobs import Job
 from dplbench.results.sweeps import objective, trial_test_metrics
+from dplbench.run import placement_groups
 from dplbench.run.failures import JobFailed, one_line
-from dplbench.run.launcher import TrialSpec, fit_job, run_in_trial
+from dplbench.run.launcher import CONTROLLER_FAILURE_LIMIT, TrialSpec
+
+# ---- the jobs inside a trial ------------------------------------------------------------
+
+
+class RayTrainContext:
+    """WorkerContext on a Ray Train worker. Checkpoints go to the results root like every other
+    run's (rank 0 writes; every rank of a restarted group reads the newest). Rank 0 leaves its
+    placement group's id under `pg_dir` (see run/placement_groups.py) and, in sweeps, streams
+    each epoch's validation accuracy to the trial through `queue`."""
+
+    def __init__(self, job: Job, spec: TrialSpec, queue: Any = None) -> None:
+        import ray
+        import ray.train
+        import ray.train.torch
+        import torch
+
+        from dplbench.run.context import CheckpointStore
+
+        tc = ray.train.get_context()
+        self.rank, self.world_size = tc.get_world_rank(), tc.get_world_size()
+        self.device = ray.train.torch.get_device()
+        self.node = ray.get_runtime_context().get_node_id()
+        if self.device.type == "cuda":
+            torch.cuda.set_device(self.device)
+        self.job_id, self.queue = job.id, queue
+        self.store = CheckpointStore(spec.settings.results, job.id, spec.run_name(job))
+        self.reports = 0
+        self.last_val: float | None = None
+        if self.rank == 0:
+            placement_groups.announce(spec.pg_dir, job.id)
+
+    def report(self, metrics: dict[str, Any], checkpoint_dir: str | None) -> None:
+        import ray.train
+
+        if checkpoint_dir and self.rank == 0:  # checkpoint first: a restart starts after it
+            self.store.save(int(metrics["epoch"]), checkpoint_dir)
+        ray.train.report(metrics)
+        self.reports += 1
+        if metrics.get("val_accuracy") is not None:
+            self.last_val = float(metrics["val_accuracy"])
+            if self.rank == 0 and self.queue is not None:
+                self.queue.put((self.job_id, int(metrics["epoch"]), self.last_val))
+
+    def latest_checkpoint(self) -> str | None:
+        return self.store.latest()
+
+
+def run_in_trial(job: Job, spec: TrialSpec) -> dict[str, Any]:
+    """One single-worker job in this Tune trial's process (a plain trial): checkpoints in the
+    results root, each epoch's metrics reported to Tune (the live table, ASHA)."""
+    import ray
+    import torch
+
+    from dplbench.run.context import LocalContext
+    from dplbench.run.worker import run_job
+
+    ctx = LocalContext(
+        spec.settings.results,
+        job.id,
+        spec.run_name(job),
+        node=ray.get_runtime_context().get_node_id(),
+        also_report=tune.report,
+    )
+    if ctx.device.type == "cuda":
+        torch.cuda.set_device(ctx.device)
+    return {"rows": run_job(job, spec.settings, ctx)}
+
+
+def _train_worker(config: dict[str, Any]) -> dict[str, Any] | None:
+    from dplbench.run.worker import final_val_accuracy, run_job
+
+    logging.basicConfig(level=logging.WARNING)
+    job, spec = config["job"], config["spec"]
+    ctx = RayTrainContext(job, spec, config.get("queue"))
+    rows = run_job(job, spec.settings, ctx)
+    val = None
+    if spec.settings.val_each_epoch:
+        # Every rank reported the same epochs, so every rank takes this branch or none.
+        val = ctx.last_val if ctx.reports else final_val_accuracy(job, spec.settings, ctx)
+    return {"rows": rows, "val_accuracy": val} if ctx.rank == 0 else None
+
+
+def fit_job(
+    job: Job, spec: TrialSpec, queue: Any = None, report_to_tune: bool = False
+) -> dict[str, Any] | None:
+    """One job as one Ray Train run (the only `TorchTrainer` of the project); returns rank 0's
+    rows (and validation accuracy in sweeps)."""
+    from ray.train import FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    res = spec.resources
+    use_gpu = res.gpus > 0
+    per_worker = {"CPU": res.cpus_per_worker, **({"GPU": res.gpu_share} if use_gpu else {})}
+    callbacks = []
+    if report_to_tune:
+        from ray.tune.integration.ray_train import TuneReportCallback
+
+        callbacks.append(TuneReportCallback())
+    trainer = TorchTrainer(
+        _train_worker,
+        train_loop_config={"job": job, "spec": spec, "queue": queue},
+        scaling_config=ScalingConfig(
+            num_workers=job.workers, use_gpu=use_gpu, resources_per_worker=per_worker
+        ),
+        run_config=RunConfig(
+            # A fresh name per run: Train would otherwise resume its own state; our checkpoints
+            # (CheckpointStore) decide where a job continues.
+            name=f"{spec.run_name(job)}-{spec.settings.run_id}",
+            storage_path=res.train_storage,
+            failure_config=FailureConfig(
+                max_failures=res.max_failures, controller_failure_limit=CONTROLLER_FAILURE_LIMIT
+            ),
+            callbacks=callbacks,
+        ),
+    )
+    result = trainer.fit()
+    if result.error is not None:
+        raise result.error
+    return result.return_value
 
 
 def job_trial(config: dict[str, Any]) -> None:
