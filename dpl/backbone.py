@@ -16,6 +16,7 @@ import zipfile
 from pathlib import Path
 
 import open_clip
+import torch
 from torch import nn
 
 from dpl.config import BackboneConfig
@@ -97,13 +98,15 @@ def load_clip(cfg: BackboneConfig) -> open_clip.CLIP:
         # OpenAI's original JIT archive (what the Dassl forks download): rebuilt from its state dict.
         model = open_clip.load_openai_model(pretrained, precision="fp32", device="cpu")
     else:
-        model = open_clip.create_model(
-            cfg.model,
-            pretrained=pretrained,
-            force_quick_gelu=quick_gelu,
-            cache_dir=cfg.cache_dir,
-            require_pretrained=bool(pretrained),
-        )
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(cfg.init_seed)  # random weights: a function of the config alone
+            model = open_clip.create_model(
+                cfg.model,
+                pretrained=pretrained,
+                force_quick_gelu=quick_gelu,
+                cache_dir=cfg.cache_dir,
+                require_pretrained=bool(pretrained),
+            )
     if not isinstance(model, open_clip.CLIP):
         raise ValueError(
             f"backbone.model={cfg.model}: only open_clip CLIP models with built-in towers are "

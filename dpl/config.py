@@ -28,6 +28,10 @@ class BackboneConfig:
     pretrained: str | None = "openai"  # hub tag, local .pt/.bin/.safetensors path, or None (random)
     quick_gelu: bool | None = None  # None: decided from the weights (see module docstring)
     cache_dir: str | None = None  # hub cache, when a tag is downloaded
+    # Random weights (pretrained None: tests, the smoke suite) are drawn from this seed, so a
+    # random backbone is a fixed function of its config as pretrained weights are, shared by all
+    # seeds of a job (and by the runs of a fused group).
+    init_seed: int = 0
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,7 @@ from torch import nn
 from dpl.lora import AttentionLoRA
 
 Modality = str  # "vision" | "text"
+Span = tuple[int, list[torch.Tensor]]  # (first position, per-layer prompts placed there)
 
 
 @dataclass
@@ -32,6 +33,20 @@ class TokenLayout:
     valid: torch.Tensor  # [B,S] bool: real tokens (text: up to and including [EOT])
     content: torch.Tensor  # [B,S] bool: valid and not the global token
     target: torch.Tensor  # [B,S] bool: the tokens IWTD may drop
+
+
+@dataclass
+class TextCall:
+    """One pass of the text tower, built but not run: sequences that are already embedded
+    (positions added, layer-0 prompts in place), their attention mask, the deep prompts placed at
+    later layers, where to pool, and the token roles for a hook. Calls of several runs of one
+    method concatenate into one pass (dpl/fused.py)."""
+
+    x: torch.Tensor  # [N,S,D]
+    mask: torch.Tensor | None  # [S,S] shared, or [N,S,S] per sequence (additive)
+    spans: list[Span]  # (first position, per-layer prompts [n,D] or [N,n,D])
+    pool: torch.Tensor  # [N]
+    layout: TokenLayout | None = None
 
 
 class LayerHook(Protocol):
@@ -118,9 +133,6 @@ def _check_blocks(blocks: nn.ModuleList, batch_first: bool) -> None:
         )
 
 
-Span = tuple[int, list[torch.Tensor]]  # (first position, per-layer prompts placed there)
-
-
 def _place(x: torch.Tensor, start: int, p: torch.Tensor) -> torch.Tensor:
     """x with positions start..start+n replaced by p ([n,D] shared or [B,n,D] per sample)."""
     p = p.expand(x.shape[0], -1, -1) if p.dim() == 2 else p
@@ -167,9 +179,11 @@ class VisionEncoder(nn.Module):
         prompts: list[torch.Tensor] | None = None,
         hook: LayerHook | None = None,
         adapters: bool = True,
+        lora: dict | None = None,
     ) -> torch.Tensor:
         """images [B,3,H,W] -> features [B,E] (not normalised). adapters=False runs the original
-        tower (no LoRA), as the frozen branch must whatever LoRA has learnt."""
+        tower (no LoRA), as the frozen branch must whatever LoRA has learnt; `lora` replaces the
+        tower's own LoRA per layer (several runs' at once, dpl/fused.py)."""
         visual = self._visual[0]
         x = visual._embeds(images)  # [B,1+N,D], ln_pre applied
         n_seq = x.shape[1]
@@ -181,7 +195,8 @@ class VisionEncoder(nn.Module):
             p = p.expand(x.shape[0], -1, -1) if p.dim() == 2 else p
             x = torch.cat([x, visual.ln_pre(p.to(x.dtype))], 1)
         layout = self.layout(x.shape[0], x.shape[1], x.device) if hook is not None else None
-        lora = {int(k): v for k, v in self.lora.items()} if adapters else {}
+        if lora is None:
+            lora = {int(k): v for k, v in self.lora.items()} if adapters else {}
         x = _run_blocks(
             visual.transformer.resblocks, x, None, [(n_seq, prompts)], lora, hook, "vision", layout
         )
@@ -233,6 +248,18 @@ class TextEncoder(nn.Module):
 
         prompts[i] ([n,D] shared or [C,n,D]) replace positions prompt_start..prompt_start+n at
         layer i; layer 0's replace the token embeddings of the context words."""
+        call = self.call(embedded, eot, prompts, prompt_start, hook is not None)
+        return self.run(call, hook, adapters)
+
+    def call(
+        self,
+        embedded: torch.Tensor,
+        eot: torch.Tensor,
+        prompts: list[torch.Tensor] | None = None,
+        prompt_start: int = 1,
+        with_layout: bool = False,
+    ) -> TextCall:
+        """The pass `forward` makes, built but not run."""
         clip = self.clip[0]
         L = embedded.shape[1]
         prompts = prompts or []
@@ -241,10 +268,23 @@ class TextEncoder(nn.Module):
         x = x.to(cast) + clip.positional_embedding[:L].to(cast)
         mask = clip.attn_mask[:L, :L] if clip.attn_mask is not None else None
         layout = None
-        if hook is not None:
+        if with_layout:
             n_ctx = prompts[0].shape[-2] if prompts else 0
             layout = self.layout(eot, L, prompt_start, n_ctx, x.device)
-        return self.encode(x, mask, [(prompt_start, prompts)], eot, hook, layout, adapters)
+        return TextCall(x, mask, [(prompt_start, prompts)], eot, layout)
+
+    def run(
+        self,
+        call: TextCall,
+        hook: LayerHook | None = None,
+        adapters: bool = True,
+        lora: dict | None = None,
+    ) -> torch.Tensor:
+        """Features [N,E] (not normalised) of a built pass; `lora` replaces the tower's own LoRA
+        per layer (several runs' at once, dpl/fused.py)."""
+        return self.encode(
+            call.x, call.mask, call.spans, call.pool, hook, call.layout, adapters, lora
+        )
 
     def encode(
         self,
@@ -255,11 +295,13 @@ class TextEncoder(nn.Module):
         hook: LayerHook | None = None,
         layout: TokenLayout | None = None,
         adapters: bool = True,
+        lora: dict | None = None,
     ) -> torch.Tensor:
         """The tower over a sequence that is already embedded (positions added): x [C,S,D],
         attn_mask [S,S] or per-sequence [C,S,S] (additive), pooled at pool_index [C]."""
         clip = self.clip[0]
-        lora = {int(k): v for k, v in self.lora.items()} if adapters else {}
+        if lora is None:
+            lora = {int(k): v for k, v in self.lora.items()} if adapters else {}
         x = _run_blocks(clip.transformer.resblocks, x, attn_mask, spans, lora, hook, "text", layout)
         x = clip.ln_final(x)
         x = x[torch.arange(x.shape[0], device=x.device), pool_index]

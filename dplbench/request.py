@@ -107,6 +107,12 @@ class How:
         "jobs sharing one GPU (fractional GPU resources); auto: as many as the calibrated peak "
         "memory fits, capped by the CPUs per GPU (dplbench bench model calibrates)",
     )
+    fuse: str = option(
+        "1",
+        "K: train up to K jobs that differ only in seed or in shape-neutral values (lr, loss "
+        "weights, IWTD rates, ...) in one process as one batched model over the shared frozen "
+        "CLIP; auto: K from the bench calibration's memory per run",
+    )
     compile: str | None = option(None, COMPILE_HELP)
     use_ray: bool = option(True, "--no-ray: jobs one after the other in this process",
                            flags="--ray/--no-ray")  # fmt: skip
@@ -116,15 +122,19 @@ class How:
             raise ConfigError(f"--gpus {self.gpus} / --cpus {self.cpus}: GPUs >= 0, CPUs >= 1")
         if self.loader_workers < 0:
             raise ConfigError(f"--loader-workers {self.loader_workers}: 0 or more")
-        if self.jobs_per_gpu != "auto":
-            try:
-                ok = int(self.jobs_per_gpu) >= 1
-            except ValueError:
-                ok = False
-            if not ok:
-                raise ConfigError(
-                    f"--jobs-per-gpu {self.jobs_per_gpu!r}: a positive integer or auto"
-                )
+        for flag, value in (("--jobs-per-gpu", self.jobs_per_gpu), ("--fuse", self.fuse)):
+            _positive_or_auto(flag, value)
+
+
+def _positive_or_auto(flag: str, value: str) -> None:
+    if value == "auto":
+        return
+    try:
+        ok = int(value) >= 1
+    except ValueError:
+        ok = False
+    if not ok:
+        raise ConfigError(f"{flag} {value!r}: a positive integer or auto")
 
 
 TRACKERS = ("mlflow", "tensorboard")

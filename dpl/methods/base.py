@@ -20,12 +20,13 @@ from torch import nn
 
 from dpl.backbone import load_clip
 from dpl.config import MethodConfig
-from dpl.encoders import TextEncoder, VisionEncoder
+from dpl.encoders import TextCall, TextEncoder, VisionEncoder
+from dpl.fused import fused_losses
 from dpl.layers import resolve_depth, resolve_layers
 from dpl.lora import AttentionLoRA
-from dpl.mag import MAGBridge, alignment_loss
+from dpl.losses import loss_terms
+from dpl.mag import MAGBridge
 from dpl.prompts import CoupledPrompts, DeepPrompts
-from dpl.residual_entropy import rer_lambda, residual_entropies
 from dpl.templates import RAW_MEAN_SETS, template_set
 from dpl.token_dropout import IWTDHook
 
@@ -232,20 +233,37 @@ class PromptedCLIP(nn.Module):
             return self.vision_prompts(text_prompts[: self.depth_vision])
         return self.vision_prompts()
 
+    def text_call(self, hook: IWTDHook | None = None) -> TextCall:
+        """The text tower's pass of `text_features(hook)`, built but not run (a fused step runs
+        the passes of several runs at once, dpl/fused.py)."""
+        cs = self.classes
+        return self.text.call(cs.embedded, cs.eot, self._text_prompt_list(), 1, hook is not None)
+
     def text_features(self, hook: IWTDHook | None = None) -> torch.Tensor:
         """Learnable-branch class text features t^d [C,E] (not normalised)."""
-        return self.prompted_text_features(hook)
+        return self.text.run(self.text_call(hook), hook)
 
     def prompted_text_features(self, hook=None) -> torch.Tensor:
         """The prompted text tower over the current class list, deterministically (analyses call
         it with their own hook; zero-shot CLIP's text_features is a frozen template mean)."""
-        cs = self.classes
-        return self.text(cs.embedded, cs.eot, self._text_prompt_list(), 1, hook)
+        return PromptedCLIP.text_features(self, hook)
+
+    def vision_prompt_list(self) -> list[torch.Tensor]:
+        """The vision tower's deep prompts per layer ([n,D] each)."""
+        return self._vision_prompt_list(self._text_prompt_list())
 
     def image_features(self, images: torch.Tensor, hook: IWTDHook | None = None) -> torch.Tensor:
         """Learnable-branch image features f^d [B,E] (not normalised)."""
-        prompts = self._vision_prompt_list(self._text_prompt_list())
-        return self.vision(images, prompts, hook)
+        return self.vision(images, self.vision_prompt_list(), hook)
+
+    def needs_frozen_images(self) -> bool:
+        w = self.cfg.loss
+        return bool(w.image_l1 or w.kl or self.cfg.rer.enabled)
+
+    def frozen_view(self, batch: dict) -> torch.Tensor:
+        """The images the frozen branch sees: the clean view, or the learnable branch's."""
+        images = batch["image"]
+        return batch.get("clean", images) if self.cfg.frozen_view == "clean" else images
 
     @torch.no_grad()
     def frozen_image_features(
@@ -308,49 +326,24 @@ class PromptedCLIP(nn.Module):
         epochs: int = 1,
         generator: torch.Generator | None = None,
     ) -> dict[str, torch.Tensor]:
-        """Named, weighted loss terms of one training step; the total is their sum.
+        """Named, weighted loss terms of one training step; the total is their sum
+        (dpl/losses.py).
 
         batch: image [B,3,H,W], label [B]; clean [B,3,H,W] and key (list) when the frozen branch
         sees the clean view."""
-        cfg, w = self.cfg, self.cfg.loss
-        images, labels = batch["image"], batch["label"]
         hook = self._hook(generator)
         t_d = self.text_features(hook)  # [C,E]
-        f_d = self.image_features(images, hook)  # [B,E]
-        t_dn, f_dn = F.normalize(t_d.float(), dim=-1), F.normalize(f_d.float(), dim=-1)
-        scale = self.logit_scale
-        logits = scale * f_dn @ t_dn.T
-        terms = {"ce": w.ce * F.cross_entropy(logits, labels)}
+        f_d = self.image_features(batch["image"], hook)  # [B,E]
+        f_o = None
+        if self.needs_frozen_images():
+            f_o = self.frozen_image_features(self.frozen_view(batch), batch.get("key"))
+        return loss_terms(self, batch, t_d, f_d, f_o, hook, epoch, epochs)
 
-        t_o = self.classes.frozen_text
-        if w.text_l1:
-            terms["text_l1"] = w.text_l1 * F.l1_loss(t_dn, t_o)
-        if w.kg_cos:
-            terms["kg_cos"] = w.kg_cos * (1 - F.cosine_similarity(t_dn, t_o, dim=-1).mean())
-        needs_f_o = w.image_l1 or w.kl or cfg.rer.enabled
-        if needs_f_o:
-            view = batch.get("clean", images) if cfg.frozen_view == "clean" else images
-            f_o = self.frozen_image_features(view, batch.get("key"))
-            if w.image_l1:
-                terms["image_l1"] = w.image_l1 * F.l1_loss(f_dn, f_o)
-            if w.kl:
-                frozen_logits = scale * f_o @ t_o.T
-                kl = F.kl_div(
-                    F.log_softmax(logits, -1),
-                    F.log_softmax(frozen_logits, -1),
-                    reduction="sum",
-                    log_target=True,
-                )
-                terms["kl"] = w.kl * kl / logits.numel()
-            if cfg.rer.enabled:
-                lam = rer_lambda(epoch, epochs, cfg.rer.lambda0, cfg.rer.fixed_lambda)
-                h_t, h_v = residual_entropies(f_d, f_o, t_d, t_o, lam, scale)
-                terms["rer"] = -cfg.rer.weight * (h_t + h_v)
-        if cfg.mag.enabled:
-            terms["mag"] = cfg.mag.weight * alignment_loss(
-                hook.captured["vision"], hook.captured["text"], labels
-            )
-        return terms
+    @classmethod
+    def fused_losses(cls, runs, batches, epoch, epochs) -> list[dict[str, torch.Tensor] | None]:
+        """The losses of several runs of this method in one pass through the frozen towers
+        (dpl/fused.py); `runs` is a FusedRuns of models of this class."""
+        return fused_losses(runs, batches, epoch, epochs)
 
     # --- state --------------------------------------------------------------------------------
 

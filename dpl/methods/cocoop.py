@@ -39,3 +39,34 @@ class CoCoOp(PromptedCLIP):
     def losses(self, batch, epoch=0, epochs=1, generator=None):
         logits = self._per_image_logits(batch["image"]).float()
         return {"ce": self.cfg.loss.ce * F.cross_entropy(logits, batch["label"])}
+
+    @classmethod
+    def fused_losses(cls, runs, batches, epoch=0, epochs=None):
+        """Several CoCoOp runs in one pass per tower: the image tower (no prompts: the frozen
+        one) over every run's batch, each run's meta-net shift of its context, then the text
+        tower over every run's B·C sequences; CE per run (as `losses`)."""
+        ids = runs.active(batches)
+        members = [runs.members[k] for k in ids]
+        mine = [batches[k] for k in ids]
+        counts = [len(b["label"]) for b in mine]
+        feats = members[0].vision(torch.cat([b["image"] for b in mine])).split(counts)
+        cs = members[0].classes
+        C = cs.embedded.shape[0]
+        embedded, eot, ctx = [], [], []
+        for m, f in zip(members, feats):
+            f = F.normalize(f, dim=-1)
+            shifted = m.text_prompts()[0][None] + m.meta_net(f)[:, None]  # [B,n,Dt]
+            embedded.append(cs.embedded.repeat(f.shape[0], 1, 1))
+            eot.append(cs.eot.repeat(f.shape[0]))
+            ctx.append(shifted.repeat_interleave(C, 0))
+        t = members[0].text(torch.cat(embedded), torch.cat(eot), [torch.cat(ctx)])
+        t = F.normalize(t, dim=-1).split([n * C for n in counts])
+        out = [None] * len(batches)
+        for j, k in enumerate(ids):
+            m, f = members[j], F.normalize(feats[j], dim=-1)
+            with torch.autocast(f.device.type, enabled=False):
+                logits = m.logit_scale * torch.einsum(
+                    "be,bce->bc", f.float(), t[j].view(counts[j], C, -1).float()
+                )
+            out[k] = {"ce": m.cfg.loss.ce * F.cross_entropy(logits.float(), mine[j]["label"])}
+        return out

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from dpl.config import MethodConfig
-from dpl.encoders import TokenLayout
+from dpl.encoders import TextCall, TokenLayout
 from dpl.layers import resolve_depth
 from dpl.llm.cache import CacheError, ClassKnowledge, LlmCache
 from dpl.llm.prompt_source import LlmPromptSource
@@ -110,26 +110,29 @@ class LlampCLIP(PromptedCLIP):
             layout = TokenLayout(g, valid, content, target & content)
         return x, mask, layout
 
-    def _features(self, template: int, hook=None) -> torch.Tensor:
+    def _call(self, template: int, with_layout: bool) -> TextCall:
         cs = self.classes
         ctx = self._text_prompt_list()
         llm = self.llm(cs.knowledge, template)
-        x, mask, layout = self._sequence(cs, ctx[0], llm[0], hook is not None)
+        x, mask, layout = self._sequence(cs, ctx[0], llm[0], with_layout)
         pool = torch.full((x.shape[0],), x.shape[1] - 1, dtype=torch.long, device=x.device)
         spans = [(1, ctx), (cs.embedded.shape[1] - 1, llm)]
-        return self.text.encode(x, mask, spans, pool, hook, layout)
+        return TextCall(x, mask, spans, pool, layout)
+
+    def _features(self, template: int, hook=None) -> torch.Tensor:
+        return self.text.run(self._call(template, hook is not None), hook)
 
     def prompted_text_features(self, hook=None) -> torch.Tensor:
         return self._features(0, hook)  # the first LLM template
 
-    def text_features(self, hook=None) -> torch.Tensor:
+    def text_call(self, hook=None) -> TextCall:
         """One LLM template per call, drawn uniformly (DroPLe `decode_class`: torch.randint over
         --num_text_template, once per forward); the hook's generator when IWTD is on."""
         n = self.classes.knowledge.templates
         gen = getattr(hook, "generator", None)
         device = gen.device if gen is not None else "cpu"
         template = int(torch.randint(n, (1,), generator=gen, device=device))
-        return self._features(template, hook)
+        return self._call(template, hook is not None)
 
     def template_text_features(self) -> torch.Tensor:
         """[T,C,E] normalised: every template's class features (evaluation)."""

@@ -153,7 +153,7 @@ def pick_images(view: DatasetView, k: int, size: int) -> dict[str, torch.Tensor]
 
 
 def build(subject: Subject, results_root: str, device: torch.device) -> PromptedCLIP:
-    clip = frozen_clip(subject.config.backbone, subject.seed)
+    clip = frozen_clip(subject.config.backbone)
     seed_everything(subject.seed)  # the same prompt initialisation as the job's
     model = build_method(subject.config, clip).to(device)
     if subject.state_of is not None:

@@ -3,6 +3,10 @@ command module imports it back. Commands are thin: parse, call one library funct
 
 from __future__ import annotations
 
+import logging
+import os
+import sys
+
 import typer
 
 from dplbench.cli import ablate, bench, data, explain, llm, report, results, run, tune
@@ -21,3 +25,22 @@ app.add_typer(results.app, name="results")
 app.add_typer(data.app, name="data")
 app.add_typer(bench.app, name="bench")
 app.add_typer(llm.app, name="llm")
+
+
+def main() -> None:
+    """The `dplbench` command. After a run that started and stopped its own local Ray cluster,
+    the process ends without tearing down the thousands of modules Ray and Tune loaded (a second
+    of a small suite's wall time): every result is written and every stream flushed by then."""
+    try:
+        app()
+    except SystemExit as e:
+        code = e.code
+    else:
+        code = 0
+    launcher = sys.modules.get("dplbench.run.launcher")  # imported only by runs that use Ray
+    if launcher is not None and launcher.stopped_local_cluster():
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code if isinstance(code, int) else 1)
+    raise SystemExit(code)

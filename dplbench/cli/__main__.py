@@ -1,3 +1,3 @@
-from dplbench.cli import app
+from dplbench.cli import main
 
-app()
+main()

@@ -42,8 +42,9 @@ class JobTable:
     """One line per job (state, elapsed time, epoch and loss while it trains, its scores once
     done, its one-line cause once failed), and the suite's elapsed time, ETA and packing."""
 
-    def __init__(self, jobs, packing: str = "") -> None:
+    def __init__(self, jobs, packing: str = "", groups: dict[str, str] | None = None) -> None:
         self.packing = packing
+        self.groups = groups or {}  # job id -> its fused group's label
         self.jobs = {j.id: j for j in jobs}
         self.state = {j.id: "queued" for j in jobs}
         self.detail = {j.id: "" for j in jobs}
@@ -53,8 +54,9 @@ class JobTable:
         self.most_running = 1
 
     def event(self, job_id: str, state: str, info: dict) -> None:
-        if state == "checked":  # the plan's pre-run checks: how jobs are packed
+        if state == "checked":  # the plan's pre-run checks: how jobs are packed and fused
             self.packing = info["checks"].packing
+            self.groups = info["checks"].group_of()
             return
         if job_id not in self.jobs:
             return
@@ -99,7 +101,8 @@ class JobTable:
         if self.packing:
             head += f" · {self.packing}"
         t = Table(title=head, title_justify="left")
-        cols = ("job", "method", "protocol", "train on", "evaluate", "seed", "state", "time")
+        cols = ("job", "method", "protocol", "train on", "evaluate", "seed", "fused", "state",
+                "time")  # fmt: skip
         for col in (*cols, "progress / result"):
             t.add_column(col)
         now = time.monotonic()
@@ -115,7 +118,8 @@ class JobTable:
                 took = self.ended.get(jid, now) - self.started[jid]
             t.add_row(
                 jid[:10], j.method, j.protocol, train, evals, str(j.seed),
-                f"[{STYLE[state]}]{state}[/]", clock(took), self.detail[jid],
+                self.groups.get(jid, ""), f"[{STYLE[state]}]{state}[/]", clock(took),
+                self.detail[jid],
             )  # fmt: skip
         return t
 
@@ -178,11 +182,15 @@ def live(table: JobTable | TrialTable) -> Iterator[Any]:
         console.line()
 
 
-def recipe_view(job) -> dict:
-    """One job as the recipe view shows it: what it trains on and its full resolved config."""
+def recipe_view(job, checks=None) -> dict:
+    """One job as the recipe view shows it: what it trains on, its full resolved config, and how
+    it trains (its fused group, or why it trains alone)."""
     from dpl.config import to_dict
 
+    group = next((g for g in (checks.groups if checks else ()) if job in g.jobs), None)
     return {
+        "fused_with": [j.id for j in group.jobs if j.id != job.id] if group else [],
+        "solo_reason": checks.solo.get(job.id) if checks and not group else None,
         "job_id": job.id,
         "method": job.method,
         "protocol": job.protocol,
@@ -205,8 +213,10 @@ def print_plan(table: JobTable | TrialTable, jobs, checks, what: str, fmt: str) 
     run and the pre-run checks' notes."""
     if fmt == "json":
         for j in jobs:
-            sys.stdout.write(json.dumps(recipe_view(j), sort_keys=True) + "\n")
+            sys.stdout.write(json.dumps(recipe_view(j, checks), sort_keys=True) + "\n")
         return
+    if isinstance(table, JobTable):
+        table.groups = checks.group_of()
     console.print(table.render())
     console.print(f"{what}; nothing was run (--dry-run)", highlight=False)
     for line in checks.notes:

@@ -27,6 +27,8 @@ from dplbench.plan.jobs import Job, estimated_train_samples
 
 # Fraction of a GPU's memory that packed jobs may fill (the rest: allocator slack, fragmentation).
 MEMORY_HEADROOM = 0.85
+# Fused groups larger than this gain little on one GPU (and dilute failures): auto's ceiling.
+MAX_FUSE = 16
 # Start-up of one job (process, imports, model build) when no measurement says otherwise: what
 # tools/bench/bench_runner.py measured for plain trials on a 2-core CPU machine.
 DEFAULT_STARTUP_S = 5.0
@@ -162,3 +164,20 @@ def estimate(
         seconds.append(train + evaluate + startup_s)
     total = sum(seconds)
     return Estimate(total / 3600, total / max(slots, 1) / 3600, covered, len(jobs))
+
+
+def auto_fuse(calib: Calibration | None, jobs: list[Job], gpus: int) -> tuple[int, str]:
+    """(runs per fused group, why): as many as the GPU's memory holds at the largest job's
+    calibrated peak (frozen weights counted once per run: an upper bound, since fused runs share
+    them), at most MAX_FUSE; one without a GPU calibration."""
+    if not gpus or calib is None or not calib.memory_mib:
+        return 1, "no GPU calibration of this machine (dplbench bench model): one run per job"
+    peaks = [
+        r["peak_mib"]
+        for j in jobs
+        if (r := calib.row(j.config.backbone.model, j.method)) and r.get("peak_mib")
+    ]
+    if not peaks:
+        return 1, "the calibration has none of these methods/models: run `dplbench bench model`"
+    k = max(1, min(MAX_FUSE, int(MEMORY_HEADROOM * calib.memory_mib // max(peaks))))
+    return k, f"{k} runs per group: peak {max(peaks):.0f} MiB of {calib.memory_mib:.0f} MiB"

@@ -47,6 +47,8 @@ ROW_SCHEMA = pa.schema(
         ("source_job_id", pa.string()),  # the training job whose checkpoint was evaluated
         ("config", pa.string()),  # the full resolved job, JSON
         ("params", pa.string()),  # sweep / ablation labels of this job (JSON object; {} otherwise)
+        # The other jobs trained with it in one fused group (comma list; empty: trained alone).
+        ("fused_with", pa.string()),
         ("code_version", pa.string()),  # git commit (+dirty) or package version
         ("versions", pa.string()),  # JSON: python, torch, open_clip, ray, dplbench
         ("hardware", pa.string()),  # e.g. "2x NVIDIA H200" or "1x cpu (2 cores, x86_64)"

@@ -87,6 +87,7 @@ class TrialEnd:
     key: str
     status: str  # done | stopped | failed
     error: str | None = None
+    members: dict[str, dict] | None = None  # a fused group's: job id -> its own last report
 
 
 # (trial key, state, info): state running | result | done | stopped | failed; info carries the
@@ -186,6 +187,13 @@ def session(opts: ExecOptions, log: Path, dashboard: bool = True) -> Iterator[No
             shutdown()
 
 
+_STOPPED = []  # local clusters this process started and stopped (the CLI exits quickly after)
+
+
+def stopped_local_cluster() -> bool:
+    return bool(_STOPPED)
+
+
 def shutdown() -> None:
     """`ray.shutdown()` of a local cluster, its processes stopped all at once: Ray stops them one
     after another, allowing each a second (seconds of a short local run's wall time)."""
@@ -206,13 +214,19 @@ def shutdown() -> None:
         for p in procs:
             if p.poll() is None:
                 p.terminate()
-        deadline = time.monotonic() + 2.0
+        # The raylet, GCS and monitor do not exit on SIGTERM (Ray kills them a second later):
+        # a moment for those that do, then SIGKILL for the rest, all at once.
+        deadline = time.monotonic() + 0.3
         for p in procs:
             try:
                 p.wait(timeout=max(0.0, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
                 p.kill()
+        for p in procs:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                p.wait(timeout=1.0)
         node.all_processes.clear()
+        _STOPPED.append(node)
 
 
 def ray_log_to_file(path: Path) -> None:
@@ -309,7 +323,8 @@ def launch(
     actors, so imports and cached frozen models survive from one job to the next."""
     init_ray(opts)
     specs = trial_specs(trials, settings, opts, plain, sweep)
-    workers = max(sum(j.workers for j in s.jobs) for s in specs)
+    # A plain trial is one process, a fused group's too; a sweep trial's jobs each have theirs.
+    workers = 1 if plain else max(sum(j.workers for j in s.jobs) for s in specs)
     resources = TRIAL_RESOURCES
     if plain:
         resources = {"CPU": opts.cpus_per_worker}
@@ -351,5 +366,6 @@ def launch(
         elif last.get("failed"):  # the trial reported its job's failure and ended
             ends[key] = TrialEnd(key, "failed", last["failed"])
         else:
-            ends[key] = TrialEnd(key, "done" if last.get("trial_done") else "stopped")
+            status = "done" if last.get("trial_done") else "stopped"
+            ends[key] = TrialEnd(key, status, members=last.get("members"))
     return [ends.get(k, TrialEnd(k, "failed", "never ran")) for k in trials]

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 from dplbench.errors import ConfigError
 from dplbench.plan import cost
+from dplbench.plan.fusion import FusedGroup, fused_groups
 from dplbench.plan.jobs import Job
 from dplbench.plan.llm import missing_caches
 from dplbench.request import LaunchRequest
@@ -25,12 +26,22 @@ log = logging.getLogger(__name__)
 class Preflight:
     jobs: tuple[Job, ...]
     jobs_per_gpu: int = 1
+    fuse: int = 1
     notes: list[str] = field(default_factory=list)  # what a dry run or the console should say
     missing_caches: list[str] = field(default_factory=list)
+    groups: list[FusedGroup] = field(default_factory=list)  # the plan's fused groups
+    solo: dict[str, str] = field(default_factory=dict)  # job id -> why it trains alone
 
     @property
     def packing(self) -> str:
-        return f"{self.jobs_per_gpu} jobs per GPU" if self.jobs_per_gpu > 1 else ""
+        parts = [f"{self.jobs_per_gpu} jobs per GPU"] if self.jobs_per_gpu > 1 else []
+        if self.groups:
+            parts.append(f"{len(self.groups)} fused groups of up to {self.fuse}")
+        return " · ".join(parts)
+
+    def group_of(self) -> dict[str, str]:
+        """job id -> its group's label (g1, g2, ...)."""
+        return {j.id: f"g{i}" for i, g in enumerate(self.groups, 1) for j in g.jobs}
 
 
 def resolve_jobs_per_gpu(
@@ -44,6 +55,17 @@ def resolve_jobs_per_gpu(
     cpus_per_gpu = (request.how.cpus or os.cpu_count() or 1) / gpus
     n, why = cost.auto_jobs_per_gpu(calib, list(jobs), cpus_per_gpu, 1.0)
     return n, f"--jobs-per-gpu auto: {why}"
+
+
+def resolve_fuse(
+    request: LaunchRequest, jobs: Sequence[Job], calib: cost.Calibration | None
+) -> tuple[int, str | None]:
+    """--fuse K, or auto: as many runs as the GPU's calibrated memory holds (at most
+    cost.MAX_FUSE); without a GPU calibration, one."""
+    if request.how.fuse != "auto":
+        return int(request.how.fuse), None
+    k, why = cost.auto_fuse(calib, list(jobs), request.how.gpus)
+    return k, f"--fuse auto: {why}"
 
 
 def estimate_line(
@@ -63,7 +85,18 @@ def estimate_line(
     )
 
 
-def preflight(jobs: Sequence[Job], request: LaunchRequest) -> Preflight:
+def fusion_notes(checked: Preflight) -> list[str]:
+    lines = []
+    for i, g in enumerate(checked.groups, 1):
+        lines.append(f"fused g{i}: {' '.join(j.id[:10] for j in g.jobs)} ({g.jobs[0].method})")
+    by_reason: dict[str, list[str]] = {}
+    for job_id, why in checked.solo.items():
+        by_reason.setdefault(why, []).append(job_id[:10])
+    lines += [f"solo ({why}): {' '.join(ids)}" for why, ids in by_reason.items()]
+    return lines
+
+
+def preflight(jobs: Sequence[Job], request: LaunchRequest, sweep: bool = False) -> Preflight:
     """Every check that needs no data and no cluster. A missing LLM cache is an error unless
     this is a dry run (then it is listed with the command that makes it)."""
     checked = Preflight(tuple(jobs))
@@ -76,6 +109,19 @@ def preflight(jobs: Sequence[Job], request: LaunchRequest) -> Preflight:
     if why:
         checked.notes.append(why)
         log.info(why)
+    checked.fuse, why = resolve_fuse(request, jobs, calib)
+    if why:
+        checked.notes.append(why)
+    if checked.fuse > 1:
+        if sweep:
+            checked.notes.append(
+                "tune runs its trials unfused: each trial is one setting, reported and stopped "
+                "on its own (--fuse applies to run and ablate)"
+            )
+        else:
+            units, checked.solo = fused_groups([j for j in jobs if j.source is None], checked.fuse)
+            checked.groups = [u for u in units if isinstance(u, FusedGroup)]
+            checked.notes += fusion_notes(checked)
     if request.output.dry_run:
         checked.notes.append(estimate_line(request, jobs, calib, checked.jobs_per_gpu))
     return checked

@@ -70,13 +70,14 @@ class ExecOptions:
     use_ray: bool = True  # False: jobs run one after the other in this process
     on_lease: str = "skip"  # a job another driver is running: "skip" it or "wait" for it
     jobs_per_gpu: int = 1  # jobs packed onto one GPU (fractional GPU resources)
+    fuse: int = 1  # jobs trained together as one batched model (plan/fusion.py)
     # Single-worker jobs as plain Tune trials (no TorchTrainer: seconds less start-up per job),
     # restarted by Tune from their checkpoints in the results root.
     plain_trials: bool = True
     lease_timeout: float = 300.0  # seconds without renewal after which a lease is stale
 
     @classmethod
-    def of(cls, request: LaunchRequest, jobs_per_gpu: int) -> ExecOptions:
+    def of(cls, request: LaunchRequest, jobs_per_gpu: int, fuse: int = 1) -> ExecOptions:
         h = request.how
         return cls(
             gpus=h.gpus,
@@ -86,4 +87,5 @@ class ExecOptions:
             use_ray=h.use_ray,
             on_lease=request.policy.on_lease,
             jobs_per_gpu=jobs_per_gpu,
+            fuse=fuse,
         )

@@ -11,6 +11,7 @@ import time
 from dataclasses import dataclass, field, replace
 
 from dplbench import storage
+from dplbench.plan.fusion import FusedGroup, fused_groups, members
 from dplbench.plan.jobs import Job
 from dplbench.plan.suites import Suite
 from dplbench.results import store
@@ -69,28 +70,64 @@ def failed_job_ids(results_root: str) -> set[str]:
 def run_jobs(
     jobs: list[Job], settings: RunSettings, opts: ExecOptions, on_event: TrialEvent | None = None
 ) -> list[JobOutcome]:
-    """Run jobs (one phase: no job here depends on another here); returns their outcomes."""
+    """Run jobs (one phase: no job here depends on another here), fused in groups of at most
+    `opts.fuse` where they can be (plan/fusion.py); returns each job's outcome."""
     if not jobs:
         return []
     emit = on_event or (lambda *a: None)
+    units, _ = fused_groups(jobs, opts.fuse)
     if not opts.use_ray:
-        return [_run_local(j, settings, emit, opts.resume) for j in jobs]
+        return [o for u in units for o in _run_local(members(u), settings, emit, opts.resume)]
+    groups = {u.key: u.jobs for u in units if isinstance(u, FusedGroup)}
     ends = launcher.launch(
         job_trial,
-        {j.id: [j] for j in jobs},
+        {u.key if isinstance(u, FusedGroup) else u.id: list(members(u)) for u in units},
         settings,
         opts,
-        on_event,
+        fan_out(groups, emit),
         plain=opts.plain_trials and all(j.workers == 1 for j in jobs),
     )
     by_id = {j.id: j for j in jobs}
     outcomes = []
     for e in ends:
-        error = e.error
-        if e.status != "done":
-            error = _with_log(settings, e.key, error or "stopped")
-        outcomes.append(JobOutcome(by_id[e.key], "done" if e.status == "done" else "failed", error))
+        per_job = e.members or {}
+        for job in groups.get(e.key, (by_id.get(e.key),)):
+            status, error = e.status, e.error
+            if job.id in per_job and e.status == "done":  # a member of a group that ran
+                error = per_job[job.id].get("failed")
+                status = "failed" if error else "done"
+            if status != "done":
+                error = _with_log(settings, job.id, error or "stopped")
+            outcomes.append(JobOutcome(job, "done" if status == "done" else "failed", error))
     return outcomes
+
+
+def fan_out(groups: dict[str, tuple[Job, ...]], emit: TrialEvent) -> TrialEvent:
+    """A fused group's trial events as its members' own: each starts with the group, reports
+    its own epochs, and ends as it ended (its own failure, or the group's)."""
+
+    def event(key: str, state: str, info: dict) -> None:
+        group = groups.get(key)
+        if group is None:
+            emit(key, state, info)
+        elif state == "running":
+            for j in group:
+                emit(j.id, "running", {})
+        elif state == "result":
+            if info.get("job_id"):
+                emit(info["job_id"], "result", info)
+        else:
+            ended = (info.get("last") or {}).get("members") or {}
+            for j in group:
+                mine = ended.get(j.id)
+                if mine is None:  # the group ended before this member did
+                    emit(j.id, "failed" if state == "done" else state, info)
+                elif mine.get("failed"):
+                    emit(j.id, "failed", {"error": mine["failed"], "last": mine})
+                else:
+                    emit(j.id, "done", {"last": mine})
+
+    return event
 
 
 def _with_log(settings: RunSettings, job_id: str, error: str) -> str:
@@ -104,23 +141,39 @@ def _with_log(settings: RunSettings, job_id: str, error: str) -> str:
     return f"{error} (log: {path})"
 
 
-def _run_local(job: Job, settings: RunSettings, emit: TrialEvent, resume: bool) -> JobOutcome:
+def _run_local(
+    jobs: tuple[Job, ...], settings: RunSettings, emit: TrialEvent, resume: bool
+) -> list[JobOutcome]:
+    """A job, or a fused group, in this process (--no-ray)."""
     from dplbench.run.context import LocalContext
+    from dplbench.run.fused_loop import run_group
     from dplbench.run.worker import run_job
 
-    emit(job.id, "running", {})
-    try:
-        name = ResultsRoot(settings.results).resume_run(job.id, settings.run_id, resume)
-        ctx = LocalContext(
-            settings.results, job.id, name, also_report=lambda m: emit(job.id, "result", m)
-        )
-        rows = run_job(job, settings, ctx)
-    except JobFailed as e:  # a failed job is recorded; the others go on
-        log.debug("job %s failed", job.id, exc_info=True)
-        emit(job.id, "failed", {"error": str(e)})
-        return JobOutcome(job, "failed", str(e))
-    emit(job.id, "done", {"last": job_summary(rows)})
-    return JobOutcome(job, "done")
+    root = ResultsRoot(settings.results)
+    contexts = []
+    for job in jobs:
+        emit(job.id, "running", {})
+        name = root.resume_run(job.id, settings.run_id, resume)
+        report = lambda m, job=job: emit(job.id, "result", m)  # noqa: E731
+        contexts.append(LocalContext(settings.results, job.id, name, also_report=report))
+    if len(jobs) > 1:
+        ended = run_group(list(jobs), settings, contexts)
+    else:
+        try:
+            ended = {jobs[0].id: run_job(jobs[0], settings, contexts[0])}
+        except JobFailed as e:  # a failed job is recorded; the others go on
+            ended = {jobs[0].id: e}
+    outcomes = []
+    for job in jobs:
+        result = ended[job.id]
+        if isinstance(result, JobFailed):
+            log.debug("job %s failed", job.id, exc_info=result)
+            emit(job.id, "failed", {"error": str(result)})
+            outcomes.append(JobOutcome(job, "failed", str(result)))
+        else:
+            emit(job.id, "done", {"last": job_summary(result)})
+            outcomes.append(JobOutcome(job, "done"))
+    return outcomes
 
 
 def _recording(book: StatusBook, leases: Leases, on_event: TrialEvent | None) -> TrialEvent:

@@ -137,6 +137,135 @@ def _count_attempt(job: Job, settings: RunSettings) -> int:
     return n
 
 
+class Training:
+    """One job's training on one worker: its data, optimiser and schedule, where it resumes, and
+    its epoch rows. `train` drives one; the fused loop (run/fused_loop.py) drives several."""
+
+    def __init__(
+        self, model: PromptedCLIP, job: Job, settings: RunSettings, ctx: WorkerContext, rows: list
+    ) -> None:
+        cfg = model.cfg
+        self.model, self.job, self.settings, self.ctx, self.rows = model, job, settings, ctx, rows
+        t = job.train
+        self.view = DatasetView.open(
+            settings.data, t.dataset, "train", t.shots, t.seed, t.subsample, t.imbalance
+        )
+        model.set_classes(self.view.classnames, self.view.template, self.view.dataset)
+        views = ViewConfig(image_size(model), cfg.train_view, with_clean=cfg.frozen_view == "clean")
+        self.loader = train_loader(
+            self.view,
+            cfg.optim.batch_size,
+            views,
+            settings.loader_workers,
+            ctx.rank,
+            ctx.world_size,
+            seed=job.seed,
+            on_error=settings.on_data_error,
+            last_batch=cfg.optim.last_batch,
+        )
+        self.val_view = (
+            DatasetView.open(settings.data, t.dataset, "val", t.shots, t.seed, t.subsample, None)
+            if settings.val_each_epoch
+            else None
+        )
+        self.optimizer = build_optimizer(model)
+        self.start, self.attempt = 0, _count_attempt(job, settings) if ctx.rank == 0 else 0
+        ckpt = ctx.latest_checkpoint()
+        if ckpt:
+            state = torch.load(Path(ckpt) / STATE_FILE, map_location=ctx.device, weights_only=True)
+            model.load_trainable_state(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.start = int(state["epoch"]) + 1
+            # A restart within this run continues its epochs table; a --resume run (another run
+            # id) records only what it trains, the earlier run's file keeps the rest.
+            rows += [r for r in state.get("epoch_rows", []) if r["run_id"] == settings.run_id]
+            log.info("job %s: resuming after epoch %d", job.id, self.start - 1)
+        self.total = cfg.optim.iterations  # a step budget instead of epochs (CLIP-LoRA)
+        nb = self.loader.num_batches
+        self.epochs = math.ceil(self.total / nb) if self.total else cfg.optim.epochs
+
+    def begin_epoch(self, epoch: int) -> None:
+        _fail_if_asked(self.job, self.settings, epoch)
+        self.loader.set_epoch(epoch)
+        self.model.train()
+        self.tic, self.sums, self.n, self.samples = time.perf_counter(), defaultdict(float), 0, 0
+
+    def batches(self, epoch: int) -> Iterator[tuple[int, dict | None]]:
+        """(step, batch on the device) of the epoch within the step budget; None: every sample
+        of the batch was corrupt (on_data_error=skip)."""
+        for step, batch in enumerate(self.loader):
+            if self.total and epoch * self.loader.num_batches + step >= self.total:
+                return
+            yield step, None if batch is None else _to_device(batch, self.ctx.device)
+
+    def step(self, epoch: int, step: int, terms: dict, batch: dict) -> None:
+        """After the backward: the schedule, the optimiser step, the epoch's sums. A loss that is
+        not finite fails the job (the optimiser does not step on it)."""
+        values = {k: float(v.detach()) for k, v in terms.items()}
+        if not math.isfinite(sum(values.values())):
+            raise FloatingPointError(
+                f"job {self.job.id}: the loss is not finite at epoch {epoch} step {step} "
+                f"({', '.join(f'{k}={v:g}' for k, v in values.items())}); lower optim.lr"
+            )
+        set_lr(self.optimizer, self.model.cfg.optim, epoch, step, self.loader.num_batches)
+        self.optimizer.step()
+        for k, v in values.items():
+            self.sums[k] += v
+        self.n += 1
+        self.samples += len(batch["label"])
+
+    def end_epoch(self, epoch: int) -> None:
+        """GPA, the scores between epochs, the epoch's row and its checkpoint."""
+        model, job, settings, ctx = self.model, self.job, self.settings, self.ctx
+        model.on_epoch_end(epoch, self.epochs)
+        val_accuracy, test = None, {}
+        # Scores between epochs draw from no training RNG stream (a DataLoader iterator takes its
+        # base seed from the global generator): the trained state is the same with or without.
+        with rng_untouched(ctx.device):
+            if self.val_view is not None:
+                c, n_val, _ = count_correct(model, self.val_view, settings, ctx)
+                val_accuracy = 100.0 * c / max(n_val, 1)
+            if settings.eval_every_epoch:  # the selection-gap table's data, nothing else
+                test = {f"test_{e['target'].subsample}": 100.0 * e["correct"] / max(e["total"], 1)
+                        for e in evaluate(model, job, settings, ctx)}  # fmt: skip
+            if self.val_view is not None or test:
+                model.set_classes(self.view.classnames, self.view.template, self.view.dataset)
+        n = max(self.n, 1)
+        self.rows.append(
+            {
+                "job_id": job.id,
+                "run_id": settings.run_id,
+                "epoch": epoch,
+                "lr": self.optimizer.param_groups[0]["lr"],  # at the epoch's last optimiser step
+                "loss": sum(self.sums.values()) / n,
+                "samples": self.samples * ctx.world_size,
+                "seconds": time.perf_counter() - self.tic,
+                "val_accuracy": val_accuracy,
+                **test,
+                **{f"loss_{k}": v / n for k, v in self.sums.items()},
+            }
+        )
+        with tempfile.TemporaryDirectory() as tmp:
+            if ctx.rank == 0:
+                state = {
+                    "model": model.trainable_state(),
+                    "optimizer": self.optimizer.state_dict(),
+                    "epoch": epoch,
+                    "epoch_rows": self.rows,
+                }
+                torch.save(state, Path(tmp) / STATE_FILE)
+            metrics = {k: v for k, v in self.rows[-1].items() if k != "run_id" and v is not None}
+            ctx.report({**metrics, "attempt": self.attempt}, tmp if ctx.rank == 0 else None)
+
+    def finish(self) -> None:
+        if self.loader.skipped.value:
+            log.warning(
+                "job %s: skipped %d corrupt training samples",
+                self.job.id,
+                self.loader.skipped.value,
+            )
+
+
 def train(
     model: PromptedCLIP,
     job: Job,
@@ -146,104 +275,19 @@ def train(
 ) -> list[dict]:
     """Train `model` for the job's epochs, resuming from the context's last checkpoint. Appends
     one metrics row per epoch to `rows` as it goes (the caller keeps them if training fails)."""
-    cfg = model.cfg
-    t = job.train
-    view = DatasetView.open(
-        settings.data, t.dataset, "train", t.shots, t.seed, t.subsample, t.imbalance
-    )
-    model.set_classes(view.classnames, view.template, view.dataset)
-    views = ViewConfig(image_size(model), cfg.train_view, with_clean=cfg.frozen_view == "clean")
-    loader = train_loader(
-        view,
-        cfg.optim.batch_size,
-        views,
-        settings.loader_workers,
-        ctx.rank,
-        ctx.world_size,
-        seed=job.seed,
-        on_error=settings.on_data_error,
-        last_batch=cfg.optim.last_batch,
-    )
-    val_view = (
-        DatasetView.open(settings.data, t.dataset, "val", t.shots, t.seed, t.subsample, None)
-        if settings.val_each_epoch
-        else None
-    )
-    optimizer = build_optimizer(model)
-    start, attempt = 0, _count_attempt(job, settings) if ctx.rank == 0 else 0
-    ckpt = ctx.latest_checkpoint()
-    if ckpt:
-        state = torch.load(Path(ckpt) / STATE_FILE, map_location=ctx.device, weights_only=True)
-        model.load_trainable_state(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        start = int(state["epoch"]) + 1
-        # A restart within this run continues its epochs table; a --resume run (another run id)
-        # records only what it trains, the earlier run's file keeps the rest.
-        rows += [r for r in state.get("epoch_rows", []) if r["run_id"] == settings.run_id]
-        log.info("job %s: resuming after epoch %d (attempt %d)", job.id, start - 1, attempt)
+    tr = Training(model, job, settings, ctx, rows)
     step_module = _Step(_ddp(_LossModule(model), ctx), settings.compile)
-    total = cfg.optim.iterations  # a step budget instead of epochs (CLIP-LoRA)
-    epochs = math.ceil(total / loader.num_batches) if total else cfg.optim.epochs
-    for epoch in range(start, epochs):
-        _fail_if_asked(job, settings, epoch)
-        loader.set_epoch(epoch)
-        model.train()
-        tic, sums, n, samples = time.perf_counter(), defaultdict(float), 0, 0
-        for step, batch in enumerate(loader):
-            if total and epoch * loader.num_batches + step >= total:
-                break
-            if batch is None:  # every sample of the batch was corrupt (on_data_error=skip)
+    for epoch in range(tr.start, tr.epochs):
+        tr.begin_epoch(epoch)
+        for step, batch in tr.batches(epoch):
+            if batch is None:
                 continue
-            batch = _to_device(batch, ctx.device)
             with autocast(ctx.device, settings.bf16):
-                terms = step_module(batch, epoch, epochs)
+                terms = step_module(batch, epoch, tr.epochs)
             loss = sum(terms.values())
-            optimizer.zero_grad(set_to_none=True)
+            tr.optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            set_lr(optimizer, cfg.optim, epoch, step, loader.num_batches)
-            optimizer.step()
-            for k, v in terms.items():
-                sums[k] += float(v.detach())
-            n += 1
-            samples += len(batch["label"])
-        model.on_epoch_end(epoch, epochs)
-        val_accuracy, test = None, {}
-        # Scores between epochs draw from no training RNG stream (a DataLoader iterator takes its
-        # base seed from the global generator): the trained state is the same with or without.
-        with rng_untouched(ctx.device):
-            if val_view is not None:
-                c, n_val, _ = count_correct(model, val_view, settings, ctx)
-                val_accuracy = 100.0 * c / max(n_val, 1)
-            if settings.eval_every_epoch:  # the selection-gap table's data, nothing else
-                test = {f"test_{e['target'].subsample}": 100.0 * e["correct"] / max(e["total"], 1)
-                        for e in evaluate(model, job, settings, ctx)}  # fmt: skip
-            if val_view is not None or test:
-                model.set_classes(view.classnames, view.template, view.dataset)
-        rows.append(
-            {
-                "job_id": job.id,
-                "run_id": settings.run_id,
-                "epoch": epoch,
-                "lr": optimizer.param_groups[0]["lr"],  # at the epoch's last optimiser step
-                "loss": sum(sums.values()) / max(n, 1),
-                "samples": samples * ctx.world_size,
-                "seconds": time.perf_counter() - tic,
-                "val_accuracy": val_accuracy,
-                **test,
-                **{f"loss_{k}": v / max(n, 1) for k, v in sums.items()},
-            }
-        )
-        with tempfile.TemporaryDirectory() as tmp:
-            if ctx.rank == 0:
-                state = {
-                    "model": model.trainable_state(),
-                    "optimizer": optimizer.state_dict(),
-                    "epoch": epoch,
-                    "epoch_rows": rows,
-                }
-                torch.save(state, Path(tmp) / STATE_FILE)
-            metrics = {k: v for k, v in rows[-1].items() if k != "run_id" and v is not None}
-            ctx.report({**metrics, "attempt": attempt}, tmp if ctx.rank == 0 else None)
-    if loader.skipped.value:
-        log.warning("job %s: skipped %d corrupt training samples", job.id, loader.skipped.value)
+            tr.step(epoch, step, terms, batch)
+        tr.end_epoch(epoch)
+    tr.finish()
     return rows

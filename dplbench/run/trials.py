@@ -145,6 +145,8 @@ def job_trial(config: dict[str, Any]) -> None:
     where it ran and what it scored. A job that fails ends the trial with its one line: retrying
     the same work would fail the same way (a process that dies is restarted by Tune)."""
     spec: TrialSpec = config["spec"]
+    if len(spec.jobs) > 1:
+        return group_in_trial(spec)
     (job,) = spec.jobs
     try:
         if spec.plain:
@@ -156,6 +158,36 @@ def job_trial(config: dict[str, Any]) -> None:
         return
     rows = (out or {}).get("rows") or []
     tune.report({"trial_done": 1, **job_summary(rows)})
+
+
+def group_in_trial(spec: TrialSpec) -> None:
+    """A fused group (plan/fusion.py) in this Tune trial's process: each member reports its
+    epochs under its own job id; the last report says how each member ended."""
+    import ray
+    import torch
+
+    from dplbench.run.context import LocalContext
+    from dplbench.run.fused_loop import run_group
+
+    node = ray.get_runtime_context().get_node_id()
+    contexts = [
+        LocalContext(
+            spec.settings.results,
+            job.id,
+            spec.run_name(job),
+            node=node,
+            also_report=lambda m, job=job: tune.report({**m, "job_id": job.id}),
+        )
+        for job in spec.jobs
+    ]
+    if contexts[0].device.type == "cuda":
+        torch.cuda.set_device(contexts[0].device)
+    ended = run_group(list(spec.jobs), spec.settings, contexts)
+    members = {
+        job_id: {"failed": str(r)} if isinstance(r, JobFailed) else job_summary(r)
+        for job_id, r in ended.items()
+    }
+    tune.report({"trial_done": 1, "members": members})
 
 
 def job_summary(rows: list[dict[str, Any]]) -> dict[str, Any]:

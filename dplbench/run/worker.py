@@ -70,14 +70,14 @@ _FROZEN: dict[tuple, open_clip.CLIP] = {}
 FROZEN_KEPT = 2
 
 
-def frozen_clip(cfg: BackboneConfig, seed: int) -> open_clip.CLIP:
-    key = (cfg, seed if cfg.pretrained is None else None)
-    if key not in _FROZEN:
+def frozen_clip(cfg: BackboneConfig) -> open_clip.CLIP:
+    """The frozen CLIP of a backbone config, built once per process (random weights come from
+    cfg.init_seed: the same on every rank, every build and for every seed of a job)."""
+    if cfg not in _FROZEN:
         if len(_FROZEN) >= FROZEN_KEPT:
             _FROZEN.clear()
-        seed_everything(seed)  # random-init weights: the same on every rank and every build
-        _FROZEN[key] = load_clip(cfg)
-    return _FROZEN[key]
+        _FROZEN[cfg] = load_clip(cfg)
+    return _FROZEN[cfg]
 
 
 def job_config(job: Job, settings: RunSettings) -> MethodConfig:
@@ -95,7 +95,7 @@ def build_model(job: Job, settings: RunSettings, ctx: WorkerContext) -> Prompted
     # Same seed on every rank while building: random-init weights (tests, smoke) and prompt inits
     # must be identical across DDP ranks. Then a per-rank seed for dropout draws and augmentation.
     cfg = job_config(job, settings)
-    clip = frozen_clip(cfg.backbone, job.seed)
+    clip = frozen_clip(cfg.backbone)
     seed_everything(job.seed)
     model = build_method(cfg, clip).to(ctx.device)
     seed_everything(job.seed * 1000 + ctx.rank)
@@ -118,33 +118,55 @@ def run_job(job: Job, settings: RunSettings, ctx: WorkerContext) -> list[dict]:
     Any failure is written down (epochs so far, traceback) and raised as `JobFailed`."""
     epoch_rows: list[dict] = []
     try:
-        return _run(job, settings, ctx, epoch_rows)
+        wall = time.perf_counter()
+        model = build_model(job, settings, ctx)
+        train_s = 0.0
+        if job.trains:
+            tic = time.perf_counter()
+            train(model, job, settings, ctx, epoch_rows)
+            train_s = time.perf_counter() - tic
+            save_final_state(model, job, settings, ctx)
+        elif job.source is not None and model.trainable:
+            load_final_state(model, settings.results, job.source, f"job {job.id}")
+        return finish_job(model, job, settings, ctx, epoch_rows, train_s, wall)
     except Exception as e:
-        path = failures.log_path(settings.results, job.id, settings.run_id, ctx.rank)
-        header = f"job {job.id} ({job.method} on {job.train.dataset}, seed {job.seed}) failed"
-        failures.write_log(path, header, e)
-        if ctx.rank == 0 and epoch_rows:
-            failed = [{**r, "run_status": "failed"} for r in epoch_rows]
-            store.write_epochs(settings.results, settings.suite, job.method, failed)
-        line = failures.out_of_memory_line(job.id, e) or failures.one_line(e)
-        raise failures.JobFailed(line, str(path)) from e
+        raise job_failed(job, settings, ctx, e, epoch_rows) from e
 
 
-def _run(job: Job, settings: RunSettings, ctx: WorkerContext, epoch_rows: list[dict]) -> list[dict]:
-    wall = time.perf_counter()
-    model = build_model(job, settings, ctx)
-    train_s = 0.0
-    if job.trains:
-        tic = time.perf_counter()
-        train(model, job, settings, ctx, epoch_rows)
-        train_s = time.perf_counter() - tic
-        if ctx.rank == 0:
-            state = model.trainable_state()
-            storage.write(
-                final_state_path(settings.results, job.id), lambda tmp: torch.save(state, tmp)
-            )
-    elif job.source is not None and model.trainable:
-        load_final_state(model, settings.results, job.source, f"job {job.id}")
+def job_failed(
+    job: Job, settings: RunSettings, ctx: WorkerContext, e: BaseException, epoch_rows: list
+) -> failures.JobFailed:
+    """Write a failure down (its traceback in the job's log, rank 0: its epochs so far, marked
+    failed) and say it in one line (what failed, where, how to fix it)."""
+    path = failures.log_path(settings.results, job.id, settings.run_id, ctx.rank)
+    header = f"job {job.id} ({job.method} on {job.train.dataset}, seed {job.seed}) failed"
+    failures.write_log(path, header, e)
+    if ctx.rank == 0 and epoch_rows:
+        failed = [{**r, "run_status": "failed"} for r in epoch_rows]
+        store.write_epochs(settings.results, settings.suite, job.method, failed)
+    line = failures.out_of_memory_line(job.id, e) or failures.one_line(e)
+    return failures.JobFailed(line, str(path))
+
+
+def save_final_state(model: PromptedCLIP, job: Job, settings: RunSettings, ctx) -> None:
+    if ctx.rank == 0:
+        state = model.trainable_state()
+        storage.write(
+            final_state_path(settings.results, job.id), lambda tmp: torch.save(state, tmp)
+        )
+
+
+def finish_job(
+    model: PromptedCLIP,
+    job: Job,
+    settings: RunSettings,
+    ctx: WorkerContext,
+    epoch_rows: list[dict],
+    train_s: float,
+    wall: float,
+    fused_with: tuple[str, ...] = (),
+) -> list[dict]:
+    """Evaluate a trained (or loaded) job and, on rank 0, write its epoch and result rows."""
     evals = evaluate(model, job, settings, ctx)
     if ctx.rank != 0:
         return []
@@ -172,6 +194,7 @@ def _run(job: Job, settings: RunSettings, ctx: WorkerContext, epoch_rows: list[d
             source_job_id=job.source or job.id,
             config=_json(job.describe()),
             params=_json(job.params),
+            fused_with=",".join(fused_with),
             code_version=provenance.code_version(),
             versions=provenance.library_versions(),
             hardware=provenance.hardware(ctx.device, ctx.world_size),

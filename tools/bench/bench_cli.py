@@ -24,7 +24,11 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-ENTRY = "import sys; sys.argv[0] = 'dplbench'; from dplbench.cli import app; app()"
+# The console script of each version (`main` where it exists, the Typer app before).
+ENTRY = (
+    "import sys; sys.argv[0] = 'dplbench'; import dplbench.cli as c; "
+    "(getattr(c, 'main', None) or c.app)()"
+)
 
 
 def cli(src: Path, args: list[str]) -> tuple[float, subprocess.CompletedProcess]:
