@@ -44,6 +44,15 @@ class RunRNG:
             self.cpu = torch.get_rng_state()
             self.cuda = torch.cuda.get_rng_state(self.device) if self.device is not None else None
 
+    def state(self) -> dict[str, torch.Tensor | None]:
+        """The streams as a checkpoint keeps them (a resumed run draws on where it stopped)."""
+        return {"cpu": self.cpu.clone(), "cuda": None if self.cuda is None else self.cuda.clone()}
+
+    def load(self, state: dict[str, torch.Tensor | None]) -> None:
+        self.cpu = state["cpu"]
+        if self.device is not None and state.get("cuda") is not None:
+            self.cuda = state["cuda"]
+
     @contextlib.contextmanager
     def active(self) -> Iterator[None]:
         saved_cpu = torch.get_rng_state()

@@ -61,8 +61,13 @@ def run_group(
     if live:
         device = contexts[0].device
         seeds = [j.seed * 1000 + ctx_of[j.id].rank for j, _ in live]
+        runs = FusedRuns([t.model for _, t in live], seeds, device)
+        for (_, tr), rng in zip(live, runs.rngs):
+            if tr.resumed_rng is not None:  # a resumed member draws on where it stopped
+                rng.load(tr.resumed_rng)
+            tr.rng_state = rng.state
         tic = time.perf_counter()
-        errors = train_group(FusedRuns([t.model for _, t in live], seeds, device), live, settings)
+        errors = train_group(runs, live, settings)
         train_s = time.perf_counter() - tic
         for job, tr in live:
             ctx = ctx_of[job.id]

@@ -91,6 +91,17 @@ class _Step:
             return self.run(*args)
 
 
+def global_rng_state(device: torch.device) -> dict[str, torch.Tensor | None]:
+    cuda = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
+    return {"cpu": torch.get_rng_state(), "cuda": cuda}
+
+
+def set_global_rng_state(state: dict, device: torch.device) -> None:
+    torch.set_rng_state(state["cpu"])
+    if device.type == "cuda" and state.get("cuda") is not None:
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
 @contextlib.contextmanager
 def rng_untouched(device: torch.device) -> Iterator[None]:
     """Run a block without moving any random stream training draws from (torch's CPU and device
@@ -170,6 +181,10 @@ class Training:
         )
         self.optimizer = build_optimizer(model)
         self.start, self.attempt = 0, _count_attempt(job, settings) if ctx.rank == 0 else 0
+        self.resumed_rng: dict | None = None
+        # Where the job's random streams are (what a checkpoint keeps): the global ones for a job
+        # trained alone; a fused member's own (run/fused_loop.py sets it).
+        self.rng_state = lambda: global_rng_state(ctx.device)
         ckpt = ctx.latest_checkpoint()
         if ckpt:
             state = torch.load(Path(ckpt) / STATE_FILE, map_location=ctx.device, weights_only=True)
@@ -179,6 +194,7 @@ class Training:
             # A restart within this run continues its epochs table; a --resume run (another run
             # id) records only what it trains, the earlier run's file keeps the rest.
             rows += [r for r in state.get("epoch_rows", []) if r["run_id"] == settings.run_id]
+            self.resumed_rng = state.get("rng")  # its random streams where they stopped
             log.info("job %s: resuming after epoch %d", job.id, self.start - 1)
         self.total = cfg.optim.iterations  # a step budget instead of epochs (CLIP-LoRA)
         nb = self.loader.num_batches
@@ -252,6 +268,7 @@ class Training:
                     "optimizer": self.optimizer.state_dict(),
                     "epoch": epoch,
                     "epoch_rows": self.rows,
+                    "rng": self.rng_state(),
                 }
                 torch.save(state, Path(tmp) / STATE_FILE)
             metrics = {k: v for k, v in self.rows[-1].items() if k != "run_id" and v is not None}
@@ -276,6 +293,8 @@ def train(
     """Train `model` for the job's epochs, resuming from the context's last checkpoint. Appends
     one metrics row per epoch to `rows` as it goes (the caller keeps them if training fails)."""
     tr = Training(model, job, settings, ctx, rows)
+    if tr.resumed_rng is not None:  # continue the streams, not a fresh seed: exact resumes
+        set_global_rng_state(tr.resumed_rng, ctx.device)
     step_module = _Step(_ddp(_LossModule(model), ctx), settings.compile)
     for epoch in range(tr.start, tr.epochs):
         tr.begin_epoch(epoch)
