@@ -6,9 +6,12 @@
 2. Jobs per hour on one GPU for 1, 2, 4 and 8 jobs per GPU: the `packing` suite (8 identical short
    ViT-B/16 dpl jobs on synthetic 224 px data) run with --jobs-per-gpu N, each from a fresh
    results root; the ratio of N=8 to N=1.
+3. The fused curve (tools/bench/bench_fused.py): dpl (batch 4) and coop (batch 32) on ViT-B/16,
+   bf16, K = 1, 2, 4, 8, 16 jobs as one batched model: ms per step, jobs/hour × solo, × K packed
+   processes, peak memory.
 
 Writes Markdown to stdout and $OUT/device_check.md (and the bench rows as JSON) when OUT is set.
-    python tools/bench/device_check.py [--skip-bench] [--skip-packing]
+    python tools/bench/device_check.py [--skip-bench] [--skip-packing] [--skip-fused]
 """
 
 import argparse
@@ -91,13 +94,41 @@ def packing() -> dict[int, float]:
     return rates
 
 
+def fused() -> list[dict]:
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from bench_fused import packed_ms, step_ms
+
+    device, rows = torch.device("cuda"), []
+    say("\n## fused runs: ViT-B/16, bf16, 50 classes (tools/bench/bench_fused.py)\n")
+    say("| method | K | ms/step | fused × solo | packed × solo | peak MiB |")
+    say("|---|---|---|---|---|---|")
+    for method in ("dpl", "coop"):
+        solo = None
+        for k in (1, 2, 4, 8, 16):
+            try:
+                ms, peak = step_ms(method, "ViT-B-16", k, 30, 5, 50, device, True)
+            except torch.cuda.OutOfMemoryError:
+                say(f"| {method} | {k} | out of memory | | | |")
+                break
+            solo = ms if k == 1 else solo
+            packed = packed_ms(method, "ViT-B-16", k, 30, 5, 50, device, True) if k > 1 else None
+            row = {"method": method, "k": k, "ms": ms, "fused_x": k * solo / ms,
+                   "packed_x": k * solo / packed if packed else None, "peak_mib": peak}  # fmt: skip
+            rows.append(row)
+            px = "-" if packed is None else f"{row['packed_x']:.2f}"
+            say(f"| {method} | {k} | {ms:.1f} | {row['fused_x']:.2f} | {px} | {peak:.0f} |")
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--skip-bench", action="store_true")
     ap.add_argument("--skip-packing", action="store_true")
+    ap.add_argument("--skip-fused", action="store_true")
     args = ap.parse_args()
     t0 = time.time()
     say(f"# device check: {torch.cuda.get_device_name()}, torch {torch.__version__}")
+    fused_rows = [] if args.skip_fused else fused()
     rows = [] if args.skip_bench else bench()
     rates = {} if args.skip_packing else packing()
     say(f"\nwall {time.time() - t0:.0f} s")
@@ -105,7 +136,7 @@ def main() -> None:
         with open(os.path.join(os.environ["OUT"], "device_check.md"), "w") as fh:
             fh.write("\n".join(out) + "\n")
         with open(os.path.join(os.environ["OUT"], "device_check.json"), "w") as fh:
-            json.dump({"bench": rows, "jobs_per_hour": rates}, fh, indent=1)
+            json.dump({"bench": rows, "jobs_per_hour": rates, "fused": fused_rows}, fh, indent=1)
 
 
 if __name__ == "__main__":
