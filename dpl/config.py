@@ -45,11 +45,19 @@ class PromptConfig:
     n_ctx_vision: int = 0
     depth_vision: int | float = 0
     coupling: str = "none"  # "none" | "maple": vision prompts = Linear(text prompts) per layer
-    init_std: float = 0.02  # N(0, std) for every prompt not initialised from words
+    # Every prompt not initialised from words: "normal" N(0, init_std) (CoOp, IVLP, MaPLe,
+    # PromptSRC: the Dassl forks' nn.init.normal_(std=0.02)), or "kaiming": U(±1/√fan_in) as
+    # DroPLe and LLaMP draw theirs (models/drople.py ~225-243, llamp.py ~171-187:
+    # kaiming_uniform_(a=√5) on one [n, width] tensor per deeper text layer, fan_in = width, and
+    # one [depth, n, width] tensor for all visual prompts, fan_in = n·width).
+    init: str = "normal"
+    init_std: float = 0.02
 
     def __post_init__(self) -> None:
         if self.coupling not in ("none", "maple"):
             raise ValueError(f"prompts.coupling={self.coupling!r}: choose 'none' or 'maple'")
+        if self.init not in ("normal", "kaiming"):
+            raise ValueError(f"prompts.init={self.init!r}: choose 'normal' or 'kaiming'")
 
 
 @dataclass(frozen=True)
@@ -96,6 +104,14 @@ class MAGConfig:
     tokens: int = 64  # M
     dim: int = 512
     tau: float = 1.0
+    # The text positions the shared tokens attend over: "all" (DroPLe multimodal_alignment.py
+    # :66-81 softmaxes over the whole layer output: each class's own [EOT] and padding too) or
+    # "valid" (up to each class's [EOT]).
+    text_tokens: str = "all"
+
+    def __post_init__(self) -> None:
+        if self.text_tokens not in ("all", "valid"):
+            raise ValueError(f"mag.text_tokens={self.text_tokens!r}: choose 'all' or 'valid'")
 
 
 @dataclass(frozen=True)
@@ -111,9 +127,38 @@ class LLMConfig:
     """The LLM prompt source of `llamp` and `dpl-release`."""
 
     cache: str | None = None  # directory written by `dplbench llm cache`
-    model: str | None = None  # HF id / dir the cache must come from (None: whichever it names)
+    # The LLM the cache must come from: a hub id or a local folder (None: whichever it names).
+    # The methods default to their release's (dpl/methods/catalog.py).
+    model: str | None = None
+    # How the cache must have been made (`dplbench llm cache --recipe`): "drople" or "llamp"
+    # (generation length, precision, prompt wording: dplbench/llm/build.py RECIPES).
+    recipe: str = "drople"
     n_tokens: int = 24  # P: DroPLe launch.sh --num_llm_prompts 24 (LLaMP: 16)
     depth: int | float = 0.75  # text layers 0..depth-1 get LLM tokens: --llm_prompt_depth 9 of 12
+
+    def __post_init__(self) -> None:
+        if self.recipe not in ("drople", "llamp"):
+            raise ValueError(f"llm.recipe={self.recipe!r}: choose 'drople' or 'llamp'")
+
+
+@dataclass(frozen=True)
+class TeacherConfig:
+    """The frozen branch (docs/method.md §1): what its text target is and whether its image
+    tower carries the learnable branch's LoRA."""
+
+    # "template": the dataset's hand-crafted template(s) (`templates`); "drople" / "llamp": the
+    # release's target from the LLM's descriptions (dpl/llm/teacher.py; LLM methods only).
+    text: str = "template"
+    # "none": the original CLIP (a fixed anchor, its features cached per sample); "release": CLIP
+    # with the current LoRA, its dropout active, as DroPLe and LLaMP run it (peft's LoraModel
+    # injects LoRA into the very vision model the teacher uses: drople.py:185-186, 848-851).
+    adapters: str = "none"
+
+    def __post_init__(self) -> None:
+        if self.text not in ("template", "drople", "llamp"):
+            raise ValueError(f"teacher.text={self.text!r}: choose template, drople or llamp")
+        if self.adapters not in ("none", "release"):
+            raise ValueError(f"teacher.adapters={self.adapters!r}: choose 'none' or 'release'")
 
 
 @dataclass(frozen=True)
@@ -221,6 +266,7 @@ class MethodConfig:
     gpa: GPAConfig = field(default_factory=GPAConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     llm: LLMConfig = field(default_factory=LLMConfig)  # the LLM prompt source (llamp, dpl-release)
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
     # Frozen branch input (docs/protocols.md §3): "clean" resize+centre-crop (DPL release) or "same" as
     # the learnable branch (PromptSRC). Clean-view frozen features are a pure function of the image,
     # so they are cached per sample key across epochs.

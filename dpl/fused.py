@@ -98,8 +98,10 @@ class SegmentedLoRA:
         return torch.cat([(p @ a[k].T) @ b[k].T * self.scale for k, p in enumerate(parts)])
 
     def delta(self, h: torch.Tensor) -> dict[str, torch.Tensor]:
-        parts = self._dropped(h)
-        return {t: self._product(parts, i) for i, t in enumerate(self.targets) if t != "o"}
+        # each projection's own dropout, in q, k, v order (AttentionLoRA.delta)
+        return {
+            t: self._product(self._dropped(h), i) for i, t in enumerate(self.targets) if t != "o"
+        }
 
     def delta_out(self, out: torch.Tensor) -> torch.Tensor | None:
         if "o" not in self.targets:
@@ -216,16 +218,22 @@ class FusedRuns:
     def active(self, batches: Sequence[dict | None]) -> list[int]:
         return [k for k, b in enumerate(batches) if b is not None]
 
-    def frozen_images(self, batches: Sequence[dict]) -> list[torch.Tensor | None]:
-        """The frozen branch's image features of each batch, in one pass over what the shared
-        cache lacks."""
-        first = self.members[0]
-        if not first.needs_frozen_images():
+    def frozen_images(self, ids: Sequence[int], batches: Sequence[dict]) -> list:
+        """The frozen branch's image features of each run's batch, in one pass: over what the
+        shared cache lacks, or (teacher.adapters "release") through each run's own LoRA."""
+        members = [self.members[k] for k in ids]
+        first = members[0]
+        if not any(m.needs_frozen_images() for m in members):
             return [None] * len(batches)
+        counts = [len(b["label"]) for b in batches]
         views = torch.cat([first.frozen_view(b) for b in batches])
+        if first.cfg.teacher.adapters == "release":
+            lora = segmented_lora([m.vision for m in members], [self.rngs[k] for k in ids], counts)
+            with torch.no_grad():
+                feats = first.vision(views, lora=lora).float()
+            return list(torch.nn.functional.normalize(feats, dim=-1).split(counts))
         keys = [k for b in batches for k in b["key"]] if all("key" in b for b in batches) else None
-        feats = first.frozen_image_features(views, keys)
-        return list(feats.split([len(b["label"]) for b in batches]))
+        return list(first.frozen_image_features(views, keys).split(counts))
 
 
 def fused_losses(runs: FusedRuns, batches, epoch: int, epochs) -> list:
@@ -256,7 +264,7 @@ def fused_losses(runs: FusedRuns, batches, epoch: int, epochs) -> list:
     hook = SegmentedHook(hooks, rngs, counts) if any(hooks) else None
     lora = segmented_lora([m.vision for m in members], rngs, counts)
     image = members[0].vision(images, prompts, hook, lora=lora).split(counts)
-    frozen = runs.frozen_images(mine)
+    frozen = runs.frozen_images(ids, mine)
     out: list = [None] * len(batches)
     for j, k in enumerate(ids):
         out[k] = loss_terms(

@@ -44,9 +44,10 @@ class AttentionLoRA(nn.Module):
         return F.linear(F.linear(h, self.a[i]), self.b[i]) * self.scale
 
     def delta(self, h: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Low-rank updates of q, k, v (those targeted) for input h [B,S,D]."""
-        h = self.dropout(h)
-        return {t: self._delta(i, h) for i, t in enumerate(self.targets) if t != "o"}
+        """Low-rank updates of q, k, v (those targeted) for input h [B,S,D]. Each projection
+        drops its input on its own, in q, k, v order (peft's LoRA Linear and CLIP-LoRA's
+        loralib LinearLoRA each hold their own dropout)."""
+        return {t: self._delta(i, self.dropout(h)) for i, t in enumerate(self.targets) if t != "o"}
 
     def delta_out(self, out: torch.Tensor) -> torch.Tensor | None:
         """The "o" update for the attention output before its projection, or None."""

@@ -20,6 +20,7 @@ class MAGBridge(nn.Module):
     def __init__(self, vision_width: int, text_width: int, cfg: MAGConfig) -> None:
         super().__init__()
         self.tau = cfg.tau
+        self.all_text = cfg.text_tokens == "all"
         self.tokens = nn.Parameter(torch.empty(cfg.tokens, cfg.dim))
         nn.init.kaiming_uniform_(self.tokens, a=math.sqrt(5))
         self.proj = nn.ModuleDict(
@@ -31,8 +32,9 @@ class MAGBridge(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """x [B,S,D], valid [B,S] -> (attention of the shared tokens over tokens [B,M,S], W X [B,S,d])."""
         z = self.proj[modality](x)  # [B,S,d]
-        logits = self.tau * torch.einsum("md,bsd->bms", self.tokens.to(z.dtype), z)
-        logits = logits.float().masked_fill(~valid[:, None, :], float("-inf"))
+        logits = self.tau * torch.einsum("md,bsd->bms", self.tokens.to(z.dtype), z).float()
+        if modality != "text" or not self.all_text:
+            logits = logits.masked_fill(~valid[:, None, :], float("-inf"))
         return logits.softmax(-1).to(z.dtype), z
 
 

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
 
 class DeepPrompts(nn.Module):
-    """One [n, width] parameter per layer 0..depth-1; layer 0 may start from word embeddings."""
+    """One [n, width] parameter per layer 0..depth-1; layer 0 may start from word embeddings.
+    Others: N(0, std), or (init="kaiming") U(±1/√fan_in) (PromptConfig.init)."""
 
     def __init__(
         self,
@@ -16,12 +19,17 @@ class DeepPrompts(nn.Module):
         depth: int,
         first: torch.Tensor | None = None,
         std: float = 0.02,
+        init: str = "normal",
+        fan_in: int | None = None,
     ) -> None:
         super().__init__()
+        bound = 1.0 / math.sqrt(fan_in or width)
         params = []
         for i in range(depth):
             if i == 0 and first is not None:
                 params.append(nn.Parameter(first.detach().clone()))
+            elif init == "kaiming":
+                params.append(nn.Parameter(torch.empty(n_tokens, width).uniform_(-bound, bound)))
             else:
                 params.append(nn.Parameter(torch.randn(n_tokens, width) * std))
         self.layers = nn.ParameterList(params)

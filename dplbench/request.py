@@ -27,7 +27,6 @@ import os
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from dplbench.errors import ConfigError
@@ -158,11 +157,12 @@ class Policy:
     track_uri: str | None = option(
         None, "MLflow tracking URI / TensorBoard log folder (default: under --results)"
     )
-    llm_cache: str | None = option(
-        None,
-        "the LLM cache of llamp / dpl-release jobs (dplbench llm cache; default "
-        "$DPLBENCH_LLM_CACHE or ./llm-cache)",
+    llm_cache: tuple[str, ...] = option(
+        (),
+        "an LLM cache of llamp / dpl-release jobs (dplbench llm cache; repeatable: each job reads "
+        "the first made from its LLM with its recipe; default $DPLBENCH_LLM_CACHE or ./llm-cache)",
         flags="--llm-cache",
+        kind="multi",
     )
     eval_every_epoch: bool = option(
         False,
@@ -231,11 +231,12 @@ class LaunchRequest:
         return storage.resolve(self.where.results)
 
     @property
-    def llm_cache(self) -> str:
-        """--llm-cache, else $DPLBENCH_LLM_CACHE, else ./llm-cache; absolute, so that every
-        worker reads the same directory (on a cluster: shared storage)."""
-        path = self.policy.llm_cache or os.environ.get("DPLBENCH_LLM_CACHE") or "llm-cache"
-        return str(Path(path).resolve())
+    def llm_caches(self) -> tuple[str, ...]:
+        """--llm-cache (repeatable), else $DPLBENCH_LLM_CACHE, else ./llm-cache; absolute, so
+        that every worker reads the same directories (on a cluster: shared storage)."""
+        from dplbench.plan.llm import cache_dirs
+
+        return cache_dirs(self.policy.llm_cache)
 
 
 def request_fields() -> list[tuple[dataclasses.Field, Any]]:

@@ -38,25 +38,40 @@ LLM_TEST_CLASSES = ["dog", "cat", "red car", "sunflower"]
 
 
 @functools.lru_cache(maxsize=1)
-def tiny_llm_cache() -> str:
-    """A tiny random Llama and its knowledge cache for the `synthetic` dataset (built once per
-    test session, as `dplbench llm tiny` + `dplbench llm cache` would)."""
+def tiny_llm() -> str:
+    """A tiny random Llama (built once per test session, as `dplbench llm tiny` would)."""
     from dplbench.data.synth import WORDS
-    from dplbench.llm.build import build_cache
     from dplbench.llm.tiny import make_tiny_llm
 
     root = Path(tempfile.mkdtemp(prefix="dpl-llm-"))
     atexit.register(shutil.rmtree, root, ignore_errors=True)
     names = LLM_TEST_CLASSES + [w.replace("_", " ") for w in WORDS]
-    model = make_tiny_llm(root / "model", names)
-    build_cache(str(model), {"synthetic": names}, root / "cache", dtype="fp32", max_new_tokens=6)
-    return str(root / "cache")
+    return str(make_tiny_llm(root / "model", names))
+
+
+@functools.lru_cache(maxsize=2)
+def tiny_llm_cache(recipe: str = "drople") -> str:
+    """The tiny LLM's knowledge cache for the `synthetic` dataset, made with a release's recipe
+    (as `dplbench llm cache --recipe` would; short descriptions, fp32)."""
+    from dplbench.data.synth import WORDS
+    from dplbench.llm.build import build_cache
+
+    model = Path(tiny_llm())
+    names = LLM_TEST_CLASSES + [w.replace("_", " ") for w in WORDS]
+    out = model.parent / f"cache-{recipe}"
+    build_cache(
+        str(model), {"synthetic": names}, out, dtype="fp32", max_new_tokens=6, recipe=recipe
+    )
+    return str(out)
 
 
 def llm_overrides(name: str) -> dict:
-    """What a method with the LLM prompt source needs on top of tiny(): a cache."""
+    """What a method with the LLM prompt source needs on top of tiny(): the tiny LLM (instead of
+    its release's) and a cache made from it with the method's recipe."""
     from dpl.methods import METHODS
 
-    if METHODS.get(name).uses_llm:
-        return {"llm": {"cache": tiny_llm_cache()}}
+    spec = METHODS.get(name)
+    if spec.uses_llm:
+        recipe = spec.defaults.llm.recipe
+        return {"llm": {"cache": tiny_llm_cache(recipe), "model": tiny_llm()}}
     return {}

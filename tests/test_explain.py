@@ -243,7 +243,7 @@ def test_missing_trained_prompts_say_how_to_fix(trained, tmp_path):
 
 
 def test_explain_an_llm_source_method_labels_its_llm_tokens(tmp_path, trained):
-    from conftest import tiny_llm_cache
+    from conftest import tiny_llm, tiny_llm_cache
 
     shards = trained[0]
     out = tmp_path / "llm"
@@ -251,6 +251,7 @@ def test_explain_an_llm_source_method_labels_its_llm_tokens(tmp_path, trained):
         "--method", "dpl-release", "--dataset", "synthetic", "--layers", "0,1", "--images", "1",
         "--data", shards, "--results", str(tmp_path / "r"), "--out", str(out),
         "backbone.model=dpl-tiny", "backbone.pretrained=null", f"llm.cache={tiny_llm_cache()}",
+        f"llm.model={tiny_llm()}",
     )  # fmt: skip
     assert r.exit_code == 0, r.output
     table = (out / "text_tokens.md").read_text()

@@ -13,7 +13,7 @@ from dpl.llm.decoder import LlamaDecoderLayer, LlamaLayerShape, RMSNorm
 from dpl.methods import build_method
 from dpl.optim import build_optimizer
 from dplbench.plan.methods import resolve_method
-from tests.conftest import LLM_TEST_CLASSES, llm_overrides, tiny, tiny_llm_cache
+from tests.conftest import LLM_TEST_CLASSES, llm_overrides, tiny, tiny_llm, tiny_llm_cache
 
 transformers = pytest.importorskip("transformers")
 CLASSES = LLM_TEST_CLASSES
@@ -81,8 +81,10 @@ def test_cache_manifest_resume_and_refusals(tmp_path):
         cache.knowledge(("dog", "unicorn"), "synthetic")
     with pytest.raises(CacheError, match="no dataset 'dtd'"):
         cache.knowledge(("dog",), "dtd")
-    with pytest.raises(CacheError, match="built from"):
+    with pytest.raises(CacheError, match="made from .*the job needs 'meta-llama/Meta-Llama-3"):
         LlmCache(cache_dir, model="meta-llama/Meta-Llama-3-8B-Instruct")
+    with pytest.raises(CacheError, match="made with the drople recipe, the job needs llamp"):
+        LlmCache(cache_dir, recipe="llamp")
     with pytest.raises(CacheError, match="dplbench llm cache"):
         LlmCache(tmp_path / "none")
 
@@ -98,6 +100,8 @@ def test_cache_manifest_resume_and_refusals(tmp_path):
 
     with pytest.raises(UserError, match="holds a cache of"):
         build_cache(str(other), {"synthetic": ["dog"]}, out)
+    with pytest.raises(UserError, match="made with the drople recipe, not llamp"):
+        build_cache(str(model), {"synthetic": ["dog"]}, out, recipe="llamp")
     texts = json.loads((out / "synthetic.json").read_text())
     assert len(texts) == 11 and len(texts[0]["descriptions"]) == 2
 
@@ -149,10 +153,12 @@ def test_trainable_set_is_exactly_the_release_one_and_the_llm_stays_frozen(name)
 
 
 def test_evaluation_averages_template_probabilities():
-    model = _model("llamp").eval()
+    # N(0, 0.02) deep prompts (not the release's smaller U(±1/√fan_in) ones on this tiny tower)
+    # and LLM tokens that matter: templates far enough apart that the rule is tested
+    model = _model("llamp", prompts={"init": "normal"}).eval()
     images = _batch()["image"]
     with torch.no_grad():
-        for proj in model.llm.proj:  # LLM tokens that matter: templates far apart
+        for proj in model.llm.proj:
             proj.weight.mul_(300.0)
         averaged = model.logits(images).exp()
         full = model.classes.knowledge
@@ -250,12 +256,18 @@ def test_smoke_suite_trains_both_llm_methods_and_names_a_missing_cache(tmp_path,
 
     res = tmp_path / "results"
     common = ["--methods", "llamp,dpl-release", "--data", str(shards), "--no-ray"]
+    common += [f"llm.model={tiny_llm()}"]  # the tiny LLM stands in for the releases' LLMs
     r = _run(*common, "--results", str(res), "--llm-cache", str(tmp_path / "none"))
     assert r.exit_code == 2 and len(r.stderr.strip().splitlines()) == 1
-    assert "lacks synthetic; make it with: dplbench llm cache --model" in r.stderr
+    assert "no LLM cache for synthetic" in r.stderr
+    assert "make it with: dplbench llm cache --model" in r.stderr and "--recipe" in r.stderr
     assert not res.exists()
+    # one cache alone: the method whose recipe it is not has none
+    r = _run(*common, "--results", str(res), "--llm-cache", tiny_llm_cache("drople"))
+    assert r.exit_code == 2 and "llamp recipe" in r.stderr and "--recipe llamp" in r.stderr
 
-    r = _run(*common, "--results", str(res), "--llm-cache", tiny_llm_cache(), "optim.epochs=2")
+    caches = ["--llm-cache", tiny_llm_cache("drople"), "--llm-cache", tiny_llm_cache("llamp")]
+    r = _run(*common, "--results", str(res), *caches, "optim.epochs=2")
     assert r.exit_code == 0, r.output
     rows = store.query(str(res), "SELECT method, subsample, accuracy FROM results").to_pylist()
     assert {(x["method"], x["subsample"]) for x in rows} == {

@@ -92,23 +92,28 @@ def test_the_library_runs_a_suite_without_typer(tmp_path):
     assert ("smoke", "checked") in events and {s for _, s in events} >= {"running", "done"}
     # the pre-run checks are the library's: a missing LLM cache fails before anything runs
     llm = load_suite("smoke", {"methods": ["llamp"]}, llm_cache=str(tmp_path / "none"))
-    with pytest.raises(ConfigError, match="lacks synthetic; make it with: dplbench llm cache"):
-        execute(llm, request.replace(llm_cache=str(tmp_path / "none")))
+    with pytest.raises(ConfigError, match="no LLM cache for synthetic .* dplbench llm cache"):
+        execute(llm, request.replace(llm_cache=(str(tmp_path / "none"),)))
 
 
 def test_job_ids_do_not_change_with_the_llm_cache_path_or_harness_settings(tmp_path):
-    from tests.conftest import tiny_llm_cache
+    from tests.conftest import tiny_llm, tiny_llm_cache
 
-    moved = tmp_path / "elsewhere" / "cache"
-    shutil.copytree(tiny_llm_cache(), moved)
-    sel = Selection(methods=("llamp", "dpl-release", "coop"), seeds=(1,))
-    here = {j.id for j in load_suite("smoke", sel, llm_cache=tiny_llm_cache()).jobs}
-    there = {j.id for j in load_suite("smoke", sel, llm_cache=str(moved)).jobs}
+    caches = (tiny_llm_cache("drople"), tiny_llm_cache("llamp"))
+    moved = (tmp_path / "elsewhere" / "a", tmp_path / "elsewhere" / "b")
+    for src, dst in zip(caches, moved):
+        shutil.copytree(src, dst)
+    over = {"llm": {"model": tiny_llm()}}
+    sel = Selection(methods=("llamp", "dpl-release", "coop"), seeds=(1,), overrides=over)
+    here = {j.id for j in load_suite("smoke", sel, llm_cache=caches).jobs}
+    there = {j.id for j in load_suite("smoke", sel, llm_cache=[str(m) for m in moved]).jobs}
     assert here == there and len(here) == 3
-    llamp = next(j for j in load_suite("smoke", sel, llm_cache=str(moved)).jobs if j.llm)
-    assert str(moved) not in json.dumps(llamp.describe()) and llamp.config.llm.cache is None
+    jobs = load_suite("smoke", sel, llm_cache=[str(m) for m in moved[::-1]]).jobs
+    llamp = next(j for j in jobs if j.method == "llamp")  # each reads its own recipe's cache
+    assert llamp.llm["recipe"] == "llamp" and {j.id for j in jobs} == here
+    assert str(moved[1]) not in json.dumps(llamp.describe()) and llamp.config.llm.cache is None
     assert llamp.llm["datasets"]["synthetic"]["classes_sha"]  # what it reads, not where
-    # another cache (other classes) is other work
+    # no cache (nothing read yet) is other work
     other = {j.id for j in load_suite("smoke", sel, llm_cache=str(tmp_path / "none")).jobs}
     assert other != here and len(other & here) == 1  # coop's id only
     with pytest.raises(ConfigError, match="pass it as --llm-cache"):

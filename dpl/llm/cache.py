@@ -30,7 +30,9 @@ from dpl.llm.manifest import (  # noqa: F401  (the layout, re-used by the writer
     CacheError,
     classes_sha,
     dataset_file,
+    misfit,
     read_manifest,
+    recipe_of,
 )
 
 
@@ -55,13 +57,16 @@ class LlmCache:
     """Read side of a cache directory. Dataset files load on first use and stay in host memory
     (the release keeps its caches on the CPU too and moves one template per step)."""
 
-    def __init__(self, cache_dir: str | Path, model: str | None = None) -> None:
+    def __init__(
+        self, cache_dir: str | Path, model: str | None = None, recipe: str | None = None
+    ) -> None:
         self.dir = Path(cache_dir)
         self.manifest = read_manifest(self.dir)
-        if model is not None and self.manifest["model"] != model:
+        why = misfit(self.manifest, model, recipe or recipe_of(self.manifest))
+        if why is not None:
             raise CacheError(
-                f"LLM cache {self.dir} was built from {self.manifest['model']!r}, the job asks "
-                f"for {model!r}; build one with `dplbench llm cache --model {model} ...`"
+                f"LLM cache {self.dir} does not fit: {why}; build one with `dplbench llm cache "
+                f"--model {model or self.manifest['model']} --recipe {recipe} ...`"
             )
         self._loaded: dict[str, dict[str, torch.Tensor]] = {}
 
@@ -93,6 +98,13 @@ class LlmCache:
                 f"LLM cache {self.dir}: {len(fits)} datasets hold these classes; name the dataset"
             )
         return fits[0]
+
+    def texts(self, dataset: str) -> list[dict]:
+        """What the LLM wrote for a dataset, per template: descriptions and noun phrases per
+        class in the cache's class order (<dataset>.json)."""
+        import json
+
+        return json.loads((self.dir / f"{dataset}.json").read_text())
 
     def knowledge(self, classnames: tuple[str, ...], dataset: str | None = None) -> ClassKnowledge:
         """The rows of `classnames`, in that order. A class the cache was not built for is an

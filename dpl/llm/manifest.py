@@ -38,6 +38,32 @@ def read_manifest(cache_dir: str | Path) -> dict:
     return manifest
 
 
+# Caches made before recipes existed were made with DroPLe's.
+DEFAULT_RECIPE = "drople"
+
+
+def recipe_of(manifest: dict) -> str:
+    return manifest.get("recipe") or DEFAULT_RECIPE
+
+
+def same_model(manifest: dict, model: str) -> bool:
+    """Whether the cache came from `model` (a hub id, or a local folder: by its path)."""
+    cached = manifest["model"]
+    if cached == model:
+        return True
+    local = Path(model).expanduser()
+    return local.is_dir() and Path(cached).is_dir() and local.resolve() == Path(cached).resolve()
+
+
+def misfit(manifest: dict, model: str | None, recipe: str) -> str | None:
+    """Why a cache does not fit a job that needs `model` (None: any) and `recipe` (None: fits)."""
+    if recipe_of(manifest) != recipe:
+        return f"it was made with the {recipe_of(manifest)} recipe, the job needs {recipe}"
+    if model is not None and not same_model(manifest, model):
+        return f"it was made from {manifest['model']!r}, the job needs {model!r}"
+    return None
+
+
 def identity(manifest: dict, datasets: list[str] | tuple[str, ...]) -> dict:
     """What a job reads from a cache, as data that names no path: the LLM (its hub id and
     revision, or the content hash of a local model folder), how the cache was made (format,
@@ -49,6 +75,7 @@ def identity(manifest: dict, datasets: list[str] | tuple[str, ...]) -> dict:
         and f"local:{manifest['model_sha256'][:16]}"
         or manifest["model"],
         "revision": manifest.get("revision"),
+        "recipe": recipe_of(manifest),
         "format": manifest.get("format"),
         "dtype": manifest.get("dtype"),
         "datasets": {},

@@ -63,7 +63,9 @@ class PromptedCLIP(nn.Module):
         self.depth_vision = resolve_depth(pc.depth_vision, n_vis) if pc.n_ctx_vision else 0
         self.prompt_prefix, first = self._context_words(pc.n_ctx_text, pc.ctx_init)
         self.text_prompts = (
-            DeepPrompts(pc.n_ctx_text, self.text.width, self.depth_text, first, pc.init_std)
+            DeepPrompts(
+                pc.n_ctx_text, self.text.width, self.depth_text, first, pc.init_std, pc.init
+            )
             if self.depth_text
             else None
         )
@@ -78,10 +80,18 @@ class PromptedCLIP(nn.Module):
                 self.text.width, self.vision.width, self.depth_vision
             )
         elif self.depth_vision:
+            # The releases that draw U(±1/√fan_in) draw all visual prompts as one
+            # [depth, n, width] tensor: fan_in = n·width.
             self.vision_prompts = DeepPrompts(
-                pc.n_ctx_vision, self.vision.width, self.depth_vision, None, pc.init_std
-            )
+                pc.n_ctx_vision, self.vision.width, self.depth_vision, None, pc.init_std,
+                pc.init, pc.n_ctx_vision * self.vision.width,
+            )  # fmt: skip
 
+        if cfg.teacher.text != "template" and not hasattr(self, "_teacher_text"):
+            raise ValueError(
+                f"teacher.text={cfg.teacher.text!r} needs the LLM's descriptions: a method with "
+                "the LLM prompt source (llamp, dpl-release)"
+            )
         iw = cfg.iwtd
         self.iwtd_layers = {
             "text": resolve_depth(iw.text_layers, n_text)
@@ -269,15 +279,19 @@ class PromptedCLIP(nn.Module):
     def frozen_image_features(
         self, images: torch.Tensor, keys: list[str] | None = None
     ) -> torch.Tensor:
-        """f^o [B,E] normalised: the original image tower (no prompts, LoRA or hooks). Cached per
-        sample key when the frozen view is the clean one."""
+        """f^o [B,E] normalised: the image tower without prompts or hooks, and without LoRA unless
+        teacher.adapters is "release" (then with the current LoRA, its dropout active in training,
+        as the releases run their teacher). Cached per sample key when it is a fixed function of
+        the image: the original tower on the clean view."""
+        adapted = self.cfg.teacher.adapters == "release"
         cacheable = (
             keys is not None
+            and not adapted
             and self.cfg.cache_frozen_image_features
             and (self.cfg.frozen_view == "clean")
         )
         if not cacheable:
-            return F.normalize(self.vision(images, adapters=False).float(), dim=-1)
+            return F.normalize(self.vision(images, adapters=adapted).float(), dim=-1)
         missing = [i for i, k in enumerate(keys) if k not in self._frozen_images]
         if missing:
             feats = F.normalize(self.vision(images[missing], adapters=False).float(), dim=-1)

@@ -18,6 +18,7 @@ from dpl.config import (
     MethodConfig,
     PromptConfig,
     RERConfig,
+    TeacherConfig,
 )
 from dpl.methods.registry import register
 
@@ -85,7 +86,7 @@ register(
 )
 
 
-def llamp_config(name: str, n_tokens: int, **changes) -> MethodConfig:
+def llamp_config(name: str, n_tokens: int, llm: str, recipe: str, **changes) -> MethodConfig:
     """The LLaMP base as both releases build it (flags.py defaults, launch.sh): 4 text ctx to
     depth 9 ("a photo of a" init), LLM tokens to depth 9, 4 vision prompts to depth 6, LoRA r8
     α16 dropout 0.1 on vision q/v of layers 6..11, loss CE + 25·L1(text) + 10·L1(image) + 2.5·KL
@@ -93,11 +94,16 @@ def llamp_config(name: str, n_tokens: int, **changes) -> MethodConfig:
     return MethodConfig(
         method=name,
         prompts=PromptConfig(
-            n_ctx_text=4, depth_text=0.75, ctx_init="a photo of a", n_ctx_vision=4, depth_vision=0.5
+            n_ctx_text=4,
+            depth_text=0.75,
+            ctx_init="a photo of a",
+            n_ctx_vision=4,
+            depth_vision=0.5,
+            init="kaiming",  # drople.py ~225-243, llamp.py ~171-187
         ),
         lora=LoRAConfig(rank=8, alpha=16.0, dropout=0.1, layers="0.5:1"),
         loss=LossConfig(text_l1=25.0, image_l1=10.0, kl=2.5),
-        llm=LLMConfig(n_tokens=n_tokens, depth=0.75),
+        llm=LLMConfig(model=llm, recipe=recipe, n_tokens=n_tokens, depth=0.75),
         **changes,
     )
 
@@ -105,7 +111,20 @@ def llamp_config(name: str, n_tokens: int, **changes) -> MethodConfig:
 # LLaMP (CVPR 2024), the base the DPL release forks (docs/method.md §7). launch.sh:
 # --num_llm_prompts 16; one augmented view feeds both branches (train_llamp.py: data = [img_1,
 # img_1, label]).
-register("llamp", llamp_config("llamp", 16), "dpl.methods.llamp:LlampCLIP", uses_llm=True)
+register(
+    "llamp",
+    # its teacher: text from the LLM's descriptions (tools/extract_clip_text_features_zs.py), the
+    # image tower with the current LoRA (llamp.py:130, 601-604; train mode: train_llamp.py:292)
+    llamp_config(
+        "llamp",
+        16,
+        "meta-llama/Llama-2-7b-chat-hf",  # configs/llava/*.yml model_params.model_base
+        "llamp",
+        teacher=TeacherConfig(text="llamp", adapters="release"),
+    ),
+    "dpl.methods.llamp:LlampCLIP",
+    uses_llm=True,
+)
 
 # PromptSRC: IVLP 4+4 depth 9 with self-regulating constraints (25·L1 text, 10·L1 image, 1·KL
 # towards the frozen branch) and Gaussian prompt aggregation over epochs (docs/method.md §6).
@@ -152,7 +171,10 @@ register(
     "dpl",
     MethodConfig(
         method="dpl",
-        prompts=PromptConfig(n_ctx_text=4, depth_text=0.75, n_ctx_vision=4, depth_vision=0.5),
+        # prompt init as the DPL release draws it (PromptConfig.init)
+        prompts=PromptConfig(
+            n_ctx_text=4, depth_text=0.75, n_ctx_vision=4, depth_vision=0.5, init="kaiming"
+        ),
         lora=LoRAConfig(rank=8, alpha=16.0, dropout=0.1, layers="0.5:1"),
         iwtd=IWTDConfig(enabled=True),
         mag=MAGConfig(enabled=True, weight=30.0),
@@ -171,11 +193,16 @@ register(
     llamp_config(
         "dpl-release",
         24,
+        "meta-llama/Meta-Llama-3-8B-Instruct",  # DroPLe scripts/launch/launch.sh --model_base
+        "drople",
         iwtd=IWTDConfig(enabled=True),
         mag=MAGConfig(enabled=True, weight=30.0),
         rer=RERConfig(enabled=True, weight=0.05, lambda0=0.1),
         frozen_view="clean",
         train_view="patch_randaugment",
+        # the 'dw' target from the LLM's descriptions (drople.py:194-202), and the teacher's
+        # image tower with the current LoRA (drople.py:185-186, 848-851)
+        teacher=TeacherConfig(text="drople", adapters="release"),
     ),
     "dpl.methods.llamp:LlampCLIP",
     uses_llm=True,

@@ -29,7 +29,8 @@ from dpl.encoders import TextCall, TokenLayout
 from dpl.layers import resolve_depth
 from dpl.llm.cache import CacheError, ClassKnowledge, LlmCache
 from dpl.llm.prompt_source import LlmPromptSource
-from dpl.methods.base import ClassSet, PromptedCLIP
+from dpl.llm.teacher import chunks_of, teacher_strings
+from dpl.methods.base import _FROZEN_TEXT, ClassSet, PromptedCLIP
 
 
 @dataclass
@@ -51,7 +52,7 @@ class LlampCLIP(PromptedCLIP):
             )
         if self.text_prompts is None:
             raise ValueError(f"method {cfg.method} needs text context (prompts.n_ctx_text > 0)")
-        self.cache = LlmCache(lc.cache, lc.model)
+        self.cache = LlmCache(lc.cache, lc.model, lc.recipe)
         self.llm_depth = resolve_depth(lc.depth, self.text.layers)
         self.llm = LlmPromptSource(self.cache.shape, lc.n_tokens, self.text.width, self.llm_depth)
         self.llm.load_llm(self.cache.layer_state())
@@ -76,8 +77,39 @@ class LlampCLIP(PromptedCLIP):
         cast = clip.transformer.get_cast_dtype()
         embedded = clip.token_embedding(ids[:, :l0]).to(cast) + clip.positional_embedding[:l0]
         knowledge = self.cache.knowledge(names, dataset)
-        frozen = self._frozen_text(names, templates).to(device)
+        if self.cfg.teacher.text == "template":
+            frozen = self._frozen_text(names, templates).to(device)
+        else:
+            frozen = self._teacher_text(names, dataset).to(device)
         return SuffixClassSet(names, embedded.to(cast), eot, frozen, knowledge)
+
+    @torch.no_grad()
+    def _teacher_text(self, names: tuple[str, ...], dataset: str | None) -> torch.Tensor:
+        """t^o [C,E] from the LLM's descriptions as the release's tool builds it
+        (dpl/llm/teacher.py): per class, the mean of the normalised features of its strings,
+        through the original text tower. Cached per frozen CLIP, as `_frozen_text` is."""
+        recipe = self.cfg.teacher.text
+        name = self.cache.find_dataset(names, dataset)
+        entry = self.cache.manifest["datasets"][name]
+        first = self.cache.texts(name)[0]  # the release's tools read the first template only
+        index = {c: i for i, c in enumerate(entry["classes"])}
+        kind = entry.get("phrases", "description")
+        strings = [
+            teacher_strings(recipe, name, n, chunks_of(first, index[n], kind)) for n in names
+        ]
+        key = ("teacher", recipe, names, tuple(map(tuple, strings)))
+        cache = _FROZEN_TEXT.setdefault(self.clip, {})
+        if key not in cache:
+            device = self.clip.logit_scale.device
+            flat = [s for per_class in strings for s in per_class]
+            ids = self.tokenizer(flat).to(device)
+            feats = []
+            for chunk in ids.split(256):  # bounded batches: ImageNet has thousands of strings
+                e, p = self.text.embed(chunk)
+                feats.append(F.normalize(self.text(e, p, adapters=False).float(), dim=-1))
+            per_class = torch.cat(feats).split([len(s) for s in strings])
+            cache[key] = F.normalize(torch.stack([f.mean(0) for f in per_class]), dim=-1)
+        return cache[key]
 
     # --- the suffix sequence ------------------------------------------------------------------
 

@@ -29,7 +29,7 @@ from dplbench.data.transforms import ViewConfig
 from dplbench.data.view import DatasetView
 from dplbench.errors import UserError
 from dplbench.plan.jobs import EvalTarget, Job
-from dplbench.plan.llm import cache_dir, check_cache
+from dplbench.plan.llm import cache_dirs, cache_for
 from dplbench.plan.methods import resolve_method
 from dplbench.results import store
 from dplbench.results.root import ResultsRoot
@@ -91,9 +91,10 @@ def job_subject(
     state_of = job.source or (job_id if job.trains else None)
     config = job.config
     if job.llm is not None:
-        cache = cache_dir(llm_cache)
-        if job.id == job_id:  # a job planned against a cache: that cache
-            check_cache(job, cache)
+        if job.id == job_id:  # a job planned against a cache: the one that holds its knowledge
+            cache = cache_for(job, cache_dirs(llm_cache))
+        else:
+            cache = cache_dirs(llm_cache)[0]
         config = replace(config, llm=replace(config.llm, cache=cache))
     return Subject(
         f"{job.method}-{job_id}", job.method, config, job.seed, targets[0], job.train.shots,

@@ -38,7 +38,7 @@ def ablate(
         for n in ablations.list_ablations():
             console.print(f"{n}: {ablations.load_ablation(n).description}", highlight=False)
         return
-    plan = ablations.ablation_plan(ablations.load_ablation(name), request.what, request.llm_cache)
+    plan = ablations.ablation_plan(ablations.load_ablation(name), request.what, request.llm_caches)
     if table_only:
         from dplbench.run.executor import ablation_table
 

@@ -44,16 +44,23 @@ def cache(
     datasets: Annotated[str, Opt(help="comma list of datasets")],
     out: Annotated[str, Opt(help="cache directory ($DPLBENCH_LLM_CACHE, ./llm-cache)")] = None,
     data: Data = DATA_DEFAULT,
-    dtype: Annotated[str, Opt(help="bf16 | fp16 | fp32: the LLM's and the cache's")] = "bf16",
+    recipe: Annotated[
+        str, Opt(help="drople (dpl-release) | llamp: how the release's tool makes its cache")
+    ] = "drople",
+    dtype: Annotated[
+        str, Opt(help="bf16 | fp16 | fp32: the LLM's and the cache's (default: the recipe's)")
+    ] = None,
     device: Annotated[str, Opt(help="cuda | cpu (default: cuda when there is one)")] = None,
     revision: Annotated[str, Opt(help="HF revision (branch, tag or commit)")] = None,
     gpus: Annotated[int, Opt(help="> 1: one Ray task per dataset, one GPU each")] = 0,
-    max_new_tokens: Annotated[int, Opt(help="description length (DroPLe: 128)")] = 128,
+    max_new_tokens: Annotated[
+        int, Opt(help="description length (default: the recipe's; DroPLe 128, LLaMP 64)")
+    ] = None,
     batch: Annotated[int, Opt(help="prompts per LLM batch")] = 16,
     force: Annotated[bool, Opt(help="rebuild datasets that are cached already")] = False,
 ) -> None:
     """Run the frozen LLM once over every class and template; keep its last layer's keys and
-    values for training. Resumes; refuses to mix models in one directory.
+    values for training. Resumes; refuses to mix models or recipes in one directory.
 
     Example: dplbench llm cache --model meta-llama/Meta-Llama-3-8B-Instruct --datasets dtd,eurosat
     """
@@ -68,7 +75,7 @@ def cache(
         model = str(Path(model).resolve())
     manifest = build_cache(
         model, _class_lists(names, data), out, dtype, device, revision, force,
-        max_new_tokens, batch, gpus,
+        max_new_tokens, batch, gpus, recipe,
     )  # fmt: skip
     cached = ", ".join(
         f"{d} ({len(e['classes'])} classes)" for d, e in manifest["datasets"].items()

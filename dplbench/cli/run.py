@@ -34,7 +34,7 @@ def run(request: LaunchRequest) -> None:
     from dplbench.plan.suites import load_suite
     from dplbench.run import execute
 
-    plan = load_suite(request.what.suite or "smoke", request.what, request.llm_cache)
+    plan = load_suite(request.what.suite or "smoke", request.what, request.llm_caches)
     if request.output.dry_run:
         checks = execute(plan, request).checks
         print_plan(JobTable(plan.jobs), plan.jobs, checks, f"{len(plan.jobs)} jobs",
@@ -139,7 +139,7 @@ def demo(data: Data = DATA_DEFAULT, results_root: Results = RESULTS_DEFAULT) -> 
     from dplbench.plan.suites import load_suite
 
     request = LaunchRequest.of(suite="smoke", loader_workers=1, data=data, results=results_root)
-    result = run_live(load_suite("smoke", request.what, request.llm_cache), request)
+    result = run_live(load_suite("smoke", request.what, request.llm_caches), request)
     report(suite="smoke", compare=True, results_root=request.results, out=None)
     if result.failed:
         raise typer.Exit(1)

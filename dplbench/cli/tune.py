@@ -48,7 +48,7 @@ def tune(
     from dplbench.run import execute
 
     plan = sweep_plan(
-        request.what, request.llm_cache, param, values, space, method, num_samples, scheduler,
+        request.what, request.llm_caches, param, values, space, method, num_samples, scheduler,
         grace_period, reduction_factor, name,
     )  # fmt: skip
     if request.output.dry_run:

@@ -1,11 +1,13 @@
 """`dplbench llm cache`: run the frozen LLM once over every (template, class) and keep what the
 LLM prompt source trains against (the cache layout is dpl/llm/cache.py).
 
-Per dataset, as the releases' tools/run_inference_chat.py does (JustCoolPig/DroPLe @ 3c2ef2a):
-1. the user message "In one sentence, " + template.format(name), wrapped in the model's chat
-   template (system "You are a helpful assistant.", no generation prompt), then the raw text
-   " The {name} appears as";
-2. greedy generation (max 128 new tokens) of a description;
+Per dataset, as the releases' tools/run_inference_chat.py does (JustCoolPig/DroPLe @ 3c2ef2a,
+zhaohengz/LLaMP @ 3dec7f3), by the recipe of each (`RECIPES`, `--recipe`):
+1. the user message "In one sentence, " (LLaMP: "In one sentece, ", as shipped) +
+   template.format(name), wrapped in the model's chat template (system "You are a helpful
+   assistant.", no generation prompt), then the raw text " The {name} appears as"; tokenised
+   with truncation at 256 tokens (LLaMP: 128);
+2. greedy generation (max 128 new tokens; LLaMP: 64) of a description, in fp16 (LLaMP: fp32);
 3. its noun phrases, ", "-joined (spaCy en_core_web_sm noun_chunks, when spaCy and the model are
    installed; otherwise the description itself: docs/deviations.md §2);
 4. one forward pass over [prompt | phrases] (left-padded each, so the phrase padding sits between
@@ -27,6 +29,7 @@ from pathlib import Path
 import torch
 
 from dpl.llm.cache import FORMAT, LAYER_FILE, MANIFEST, classes_sha, dataset_file
+from dpl.llm.manifest import recipe_of
 from dplbench.errors import ConfigError, UserError
 from dplbench.plan.config import CONFIG_DIR, load_yaml
 from dplbench.storage import write_atomic
@@ -34,8 +37,28 @@ from dplbench.storage import write_atomic
 log = logging.getLogger(__name__)
 TEMPLATES_FILE = CONFIG_DIR / "llm" / "templates.yaml"
 SYSTEM = "You are a helpful assistant."  # run_inference_chat.py
-INSTRUCTION = "In one sentence, "  # DroPLe's spelling (LLaMP: "In one sentece, ")
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How a release's tool makes its cache (module docstring)."""
+
+    name: str
+    instruction: str  # the user message's opening
+    max_new_tokens: int
+    dtype: str  # the LLM's precision when loaded
+    max_prompt_tokens: int  # the prompts' tokenisation truncates here
+
+
+RECIPES = {
+    # DroPLe tools/run_inference_chat.py: :122 message, :89 torch_dtype=float16, generate
+    # max_new_tokens=128, tokenizer(..., truncation=True, max_length=256)
+    "drople": Recipe("drople", "In one sentence, ", 128, "fp16", 256),
+    # LLaMP tools/run_inference_chat.py: :105 message (typo as shipped), :73 no dtype (fp32),
+    # generate max_new_tokens=64, tokenizer(..., truncation=True, max_length=128)
+    "llamp": Recipe("llamp", "In one sentece, ", 64, "fp32", 128),
+}
 
 
 def llm_templates(dataset: str) -> list[str]:
@@ -57,16 +80,17 @@ def _transformers():
     return transformers
 
 
-def _noun_phrases() -> tuple[str, Callable[[str], str]]:
-    """The release's phrase extractor when spaCy and en_core_web_sm are installed."""
+def _noun_chunks() -> tuple[str, Callable[[str], list[str] | None]]:
+    """The releases' phrase extractor (spaCy en_core_web_sm noun chunks) when installed; without
+    it, None (the description stands in for its phrases: docs/deviations.md §2)."""
     try:
         import spacy
 
         nlp = spacy.load("en_core_web_sm")
     except (ImportError, OSError):
         log.warning("spaCy/en_core_web_sm not installed: caching whole descriptions, not phrases")
-        return "description", lambda text: text.strip()
-    return "spacy_noun_chunks", lambda text: ", ".join(c.text for c in nlp(text).noun_chunks)
+        return "description", lambda text: None
+    return "spacy_noun_chunks", lambda text: [c.text for c in nlp(text).noun_chunks]
 
 
 @dataclass
@@ -127,10 +151,12 @@ def layer_tensors(llm: LoadedLLM) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu().contiguous() for k, v in out.items()}
 
 
-def prompts_for(llm: LoadedLLM, names: list[str], template: str) -> list[str]:
+def prompts_for(
+    llm: LoadedLLM, names: list[str], template: str, instruction: str = "In one sentence, "
+) -> list[str]:
     out = []
     for name in names:
-        msg = INSTRUCTION + template.format(name)
+        msg = instruction + template.format(name)
         chat = llm.tokenizer.apply_chat_template(
             [{"role": "system", "content": SYSTEM}, {"role": "user", "content": msg}],
             tokenize=False,
@@ -140,10 +166,18 @@ def prompts_for(llm: LoadedLLM, names: list[str], template: str) -> list[str]:
 
 
 @torch.no_grad()
-def describe(llm: LoadedLLM, prompts: list[str], max_new_tokens: int, batch: int) -> list[str]:
+def describe(
+    llm: LoadedLLM, prompts: list[str], max_new_tokens: int, batch: int, max_prompt: int = 256
+) -> list[str]:
     tok, out = llm.tokenizer, []
     for i in range(0, len(prompts), batch):
-        enc = tok(prompts[i : i + batch], return_tensors="pt", padding=True).to(llm.device)
+        enc = tok(
+            prompts[i : i + batch],
+            return_tensors="pt",
+            padding=True,
+            truncation=True,
+            max_length=max_prompt,
+        ).to(llm.device)
         gen = llm.model.generate(
             **enc, do_sample=False, max_new_tokens=max_new_tokens, pad_token_id=tok.pad_token_id
         )
@@ -160,13 +194,19 @@ def pad_to(t: torch.Tensor, dim: int, length: int) -> torch.Tensor:
 
 @torch.no_grad()
 def last_layer_kv(
-    llm: LoadedLLM, prompts: list[str], phrases: list[str], batch: int
+    llm: LoadedLLM, prompts: list[str], phrases: list[str], batch: int, max_prompt: int = 256
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """keys, values [C,kv,S,hd] and mask [C,S] of the whole class list (S: the longest)."""
     tok = llm.tokenizer
     ks, vs, ms = [], [], []
     for i in range(0, len(prompts), batch):
-        a = tok(prompts[i : i + batch], return_tensors="pt", padding=True)
+        a = tok(
+            prompts[i : i + batch],
+            return_tensors="pt",
+            padding=True,
+            truncation=True,
+            max_length=max_prompt,
+        )
         b = tok(phrases[i : i + batch], return_tensors="pt", padding=True)
         ids = torch.cat([a["input_ids"], b["input_ids"]], 1).to(llm.device)
         mask = torch.cat([a["attention_mask"], b["attention_mask"]], 1).to(llm.device)
@@ -175,7 +215,9 @@ def last_layer_kv(
         out = llm.model.model(
             input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True
         )
-        layer = out.past_key_values.layers[-1]
+        # transformers 5 names the cache `cache` (`past_key_values` is its deprecated alias)
+        cache = out.get("cache") if "cache" in out else out.past_key_values
+        layer = cache.layers[-1]
         ks.append(layer.keys.cpu())
         vs.append(layer.values.cpu())
         ms.append(mask.cpu())
@@ -193,24 +235,30 @@ def build_dataset(
     dataset: str,
     names: list[str],
     out: Path,
-    max_new_tokens: int = 128,
+    recipe: Recipe,
+    max_new_tokens: int | None = None,
     batch: int = 16,
 ) -> dict:
     """Write <dataset>.safetensors and .json; return its manifest entry."""
     from safetensors.torch import save_file
 
+    max_new_tokens = max_new_tokens or recipe.max_new_tokens
     templates = llm_templates(dataset)
-    phrase_kind, phrases_of = _noun_phrases()
+    phrase_kind, chunks_of = _noun_chunks()
     keys, values, masks, texts = [], [], [], []
     for t, template in enumerate(templates):
-        prompts = prompts_for(llm, names, template)
-        descriptions = describe(llm, prompts, max_new_tokens, batch)
-        phrases = [phrases_of(d) for d in descriptions]
-        k, v, m = last_layer_kv(llm, prompts, phrases, batch)
+        prompts = prompts_for(llm, names, template, recipe.instruction)
+        descriptions = describe(llm, prompts, max_new_tokens, batch, recipe.max_prompt_tokens)
+        chunks = [chunks_of(d) for d in descriptions]
+        phrases = [d.strip() if c is None else ", ".join(c) for d, c in zip(descriptions, chunks)]
+        k, v, m = last_layer_kv(llm, prompts, phrases, batch, recipe.max_prompt_tokens)
         keys.append(k)
         values.append(v)
         masks.append(m)
-        texts.append({"template": template, "descriptions": descriptions, "phrases": phrases})
+        text = {"template": template, "descriptions": descriptions, "phrases": phrases}
+        if phrase_kind == "spacy_noun_chunks":
+            text["chunks"] = chunks  # the teacher text's strings (dpl/llm/teacher.py)
+        texts.append(text)
         log.info("%s: template %d/%d done", dataset, t + 1, len(templates))
     S = max(m.shape[1] for m in masks)
 
@@ -234,15 +282,24 @@ def build_dataset(
 
 
 def stale_datasets(
-    model: str, classes: dict[str, list[str]], out: Path, force: bool = False
+    model: str,
+    classes: dict[str, list[str]],
+    out: Path,
+    force: bool = False,
+    recipe: str = "drople",
 ) -> dict[str, list[str]]:
     """The datasets of `classes` the cache at `out` lacks (or holds for other classes/templates).
-    A cache made from another model is refused rather than mixed."""
+    A cache made from another model or with another recipe is refused rather than mixed."""
     path = out / MANIFEST
     manifest = json.loads(path.read_text()) if path.is_file() else {}
     if manifest and manifest.get("model") != model:
         raise UserError(
             f"{out} holds a cache of {manifest.get('model')!r}, not {model!r}; choose another --out"
+        )
+    if manifest and recipe_of(manifest) != recipe:
+        raise UserError(
+            f"{out} holds a cache made with the {recipe_of(manifest)} recipe, not {recipe}; "
+            "choose another --out"
         )
     todo = {}
     for name, names in classes.items():
@@ -278,8 +335,9 @@ def build_part(
     dtype: str,
     device: str | None,
     revision: str | None,
-    max_new_tokens: int,
+    max_new_tokens: int | None,
     batch: int,
+    recipe: str = "drople",
     merge: bool = False,
 ) -> tuple[dict, dict[str, dict]]:
     """Load the LLM once, write the layer file (same bytes from every part) and each dataset's
@@ -297,12 +355,13 @@ def build_part(
         "model": model,
         "model_sha256": folder_sha256(model) if Path(model).is_dir() else None,
         "revision": llm.revision,
+        "recipe": recipe,
         "dtype": dtype,
         "layer": layer_manifest(llm),
     }
     entries = {}
     for name, names in classes.items():
-        entries[name] = build_dataset(llm, name, names, out, max_new_tokens, batch)
+        entries[name] = build_dataset(llm, name, names, out, RECIPES[recipe], max_new_tokens, batch)
         log.info("%s: cached %d classes", name, len(names))
         if merge:
             _merge(out, head, {name: entries[name]})
@@ -321,25 +380,29 @@ def build_cache(
     model: str,
     classes: dict[str, list[str]],
     out: str | Path,
-    dtype: str = "bf16",
+    dtype: str | None = None,
     device: str | None = None,
     revision: str | None = None,
     force: bool = False,
-    max_new_tokens: int = 128,
+    max_new_tokens: int | None = None,
     batch: int = 16,
     gpus: int = 0,
+    recipe: str = "drople",
 ) -> dict:
-    """Cache every dataset of `classes` (dataset -> prompt-ready class names) into `out`.
+    """Cache every dataset of `classes` (dataset -> prompt-ready class names) into `out`, as
+    `recipe`'s release does (RECIPES: its precision and generation length unless given).
 
     Resumes: a dataset already cached for the same class list and templates is kept (unless
     force); each dataset lands in the manifest as soon as it is written. gpus > 1: one Ray task
     per dataset, each on its own GPU (the LLM loaded once per task)."""
+    if recipe not in RECIPES:
+        raise ConfigError(f"--recipe {recipe!r}: choose one of {', '.join(RECIPES)}")
     out = Path(out)
-    todo = stale_datasets(model, classes, out, force)
+    todo = stale_datasets(model, classes, out, force, recipe)
     if not todo:
         log.info("%s: every dataset is cached already", out)
         return json.loads((out / MANIFEST).read_text())
-    args = (dtype, device, revision, max_new_tokens, batch)
+    args = (dtype or RECIPES[recipe].dtype, device, revision, max_new_tokens, batch, recipe)
     if gpus <= 1 or len(todo) == 1:
         build_part(model, todo, out, *args, merge=True)
         return json.loads((out / MANIFEST).read_text())

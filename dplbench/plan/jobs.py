@@ -142,7 +142,8 @@ class Job:
 
 
 # Config keys that say where files live, never what is computed: left out of a job's id.
-NOT_WORK = {"backbone": ("cache_dir",), "llm": ("cache",)}
+# llm.model says which LLM a cache must come from: the job's LLM identity (`llm`) is what it read.
+NOT_WORK = {"backbone": ("cache_dir",), "llm": ("cache", "model")}
 # Keys a config no longer has (they became run settings); rows written with them stay readable.
 RETIRED = ("eval_every_epoch",)
 

@@ -11,7 +11,7 @@ protocol's datasets, targets and shot counts that reports aggregate over (`proto
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -21,7 +21,7 @@ from dplbench.data.datasets import DATASETS
 from dplbench.errors import ConfigError
 from dplbench.plan.config import CONFIG_DIR, deep_merge, load_yaml, typed
 from dplbench.plan.jobs import EvalTarget, Job, TrainData
-from dplbench.plan.llm import cache_dir, check_no_cache_path, job_identity, uses_llm
+from dplbench.plan.llm import cache_dirs, check_no_cache_path, job_identity, uses_llm
 from dplbench.plan.methods import check_method, resolve_method
 from dplbench.request import Selection
 
@@ -109,7 +109,9 @@ def check_datasets(names: list[str] | tuple[str, ...]) -> None:
             )
 
 
-def _block_jobs(suite: str, spec: SuiteSpec, sel: Selection, llm_cache: str) -> list[Job]:
+def _block_jobs(
+    suite: str, spec: SuiteSpec, sel: Selection, llm_cache: tuple[str, ...]
+) -> list[Job]:
     """Jobs of one protocol block, restricted by the command line's selection `sel`."""
     methods = sel.methods or spec.methods
     seeds = sel.seeds or spec.seeds
@@ -176,17 +178,19 @@ PER_DATASET: dict[str, Callable[[str, int, SuiteSpec], list[tuple[TrainData, tup
 
 
 def load_suite(
-    name: str, selection: Selection | Mapping[str, Any] | None = None, llm_cache: str | None = None
+    name: str,
+    selection: Selection | Mapping[str, Any] | None = None,
+    llm_cache: str | Sequence[str] | None = None,
 ) -> Suite:
     """Expand a suite into its jobs. selection: methods, datasets, seeds, workers (restrict or
     replace the file's lists) and overrides (nested method-config overrides for every job).
-    llm_cache: the LLM cache that LLM-source jobs are planned against (default: --llm-cache's)."""
+    llm_cache: the LLM caches that LLM-source jobs are planned against (default: --llm-cache's)."""
     sel = Selection.coerce(selection)
     load_plugins(
         plugin_modules(sel.plugins)
     )  # the user's own methods (--plugin, $DPLBENCH_PLUGINS)
     check_datasets(sel.datasets)
-    llm_cache = cache_dir(llm_cache)
+    llm_cache = cache_dirs(llm_cache)
     suite_name = suite_file(name).stem
     spec = load_spec(name)
     blocks, data = [], spec.data

@@ -100,7 +100,7 @@ def preflight(jobs: Sequence[Job], request: LaunchRequest, sweep: bool = False) 
     """Every check that needs no data and no cluster. A missing LLM cache is an error unless
     this is a dry run (then it is listed with the command that makes it)."""
     checked = Preflight(tuple(jobs))
-    checked.missing_caches = missing_caches(jobs, request.llm_cache)
+    checked.missing_caches = missing_caches(jobs, request.llm_caches)
     if checked.missing_caches and not request.output.dry_run:
         raise ConfigError(checked.missing_caches[0])
     checked.notes += checked.missing_caches

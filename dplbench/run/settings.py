@@ -39,7 +39,7 @@ class RunSettings:
     # the launch-bound DPL step's case; "default"; "max-autotune") or a backend ("aot_eager").
     # Falls back to eager, with a warning, if compiling fails.
     compile: str | None = None
-    llm_cache: str | None = None  # the LLM cache directory of llamp / dpl-release jobs
+    llm_cache: tuple[str, ...] = ()  # the LLM cache directories of llamp / dpl-release jobs
     plugins: tuple[str, ...] = ()  # modules that register methods (imported on every worker)
 
     @classmethod
@@ -52,7 +52,7 @@ class RunSettings:
             on_data_error=request.policy.on_data_error,
             eval_every_epoch=request.policy.eval_every_epoch,
             compile=request.how.compile or None,
-            llm_cache=request.llm_cache,
+            llm_cache=request.llm_caches,
             plugins=plugin_modules(request.what.plugins),
             fail_job=os.environ.get("DPLBENCH_FAIL_JOB"),  # testing hook: make one job fail
             **extra,

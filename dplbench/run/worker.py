@@ -30,7 +30,7 @@ from dplbench import storage
 from dplbench.data.view import DatasetView
 from dplbench.errors import UserError
 from dplbench.plan.jobs import Job
-from dplbench.plan.llm import cache_dir, check_cache
+from dplbench.plan.llm import cache_for
 from dplbench.results import provenance, store
 from dplbench.results.root import ResultsRoot
 from dplbench.run import failures
@@ -86,8 +86,7 @@ def job_config(job: Job, settings: RunSettings) -> MethodConfig:
     load_plugins(settings.plugins)
     if job.llm is None:
         return job.config
-    cache = settings.llm_cache or cache_dir()
-    check_cache(job, cache)
+    cache = cache_for(job, settings.llm_cache)
     return replace(job.config, llm=replace(job.config.llm, cache=cache))
 
 
