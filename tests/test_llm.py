@@ -274,3 +274,20 @@ def test_smoke_suite_trains_both_llm_methods_and_names_a_missing_cache(tmp_path,
         (m, s) for m in ("llamp", "dpl-release") for s in ("base", "novel")
     }
     assert all(0 <= x["accuracy"] <= 100 for x in rows)
+
+
+def test_the_kv_pass_truncates_the_phrases_where_the_releases_tools_do():
+    from dplbench.llm.build import last_layer_kv
+    from dplbench.llm.loaded import load_llm
+    from dplbench.llm.recipes import RECIPES
+
+    # DroPLe tools/run_inference_chat.py:169-175, LLaMP :155: max_length=128 for the phrases
+    assert {r.max_phrase_tokens for r in RECIPES.values()} == {128}
+    llm = load_llm(tiny_llm(), "fp32", "cpu")
+    prompt = ["a photo of a dog"]
+    n_prompt = int(llm.tokenizer(prompt, return_tensors="pt")["attention_mask"].sum())
+    long = [", ".join(["dog"] * 200)]
+    _, _, mask = last_layer_kv(llm, prompt, long, batch=1, max_phrase=128)
+    assert int(mask.sum()) == n_prompt + 128
+    _, _, whole = last_layer_kv(llm, prompt, long, batch=1, max_phrase=1024)
+    assert int(whole.sum()) > n_prompt + 128

@@ -299,3 +299,15 @@ def test_empty_input_gives_one_line(tmp_path, empty):
     )
     files = render_report(empty, tmp_path)
     assert files.plots == () and Path(files.markdown).read_text() == "No results to report.\n"
+
+
+def test_clip_lora_few_shot_shows_its_published_average(refs):
+    """CLIP-LoRA's published 11-dataset averages (configs/reference/fewshot_average.csv, its
+    source column says where they come from) sit beside ours in the few-shot section."""
+    (pub,) = [r for r in refs["fewshot_average"] if r["method"] == "clip_lora"]
+    assert "2405.18541" in pub["source"] and "Table 2" in pub["source"]
+    rows = [row("clip_lora", "dtd", 60.0, 1, protocol="fewshot", shots=k) for k in (1, 16)]
+    k1, k16 = agg.fewshot(rows, compare=True, refs=refs)
+    assert (k1["pub_average"], k16["pub_average"]) == (72.5, 83.0)
+    text = report_markdown(rows, refs=refs)
+    assert "72.50" in text and "83.00" in text

@@ -43,6 +43,8 @@ class ClassSet:
     embedded: torch.Tensor  # [C,L,D] frozen token embeddings of "<ctx words> <name>."
     eot: torch.Tensor  # [C]
     frozen_text: torch.Tensor  # [C,E] t^o, normalised template mean
+    # Whether `embedded` already holds the position embeddings (the LLaMP suffix layout's does)
+    with_positions = False
 
 
 class PromptedCLIP(nn.Module):
@@ -247,6 +249,8 @@ class PromptedCLIP(nn.Module):
         """The text tower's pass of `text_features(hook)`, built but not run (a fused step runs
         the passes of several runs at once, dpl/fused.py)."""
         cs = self.classes
+        if cs.with_positions:  # TextEncoder.call adds them: they would count twice
+            raise TypeError(f"{type(self).__name__}: its class set has positions added already")
         return self.text.call(cs.embedded, cs.eot, self._text_prompt_list(), 1, hook is not None)
 
     def text_features(self, hook: IWTDHook | None = None) -> torch.Tensor:
@@ -391,7 +395,8 @@ class PromptedCLIP(nn.Module):
         groups = [{"params": rest, "lr": self.cfg.optim.lr, "name": "prompts"}]
         if lora:
             groups.append({"params": lora, "lr": self.cfg.optim.lr_lora, "name": "lora"})
-        return groups
+        # CLIP-LoRA trains LoRA alone: no empty prompt group (whose lr the epochs table would show)
+        return [g for g in groups if g["params"]]
 
     def on_epoch_end(self, epoch: int, epochs: int) -> None:
         """PromptSRC's Gaussian prompt aggregation (GPA): accumulate this epoch's prompts with a

@@ -35,10 +35,13 @@ from dpl.methods.base import _FROZEN_TEXT, ClassSet, PromptedCLIP
 
 @dataclass
 class SuffixClassSet(ClassSet):
-    """A class list's "a photo of a {name}" embeddings (positions added) cut at L0, and its rows
-    of the LLM cache."""
+    """A class list's "a photo of a {name}" embeddings cut at L0, and its rows of the LLM cache.
+    Unlike ClassSet.embedded, `embedded` here already has the position embeddings added (the
+    suffix sequence is assembled from it by `_sequence`, never by TextEncoder.call, which would
+    add them a second time)."""
 
     knowledge: ClassKnowledge | None = None
+    with_positions = True
 
 
 class LlampCLIP(PromptedCLIP):
@@ -47,8 +50,9 @@ class LlampCLIP(PromptedCLIP):
         lc = cfg.llm
         if not lc.cache:
             raise CacheError(
-                f"method {cfg.method} needs an LLM cache: set llm.cache=DIR (dplbench: --llm-cache DIR; make one with "
-                "`dplbench llm cache`, or a tiny test one with `dplbench llm tiny`)"
+                f"method {cfg.method} needs an LLM cache: set llm.cache=DIR (dplbench: "
+                "--llm-cache DIR; make one with `dplbench llm cache`, or a tiny test one with "
+                "`dplbench llm tiny`)"
             )
         if self.text_prompts is None:
             raise ValueError(f"method {cfg.method} needs text context (prompts.n_ctx_text > 0)")
@@ -74,6 +78,10 @@ class LlampCLIP(PromptedCLIP):
                 f"{self.llm.n_tokens} LLM tokens exceeds the text context of "
                 f"{clip.positional_embedding.shape[0]}; lower llm.n_tokens"
             )
+        # The releases' HF tokenizer pads with [EOT] where open_clip pads with 0 ("!"); the pads
+        # are masked as keys but their hidden states reach MAG and IWTD's scores as queries
+        pos = torch.arange(ids.shape[1], device=device)
+        ids = torch.where(pos > eot[:, None], ids.gather(1, eot[:, None]), ids)
         cast = clip.transformer.get_cast_dtype()
         embedded = clip.token_embedding(ids[:, :l0]).to(cast) + clip.positional_embedding[:l0]
         knowledge = self.cache.knowledge(names, dataset)

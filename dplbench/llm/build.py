@@ -13,8 +13,8 @@ zhaohengz/LLaMP @ 3dec7f3), by the recipe of each (`RECIPES`, `--recipe`):
 4. one forward pass over [prompt | phrases] (left-padded each, so the phrase padding sits between
    them, masked) keeping the last layer's keys and values.
 
-`transformers` is imported here only (`pip install dplbench[llm]`); training reads the cache with
-plain PyTorch and safetensors.
+`transformers` is imported by loaded.py only (`pip install dplbench[llm]`); training reads the cache
+with plain PyTorch and safetensors.
 """
 
 from __future__ import annotations
@@ -23,7 +23,6 @@ import hashlib
 import json
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -31,53 +30,11 @@ import torch
 from dpl.llm.cache import FORMAT, LAYER_FILE, MANIFEST, classes_sha, dataset_file
 from dpl.llm.manifest import recipe_of
 from dplbench.errors import ConfigError, UserError
-from dplbench.plan.config import CONFIG_DIR, load_yaml
+from dplbench.llm.loaded import LoadedLLM, layer_manifest, layer_tensors, load_llm
+from dplbench.llm.recipes import RECIPES, SYSTEM, Recipe, llm_templates
 from dplbench.storage import write_atomic
 
 log = logging.getLogger(__name__)
-TEMPLATES_FILE = CONFIG_DIR / "llm" / "templates.yaml"
-SYSTEM = "You are a helpful assistant."  # run_inference_chat.py
-DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
-
-
-@dataclass(frozen=True)
-class Recipe:
-    """How a release's tool makes its cache (module docstring)."""
-
-    name: str
-    instruction: str  # the user message's opening
-    max_new_tokens: int
-    dtype: str  # the LLM's precision when loaded
-    max_prompt_tokens: int  # the prompts' tokenisation truncates here
-
-
-RECIPES = {
-    # DroPLe tools/run_inference_chat.py: :122 message, :89 torch_dtype=float16, generate
-    # max_new_tokens=128, tokenizer(..., truncation=True, max_length=256)
-    "drople": Recipe("drople", "In one sentence, ", 128, "fp16", 256),
-    # LLaMP tools/run_inference_chat.py: :105 message (typo as shipped), :73 no dtype (fp32),
-    # generate max_new_tokens=64, tokenizer(..., truncation=True, max_length=128)
-    "llamp": Recipe("llamp", "In one sentece, ", 64, "fp32", 128),
-}
-
-
-def llm_templates(dataset: str) -> list[str]:
-    table = load_yaml(TEMPLATES_FILE)
-    if dataset not in table:
-        raise ConfigError(
-            f"{TEMPLATES_FILE}: no LLM templates for dataset {dataset!r}; add a list of them"
-        )
-    return list(table[dataset])
-
-
-def _transformers():
-    try:
-        import transformers
-    except ImportError:
-        raise UserError(
-            "the LLM cache step needs Hugging Face transformers: pip install 'dplbench[llm]'"
-        ) from None
-    return transformers
 
 
 def _noun_chunks() -> tuple[str, Callable[[str], list[str] | None]]:
@@ -91,64 +48,6 @@ def _noun_chunks() -> tuple[str, Callable[[str], list[str] | None]]:
         log.warning("spaCy/en_core_web_sm not installed: caching whole descriptions, not phrases")
         return "description", lambda text: None
     return "spacy_noun_chunks", lambda text: [c.text for c in nlp(text).noun_chunks]
-
-
-@dataclass
-class LoadedLLM:
-    model: object
-    tokenizer: object
-    name: str
-    revision: str | None
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.model.parameters()).device
-
-
-def load_llm(name: str, dtype: str, device: str, revision: str | None = None) -> LoadedLLM:
-    tf = _transformers()
-    if dtype not in DTYPES:
-        raise ConfigError(f"--dtype {dtype}: choose one of {', '.join(DTYPES)}")
-    try:
-        tok = tf.AutoTokenizer.from_pretrained(name, revision=revision)
-        model = tf.AutoModelForCausalLM.from_pretrained(
-            name, revision=revision, dtype=DTYPES[dtype]
-        )
-    except OSError as e:
-        raise UserError(f"cannot load the LLM {name!r}: {str(e).splitlines()[0]}") from None
-    cfg = model.config
-    if cfg.model_type != "llama" or getattr(cfg, "attention_bias", False):
-        raise ConfigError(
-            f"{name}: a {cfg.model_type} model; the LLM prompt source reimplements Llama's "
-            "decoder layer (Llama-2/3 checkpoints)"
-        )
-    if tok.pad_token is None:  # Llama-3 has none; pads are masked, so any id does
-        tok.pad_token = tok.eos_token
-    tok.padding_side = "left"
-    revision = revision or getattr(cfg, "_commit_hash", None)
-    return LoadedLLM(model.to(device).eval(), tok, name, revision)
-
-
-def layer_manifest(llm: LoadedLLM) -> dict:
-    c = llm.model.config
-    return {
-        "hidden": c.hidden_size,
-        "heads": c.num_attention_heads,
-        "kv_heads": c.num_key_value_heads,
-        "head_dim": getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads,
-        "intermediate": c.intermediate_size,
-        "rms_eps": c.rms_norm_eps,
-    }
-
-
-def layer_tensors(llm: LoadedLLM) -> dict[str, torch.Tensor]:
-    """The last decoder layer, the final norm and RoPE: all training needs of the LLM itself."""
-    inner = llm.model.model
-    out = {f"layer.{k}": v for k, v in inner.layers[-1].state_dict().items()}
-    out["norm.weight"] = inner.norm.weight
-    out["inv_freq"] = inner.rotary_emb.inv_freq.float()
-    out["rope_scaling"] = torch.tensor(float(inner.rotary_emb.attention_scaling))
-    return {k: v.detach().cpu().contiguous() for k, v in out.items()}
 
 
 def prompts_for(
@@ -165,19 +64,20 @@ def prompts_for(
     return out
 
 
+def _encode(llm: LoadedLLM, texts: list[str], max_length: int):
+    """Left-padded (LoadedLLM), truncated where the release's tool truncates (Recipe)."""
+    return llm.tokenizer(
+        texts, return_tensors="pt", padding=True, truncation=True, max_length=max_length
+    )
+
+
 @torch.no_grad()
 def describe(
     llm: LoadedLLM, prompts: list[str], max_new_tokens: int, batch: int, max_prompt: int = 256
 ) -> list[str]:
     tok, out = llm.tokenizer, []
     for i in range(0, len(prompts), batch):
-        enc = tok(
-            prompts[i : i + batch],
-            return_tensors="pt",
-            padding=True,
-            truncation=True,
-            max_length=max_prompt,
-        ).to(llm.device)
+        enc = _encode(llm, prompts[i : i + batch], max_prompt).to(llm.device)
         gen = llm.model.generate(
             **enc, do_sample=False, max_new_tokens=max_new_tokens, pad_token_id=tok.pad_token_id
         )
@@ -194,20 +94,18 @@ def pad_to(t: torch.Tensor, dim: int, length: int) -> torch.Tensor:
 
 @torch.no_grad()
 def last_layer_kv(
-    llm: LoadedLLM, prompts: list[str], phrases: list[str], batch: int, max_prompt: int = 256
+    llm: LoadedLLM,
+    prompts: list[str],
+    phrases: list[str],
+    batch: int,
+    max_prompt: int = 256,
+    max_phrase: int = 128,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """keys, values [C,kv,S,hd] and mask [C,S] of the whole class list (S: the longest)."""
-    tok = llm.tokenizer
     ks, vs, ms = [], [], []
     for i in range(0, len(prompts), batch):
-        a = tok(
-            prompts[i : i + batch],
-            return_tensors="pt",
-            padding=True,
-            truncation=True,
-            max_length=max_prompt,
-        )
-        b = tok(phrases[i : i + batch], return_tensors="pt", padding=True)
+        a = _encode(llm, prompts[i : i + batch], max_prompt)
+        b = _encode(llm, phrases[i : i + batch], max_phrase)
         ids = torch.cat([a["input_ids"], b["input_ids"]], 1).to(llm.device)
         mask = torch.cat([a["attention_mask"], b["attention_mask"]], 1).to(llm.device)
         # Llama numbers the real tokens 0..n-1 whatever the padding (prepare_inputs_for_generation)
@@ -251,7 +149,9 @@ def build_dataset(
         descriptions = describe(llm, prompts, max_new_tokens, batch, recipe.max_prompt_tokens)
         chunks = [chunks_of(d) for d in descriptions]
         phrases = [d.strip() if c is None else ", ".join(c) for d, c in zip(descriptions, chunks)]
-        k, v, m = last_layer_kv(llm, prompts, phrases, batch, recipe.max_prompt_tokens)
+        k, v, m = last_layer_kv(
+            llm, prompts, phrases, batch, recipe.max_prompt_tokens, recipe.max_phrase_tokens
+        )
         keys.append(k)
         values.append(v)
         masks.append(m)

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import torch
 
-from dplbench.llm.build import SYSTEM, _transformers, llm_templates
+from dplbench.llm.loaded import _transformers
+from dplbench.llm.recipes import SYSTEM, llm_templates
 
 CHAT_TEMPLATE = (
     "{{ bos_token }}{% for m in messages %}<{{ m['role'] }}> {{ m['content'] }} {% endfor %}"
