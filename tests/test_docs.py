@@ -51,3 +51,20 @@ def test_the_readme_is_a_newcomers_page():
     assert len(readme.encode()) <= 12_000
     first_block = readme.split("```bash\n", 1)[1].split("```", 1)[0].splitlines()
     assert [line.split()[:2] for line in first_block] == [["make", "demo"], ["make", "test"]]
+
+
+def test_the_readme_lists_every_shared_launch_option():
+    # the options are generated from LaunchRequest's fields; the README's list is written by hand
+    from dplbench.request import request_fields
+
+    readme = (ROOT / "README.md").read_text()
+    shared = readme.split("share every execution option:", 1)[1].split("and `key=value`", 1)[0]
+    listed = set(re.findall(r"--[a-z][a-z-]*", shared))
+    missing = []
+    for f, _ in request_fields():
+        if not f.metadata.get("shared", True):  # run's own (--methods) and the key=value list
+            continue
+        flags = f.metadata.get("flags", "--" + f.name.replace("_", "-")).split("/")
+        if not listed & set(flags):
+            missing.append(flags[0])
+    assert not missing, f"README.md's option list lacks {missing}"

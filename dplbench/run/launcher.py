@@ -26,7 +26,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import subprocess
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -190,6 +189,27 @@ def session(opts: ExecOptions, log: Path, dashboard: bool = True) -> Iterator[No
 _STOPPED = []  # local clusters this process started and stopped (the CLI exits quickly after)
 
 
+def _stop_all(pids: list[int]) -> None:
+    """SIGTERM the cluster's processes and everything they started (the raylet's agents and
+    workers), a moment for those that exit on it, SIGKILL for the rest: the raylet, GCS and
+    monitor do not exit on SIGTERM (Ray kills them a second later, one after another)."""
+    import psutil  # a Ray dependency
+
+    procs = []
+    for pid in pids:
+        with contextlib.suppress(psutil.Error):
+            top = psutil.Process(pid)
+            procs += [top, *top.children(recursive=True)]
+    for p in procs:
+        with contextlib.suppress(psutil.Error):
+            p.terminate()
+    _, alive = psutil.wait_procs(procs, timeout=0.3)
+    for p in alive:
+        with contextlib.suppress(psutil.Error):
+            p.kill()
+    psutil.wait_procs(alive, timeout=2.0)
+
+
 def stopped_local_cluster() -> bool:
     return bool(_STOPPED)
 
@@ -210,21 +230,7 @@ def shutdown() -> None:
     finally:
         if node.is_head():
             node.destroy_external_storage()
-        procs = [i.process for infos in node.all_processes.values() for i in infos]
-        for p in procs:
-            if p.poll() is None:
-                p.terminate()
-        # The raylet, GCS and monitor do not exit on SIGTERM (Ray kills them a second later):
-        # a moment for those that do, then SIGKILL for the rest, all at once.
-        deadline = time.monotonic() + 0.3
-        for p in procs:
-            try:
-                p.wait(timeout=max(0.0, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                p.kill()
-        for p in procs:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                p.wait(timeout=1.0)
+        _stop_all([i.process.pid for infos in node.all_processes.values() for i in infos])
         node.all_processes.clear()
         _STOPPED.append(node)
 
