@@ -138,17 +138,19 @@ def test_mag_attends_over_every_text_position_or_only_the_valid_ones():
 
 def test_the_suffix_pads_are_eot_embeddings_as_the_releases_hf_tokenizer_pads():
     # DroPLe drople.py:140-142 / LLaMP llamp.py:100-102 pad with CLIPTokenizer's pad_token, which
-    # is <|endoftext|>; open_clip pads with 0. Every position past a class's own [EOT] and up to
-    # the longest prompt must read as [EOT] plus its position.
+    # is <|endoftext|>; open_clip pads with 0. Every position past a class's own [EOT] must read
+    # as [EOT] plus its position, those the encoder sees (before L0-1, which the layout drops) too.
     model = _model("dpl-release")
+    names = [*CLASSES, "hot air balloon"]  # in the tiny cache, two tokens longer than "dog"
+    model.set_classes(names, "a photo of a {}.", "synthetic")
     cs, clip = model.classes, model.clip
-    ids = model.tokenizer([f"{model.prompt_prefix} {n}" for n in CLASSES])
+    ids = model.tokenizer([f"{model.prompt_prefix} {n}" for n in names])
     eot_id = int(ids[0, cs.eot[0]])
     l0 = int(cs.eot.max()) + 1
     short = int(cs.eot.argmin())
-    assert cs.eot[short] < l0 - 1  # the class list has pads to check
+    first_pad = int(cs.eot[short]) + 1
+    assert first_pad < l0 - 1  # at least one pad the encoder reads
     with torch.no_grad():
         want = clip.token_embedding.weight[eot_id] + clip.positional_embedding[:l0]
-    pads = slice(int(cs.eot[short]) + 1, l0)
-    got = cs.embedded[short, pads]
-    torch.testing.assert_close(got, want[pads].to(got.dtype))
+    got = cs.embedded[short, first_pad:l0]
+    torch.testing.assert_close(got, want[first_pad:l0].to(got.dtype))
