@@ -101,6 +101,20 @@ def test_train_epochs_are_exact_permutations(shards, world, workers):
         assert all(torch.equal(x["image"], y["image"]) for x, y in zip(a, b))
 
 
+@pytest.mark.parametrize("workers", [0, 1])
+def test_reading_epochs_leaves_the_training_random_stream_alone(shards, workers):
+    # The training's draws (dropout, IWTD, prompts) come from the global generator; a loader that
+    # drew its workers' seed there would shift them by epoch and by --loader-workers.
+    view = DatasetView.open(shards, "oxford_pets", "train", subsample="novel")
+    loader = train_loader(view, 4, ViewConfig(SIZE), workers, 0, 1, 3)
+    torch.manual_seed(0)
+    before = torch.get_rng_state()
+    for epoch in (0, 1, 2):
+        loader.set_epoch(epoch)
+        assert sum(1 for _ in loader) == loader.num_batches
+    assert torch.equal(torch.get_rng_state(), before)
+
+
 def test_train_last_batch_rules_and_relabel(shards):
     view = DatasetView.open(shards, "oxford_pets", "train", subsample="novel")
     keep = _epoch_keys(view, 5, 1, 0, 0, last_batch="keep")[0]

@@ -225,12 +225,16 @@ def train_loader(
     refs = index_view(view, on_error, skipped)
     sampler = EpochBatches(len(refs), batch_size, rank, world_size, seed, last_batch)
     dataset = EpochDataset(view, refs, SampleTransform(views), seed, on_error, skipped)
+    # Its own generator: a DataLoader draws its workers' base seed from the global one, at every
+    # epoch without workers and once with persistent ones, which would make the training's random
+    # stream depend on --loader-workers (the samples reseed from (seed, epoch, position) anyway).
     loader = torch.utils.data.DataLoader(
         dataset,
         batch_sampler=sampler,
         num_workers=num_workers,
         collate_fn=_collate,
         persistent_workers=num_workers > 0,
+        generator=torch.Generator().manual_seed(seed),
     )
     loader.num_batches = len(sampler)
     loader.num_samples = len(refs)

@@ -108,8 +108,7 @@ def train_group(
             steps: dict[int, int] = {}
             for k in list(going):
                 try:
-                    with runs.rngs[k].active():  # its DataLoader draws its base seed here
-                        steps[k], batches[k] = next(going[k])
+                    steps[k], batches[k] = next(going[k])
                 except StopIteration:
                     del going[k]
                 except Exception as e:
