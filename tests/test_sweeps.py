@@ -185,3 +185,33 @@ def test_failing_trial_is_recorded_and_the_others_complete(cluster):
     assert by_key[sweep.trials[0].key]["status"] == "done"
     assert result.best()["trial"] == sweep.trials[0].key
     assert _live_placement_groups() == []
+
+
+@pytest.mark.slow
+@pytest.mark.cluster
+def test_a_fifo_sweep_fused_records_what_it_records_unfused(cluster):
+    """--fuse under FIFO: the trials' jobs train as fused groups across settings and seeds
+    (run/sweep.py), and each trial's record (validation objective, per-job validation and test
+    accuracy) is the one the unfused sweep writes."""
+    from dplbench.results import store
+
+    data = str(cluster / "shards")
+    sel = Selection(methods=("coop",), seeds=(1, 2), overrides=parse_overrides(["optim.epochs=2"]))
+    sweep = sweeps.make_sweep(
+        sweeps.expand({"lr": [0.1, 0.05]}), "smoke", sel, name="fz", scheduler="fifo"
+    )
+    records_of = {}
+    for fuse in (1, 4):
+        res = str(cluster / f"results-fuse{fuse}")
+        settings = RunSettings(data=data, results=res, loader_workers=0)
+        result = run_sweep(sweep, settings, ExecOptions(cpus=2, fuse=fuse))
+        records_of[fuse] = {(r["trial"], r["job_id"]): r for r in result.records}
+        fused_with = store.query(res, "SELECT fused_with FROM results").column(0).to_pylist()
+        assert all((f is not None and len(f.split(",")) == 3) == (fuse == 4) for f in fused_with)
+    solo, fused = records_of[1], records_of[4]
+    assert set(solo) == set(fused) and len(solo) == 4
+    for key, r in solo.items():
+        f = fused[key]
+        assert r["status"] == f["status"] == "done"
+        for col in ("objective", "job_val_accuracy", "test_hm", "job_test_hm", "epochs_done"):
+            assert f[col] == pytest.approx(r[col]), (key, col)

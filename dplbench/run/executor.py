@@ -72,7 +72,7 @@ def execute(plan: Plan, request: LaunchRequest | None = None, on_event: Any = No
     """Check, prepare and run `plan` as `request` says; see the module docstring."""
     request = request or LaunchRequest()
     load_plugins(plugin_modules(request.what.plugins))
-    checks = preflight(plan.jobs, request, sweep=isinstance(plan, Sweep))
+    checks = preflight(plan.jobs, request, plan.scheduler if isinstance(plan, Sweep) else None)
     result = Execution(plan, request, checks)
     if request.output.dry_run:
         return result
@@ -80,8 +80,7 @@ def execute(plan: Plan, request: LaunchRequest | None = None, on_event: Any = No
         on_event(plan.name, "checked", {"checks": checks})
     from dplbench.run.settings import ExecOptions, RunSettings
 
-    fuse = 1 if isinstance(plan, Sweep) else checks.fuse
-    opts = ExecOptions.of(request, checks.jobs_per_gpu, fuse)
+    opts = ExecOptions.of(request, checks.jobs_per_gpu, checks.fuse)
     sink, tracker = _events(plan, request, on_event)
     suite = plan.suite if isinstance(plan, AblationPlan) else plan
     settings = RunSettings.of(request, plan.suite if isinstance(plan, Sweep) else suite.name)

@@ -96,9 +96,12 @@ def fusion_notes(checked: Preflight) -> list[str]:
     return lines
 
 
-def preflight(jobs: Sequence[Job], request: LaunchRequest, sweep: bool = False) -> Preflight:
-    """Every check that needs no data and no cluster. A missing LLM cache is an error unless
-    this is a dry run (then it is listed with the command that makes it)."""
+def preflight(
+    jobs: Sequence[Job], request: LaunchRequest, scheduler: str | None = None
+) -> Preflight:
+    """Every check that needs no data and no cluster (`scheduler`: a sweep's). A missing LLM
+    cache is an error unless this is a dry run (then it is listed with the command that makes
+    it)."""
     checked = Preflight(tuple(jobs))
     checked.missing_caches = missing_caches(jobs, request.llm_caches)
     if checked.missing_caches and not request.output.dry_run:
@@ -113,10 +116,11 @@ def preflight(jobs: Sequence[Job], request: LaunchRequest, sweep: bool = False) 
     if why:
         checked.notes.append(why)
     if checked.fuse > 1:
-        if sweep:
+        if scheduler == "asha":
+            checked.fuse = 1
             checked.notes.append(
-                "tune runs its trials unfused: each trial is one setting, reported and stopped "
-                "on its own (--fuse applies to run and ablate)"
+                "ASHA runs the trials unfused: it stops each on its own reports "
+                "(--scheduler fifo fuses them)"
             )
         else:
             units, checked.solo = fused_groups([j for j in jobs if j.source is None], checked.fuse)

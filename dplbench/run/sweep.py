@@ -1,5 +1,10 @@
 """`dplbench tune`: a sweep's trials on Ray (run/launcher.py), recorded as they end.
 
+Under FIFO with `--fuse K` the trials' jobs run as `dplbench run` runs jobs (run/suite.py): fused
+across seeds and settings where their shapes agree (plan/fusion.py), each trial recorded once its
+jobs have ended, from the rows and epoch rows they wrote. FIFO stops nothing, so no trial needs
+Tune's per-trial reports; ASHA does, and runs unfused (run/preflight.py says so).
+
 Each trial's record is written by the driver the moment the trial ends (done, stopped by ASHA, or
 failed), so `--resume` needs no driver state: it reruns the same command and skips trials recorded
 `done` or `stopped`; failed and unfinished ones run again, and their jobs continue from their last
@@ -13,9 +18,9 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
-from dplbench.plan.sweeps import Sweep
+from dplbench.plan.sweeps import Sweep, Trial
 from dplbench.results import sweeps as records
-from dplbench.results.sweeps import SweepResult
+from dplbench.results.sweeps import SweepResult, objective, trial_test_metrics
 from dplbench.run import launcher
 from dplbench.run.launcher import TrialEvent
 from dplbench.run.prepare import prepare
@@ -72,7 +77,9 @@ def run_sweep(
         if on_event is not None:
             on_event(key, state, info)
 
-    if trials:
+    if trials and opts.fuse > 1:
+        _run_fused(trials, settings, opts, record)
+    elif trials:
         launcher.launch(
             sweep_trial,
             {t.key: list(t.jobs) for t in trials},
@@ -85,3 +92,57 @@ def run_sweep(
     result = SweepResult(sweep, records.read_trials(settings.results, sweep.name), skipped)
     result.files = records.write_outputs(result, out)
     return result
+
+
+def _run_fused(
+    trials: list[Trial], settings: RunSettings, opts: ExecOptions, record: TrialEvent
+) -> None:
+    """The trials' jobs in fused groups (module docstring); trial events from their jobs'."""
+    from dplbench.results import store
+    from dplbench.run.suite import run_jobs
+
+    trial_of = {j.id: t for t in trials for j in t.jobs}
+    epochs: dict[str, dict[str, int]] = {t.key: {} for t in trials}
+
+    def on_job(job_id: str, state: str, info: dict[str, Any]) -> None:
+        t = trial_of.get(job_id)
+        if t is None:
+            return
+        if state == "running" and not epochs[t.key]:
+            record(t.key, "running", {})
+        elif state == "result" and info.get("epoch") is not None:
+            epochs[t.key][job_id] = int(info["epoch"]) + 1
+            if len(epochs[t.key]) == len(t.jobs):  # every job of the trial is this far
+                record(t.key, "result", {"epoch": min(epochs[t.key].values())})
+
+    outcomes = run_jobs([j for t in trials for j in t.jobs], settings, opts, on_job)
+    failed = {o.job.id: o.error for o in outcomes if o.status != "done"}
+    ids = {"ids": list(trial_of)}
+    rows = store.query(
+        settings.results, "SELECT * FROM results WHERE list_contains($ids, job_id)", ids
+    ).to_pylist()
+    # The last epoch's validation accuracy (a job resumed after it: from the run that trained it)
+    last_val = store.query(
+        settings.results,
+        "SELECT job_id, arg_max(val_accuracy, epoch) AS val, max(epoch) + 1 AS epochs "
+        "FROM epochs WHERE list_contains($ids, job_id) AND val_accuracy IS NOT NULL "
+        "GROUP BY job_id",
+        ids,
+    ).to_pylist()
+    val = {r["job_id"]: r["val"] for r in last_val}
+    done_epochs = {r["job_id"]: r["epochs"] for r in last_val}
+    for t in trials:
+        errors = [failed[j.id] for j in t.jobs if j.id in failed]
+        vals = {j.id: val.get(j.id) for j in t.jobs}
+        mine = {j.id: [r for r in rows if r["job_id"] == j.id] for j in t.jobs}
+        last = {
+            "epoch": min(done_epochs.get(j.id, 0) for j in t.jobs),
+            "objective": objective(vals, t.jobs),
+            "val": vals,
+            "tests": {jid: trial_test_metrics(rs) for jid, rs in mine.items()},
+            **trial_test_metrics([r for rs in mine.values() for r in rs]),
+        }
+        if errors:
+            record(t.key, "failed", {"last": last, "error": errors[0]})
+        else:
+            record(t.key, "done", {"last": {**last, "trial_done": 1}})
