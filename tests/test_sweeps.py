@@ -170,20 +170,26 @@ def test_asha_sweep_stops_a_trial_and_a_run_right_after_gets_resources(cluster):
 
 @pytest.mark.slow
 @pytest.mark.cluster
-def test_failing_trial_is_recorded_and_the_others_complete(cluster):
-    data, res = str(cluster / "shards"), str(cluster / "results")
+@pytest.mark.parametrize("fuse", [1, 2])  # 2: both trials' jobs in one fused group
+def test_failing_trial_is_recorded_and_the_others_complete(cluster, fuse):
+    data, res = str(cluster / "shards"), str(cluster / f"results-fail{fuse}")
     sel = Selection(methods=("dpl",), seeds=(1,), overrides=parse_overrides(["optim.epochs=2"]))
     sweep = sweeps.make_sweep(
         sweeps.expand({"lr": [1e-9, 1e-8]}), "smoke", sel, name="fail", scheduler="fifo"
     )
     victim = sweep.trials[1]
     settings = RunSettings(data=data, results=res, loader_workers=0, fail_job=victim.jobs[0].id)
-    result = run_sweep(sweep, settings, ExecOptions(cpus=2, max_failures=0))
+    result = run_sweep(sweep, settings, ExecOptions(cpus=2, max_failures=0, fuse=fuse))
     by_key = {r["trial"]: r for r in result.trials()}
     assert by_key[victim.key]["status"] == "failed"
     assert "failure injected" in by_key[victim.key]["error"]
     assert by_key[sweep.trials[0].key]["status"] == "done"
     assert result.best()["trial"] == sweep.trials[0].key
+    if fuse == 2:  # the survivor trained beside the victim
+        from dplbench.results import store
+
+        fused_with = store.query(res, "SELECT fused_with FROM results").column(0).to_pylist()
+        assert fused_with and set(fused_with) == {victim.jobs[0].id}
     assert _live_placement_groups() == []
 
 

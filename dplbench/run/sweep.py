@@ -97,12 +97,25 @@ def run_sweep(
 def _run_fused(
     trials: list[Trial], settings: RunSettings, opts: ExecOptions, record: TrialEvent
 ) -> None:
-    """The trials' jobs in fused groups (module docstring); trial events from their jobs'."""
-    from dplbench.results import store
+    """The trials' jobs in fused groups (module docstring); trial events from their jobs'. A
+    trial is recorded as soon as its last job has ended, so a killed driver loses none that did."""
     from dplbench.run.suite import run_jobs
 
     trial_of = {j.id: t for t in trials for j in t.jobs}
     epochs: dict[str, dict[str, int]] = {t.key: {} for t in trials}
+    ended: dict[str, dict[str, str | None]] = {t.key: {} for t in trials}  # job -> its error
+
+    def end(t: Trial, job_id: str, error: str | None) -> None:
+        if job_id in ended[t.key]:
+            return
+        ended[t.key][job_id] = error
+        if len(ended[t.key]) == len(t.jobs):
+            errors = [e for e in ended[t.key].values() if e is not None]
+            last = _trial_result(t, settings.results)
+            if errors:
+                record(t.key, "failed", {"last": last, "error": errors[0]})
+            else:
+                record(t.key, "done", {"last": {**last, "trial_done": 1}})
 
     def on_job(job_id: str, state: str, info: dict[str, Any]) -> None:
         t = trial_of.get(job_id)
@@ -114,35 +127,38 @@ def _run_fused(
             epochs[t.key][job_id] = int(info["epoch"]) + 1
             if len(epochs[t.key]) == len(t.jobs):  # every job of the trial is this far
                 record(t.key, "result", {"epoch": min(epochs[t.key].values())})
+        elif state in ("done", "failed"):
+            end(t, job_id, None if state == "done" else str(info.get("error") or "failed"))
 
     outcomes = run_jobs([j for t in trials for j in t.jobs], settings, opts, on_job)
-    failed = {o.job.id: o.error for o in outcomes if o.status != "done"}
-    ids = {"ids": list(trial_of)}
+    for o in outcomes:  # jobs that ended without an event (e.g. --no-ray)
+        end(trial_of[o.job.id], o.job.id, None if o.status == "done" else o.error or "failed")
+
+
+def _trial_result(trial: Trial, results: str) -> dict[str, Any]:
+    """What an unfused trial reports last (run/trials.py sweep_trial), from its jobs' rows and
+    epoch rows: the last epoch's validation accuracies (of the run that trained it, for a job
+    resumed after it), their objective, and the test metrics."""
+    from dplbench.results import store
+
+    ids = {"ids": [j.id for j in trial.jobs]}
     rows = store.query(
-        settings.results, "SELECT * FROM results WHERE list_contains($ids, job_id)", ids
+        results, "SELECT * FROM results WHERE list_contains($ids, job_id)", ids
     ).to_pylist()
-    # The last epoch's validation accuracy (a job resumed after it: from the run that trained it)
     last_val = store.query(
-        settings.results,
+        results,
         "SELECT job_id, arg_max(val_accuracy, epoch) AS val, max(epoch) + 1 AS epochs "
         "FROM epochs WHERE list_contains($ids, job_id) AND val_accuracy IS NOT NULL "
         "GROUP BY job_id",
         ids,
     ).to_pylist()
-    val = {r["job_id"]: r["val"] for r in last_val}
-    done_epochs = {r["job_id"]: r["epochs"] for r in last_val}
-    for t in trials:
-        errors = [failed[j.id] for j in t.jobs if j.id in failed]
-        vals = {j.id: val.get(j.id) for j in t.jobs}
-        mine = {j.id: [r for r in rows if r["job_id"] == j.id] for j in t.jobs}
-        last = {
-            "epoch": min(done_epochs.get(j.id, 0) for j in t.jobs),
-            "objective": objective(vals, t.jobs),
-            "val": vals,
-            "tests": {jid: trial_test_metrics(rs) for jid, rs in mine.items()},
-            **trial_test_metrics([r for rs in mine.values() for r in rs]),
-        }
-        if errors:
-            record(t.key, "failed", {"last": last, "error": errors[0]})
-        else:
-            record(t.key, "done", {"last": {**last, "trial_done": 1}})
+    vals = {j.id: None for j in trial.jobs} | {r["job_id"]: r["val"] for r in last_val}
+    done = {r["job_id"]: r["epochs"] for r in last_val}
+    mine = {j.id: [r for r in rows if r["job_id"] == j.id] for j in trial.jobs}
+    return {
+        "epoch": min(done.get(j.id, 0) for j in trial.jobs),
+        "objective": objective(vals, trial.jobs),
+        "val": vals,
+        "tests": {jid: trial_test_metrics(rs) for jid, rs in mine.items()},
+        **trial_test_metrics(rows),
+    }
