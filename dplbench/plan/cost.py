@@ -104,6 +104,19 @@ def load_all(folder: str) -> list[Calibration]:
     return [_read(path) for path in storage.listdir(folder, "*.json")]
 
 
+UNCALIBRATED = "the calibration has none of these methods/models: run `dplbench bench model`"
+
+
+def largest_peak_mib(calib: Calibration, jobs: list[Job]) -> float | None:
+    """The largest calibrated peak memory among the jobs' (model, method) pairs (None: none)."""
+    peaks = [
+        r["peak_mib"]
+        for j in jobs
+        if (r := calib.row(j.config.backbone.model, j.method)) and r.get("peak_mib")
+    ]
+    return max(peaks) if peaks else None
+
+
 def auto_jobs_per_gpu(
     calib: Calibration | None, jobs: list[Job], cpus_per_gpu: float, cpus_per_job: float
 ) -> tuple[int, str]:
@@ -111,18 +124,14 @@ def auto_jobs_per_gpu(
     memory (with headroom), at most as many as the CPU cores per GPU feed loaders."""
     if calib is None or not calib.memory_mib:
         return 1, "no GPU calibration of this machine: run `dplbench bench model` on it"
-    peaks = [
-        r["peak_mib"]
-        for j in jobs
-        if (r := calib.row(j.config.backbone.model, j.method)) and r.get("peak_mib")
-    ]
-    if not peaks:
-        return 1, "the calibration has none of these methods/models: run `dplbench bench model`"
-    by_memory = max(1, int(MEMORY_HEADROOM * calib.memory_mib // max(peaks)))
+    peak = largest_peak_mib(calib, jobs)
+    if peak is None:
+        return 1, UNCALIBRATED
+    by_memory = max(1, int(MEMORY_HEADROOM * calib.memory_mib // peak))
     by_cpu = max(1, int(cpus_per_gpu // max(cpus_per_job, 1e-9)))
     n = min(by_memory, by_cpu)
     return n, (
-        f"{n} jobs per GPU: peak {max(peaks):.0f} MiB of {calib.memory_mib:.0f} MiB allows "
+        f"{n} jobs per GPU: peak {peak:.0f} MiB of {calib.memory_mib:.0f} MiB allows "
         f"{by_memory}, {cpus_per_gpu:g} CPUs per GPU allow {by_cpu}"
     )
 
@@ -172,12 +181,8 @@ def auto_fuse(calib: Calibration | None, jobs: list[Job], gpus: int) -> tuple[in
     them), at most MAX_FUSE; one without a GPU calibration."""
     if not gpus or calib is None or not calib.memory_mib:
         return 1, "no GPU calibration of this machine (dplbench bench model): one run per job"
-    peaks = [
-        r["peak_mib"]
-        for j in jobs
-        if (r := calib.row(j.config.backbone.model, j.method)) and r.get("peak_mib")
-    ]
-    if not peaks:
-        return 1, "the calibration has none of these methods/models: run `dplbench bench model`"
-    k = max(1, min(MAX_FUSE, int(MEMORY_HEADROOM * calib.memory_mib // max(peaks))))
-    return k, f"{k} runs per group: peak {max(peaks):.0f} MiB of {calib.memory_mib:.0f} MiB"
+    peak = largest_peak_mib(calib, jobs)
+    if peak is None:
+        return 1, UNCALIBRATED
+    k = max(1, min(MAX_FUSE, int(MEMORY_HEADROOM * calib.memory_mib // peak)))
+    return k, f"{k} runs per group: peak {peak:.0f} MiB of {calib.memory_mib:.0f} MiB"
