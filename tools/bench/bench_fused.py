@@ -35,14 +35,14 @@ BATCH = {"dpl": 4, "coop": 32}  # configs/methods: DroPLe and CoOp batch sizes
 
 
 def _members(method: str, model: str, k: int, classes: int, device: torch.device):
+    from dpl.backbone import load_clip
     from dpl.methods import build_method, method_config
-    from dplbench.run.worker import frozen_clip
 
     over = {"backbone": {"model": model, "pretrained": None}}
     if model == "dpl-tiny":
         over["prompts"] = {}
     cfg = method_config(method, over)
-    clip = frozen_clip(cfg.backbone).to(device)
+    clip = load_clip(cfg.backbone).to(device)  # the model library alone: no data stack
     names = [f"class {i}" for i in range(classes)]
     out = []
     for seed in range(1, k + 1):

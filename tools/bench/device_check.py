@@ -35,6 +35,9 @@ out: list[str] = []
 def say(line: str = "") -> None:
     print(line, flush=True)
     out.append(line)
+    if os.environ.get("OUT"):  # as it goes: a run stopped at its time limit keeps what it measured
+        with open(os.path.join(os.environ["OUT"], "device_check.md"), "a") as fh:
+            fh.write(line + "\n")
 
 
 def bench() -> list[dict]:
@@ -94,7 +97,7 @@ def packing() -> dict[int, float]:
     return rates
 
 
-def fused() -> list[dict]:
+def fused(methods: list[str], ks: list[int], packed_ks: set[int]) -> list[dict]:
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     from bench_fused import packed_ms, step_ms
 
@@ -102,16 +105,20 @@ def fused() -> list[dict]:
     say("\n## fused runs: ViT-B/16, bf16, 50 classes (tools/bench/bench_fused.py)\n")
     say("| method | K | ms/step | fused × solo | packed × solo | peak MiB |")
     say("|---|---|---|---|---|---|")
-    for method in ("dpl", "coop"):
+    for method in methods:
         solo = None
-        for k in (1, 2, 4, 8, 16):
+        for k in ks:
             try:
                 ms, peak = step_ms(method, "ViT-B-16", k, 30, 5, 50, device, True)
             except torch.cuda.OutOfMemoryError:
                 say(f"| {method} | {k} | out of memory | | | |")
                 break
             solo = ms if k == 1 else solo
-            packed = packed_ms(method, "ViT-B-16", k, 30, 5, 50, device, True) if k > 1 else None
+            packed = (
+                packed_ms(method, "ViT-B-16", k, 30, 5, 50, device, True)
+                if k > 1 and k in packed_ks
+                else None
+            )
             row = {"method": method, "k": k, "ms": ms, "fused_x": k * solo / ms,
                    "packed_x": k * solo / packed if packed else None, "peak_mib": peak}  # fmt: skip
             rows.append(row)
@@ -125,16 +132,25 @@ def main() -> None:
     ap.add_argument("--skip-bench", action="store_true")
     ap.add_argument("--skip-packing", action="store_true")
     ap.add_argument("--skip-fused", action="store_true")
+    ap.add_argument("--methods", default="dpl,coop", help="fused curve: methods")
+    ap.add_argument("--ks", default="1,2,4,8,16,32", help="fused curve: group sizes")
+    ap.add_argument("--packed-ks", default="8", help="fused curve: K packed processes at these K")
     args = ap.parse_args()
+    ints = lambda s: [int(x) for x in s.split(",") if x]  # noqa: E731
     t0 = time.time()
     say(f"# device check: {torch.cuda.get_device_name()}, torch {torch.__version__}")
-    fused_rows = [] if args.skip_fused else fused()
+    fused_rows = (
+        [] if args.skip_fused else fused(args.methods.split(","), ints(args.ks), set(ints(args.packed_ks)))
+    )
     rows = [] if args.skip_bench else bench()
+    try:
+        import ray  # noqa: F401
+    except ImportError:  # the lent machine's image has no Ray: packing stays unmeasured there
+        args.skip_packing = True
+        say("\nno Ray on this machine: jobs per hour with --jobs-per-gpu not measured")
     rates = {} if args.skip_packing else packing()
     say(f"\nwall {time.time() - t0:.0f} s")
     if os.environ.get("OUT"):
-        with open(os.path.join(os.environ["OUT"], "device_check.md"), "w") as fh:
-            fh.write("\n".join(out) + "\n")
         with open(os.path.join(os.environ["OUT"], "device_check.json"), "w") as fh:
             json.dump({"bench": rows, "jobs_per_hour": rates, "fused": fused_rows}, fh, indent=1)
 
