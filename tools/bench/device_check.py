@@ -140,7 +140,9 @@ def main() -> None:
     t0 = time.time()
     say(f"# device check: {torch.cuda.get_device_name()}, torch {torch.__version__}")
     fused_rows = (
-        [] if args.skip_fused else fused(args.methods.split(","), ints(args.ks), set(ints(args.packed_ks)))
+        []
+        if args.skip_fused
+        else fused(args.methods.split(","), ints(args.ks), set(ints(args.packed_ks)))
     )
     rows = [] if args.skip_bench else bench()
     try:
