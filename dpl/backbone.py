@@ -8,6 +8,7 @@ OpenAI release are QuickGELU, and any other local file must say which it is (`qu
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import os
@@ -24,15 +25,12 @@ from dpl.config import BackboneConfig
 log = logging.getLogger(__name__)
 
 MODEL_CONFIG_DIR = Path(__file__).parent / "model_configs"
-_registered = False
 
 
+@functools.cache  # once per process: open_clip's registry is itself process-wide
 def register_model_configs() -> None:
     """Make the tiny test architectures (open_clip JSON configs) known to open_clip."""
-    global _registered
-    if not _registered:
-        open_clip.add_model_config(MODEL_CONFIG_DIR)
-        _registered = True
+    open_clip.add_model_config(MODEL_CONFIG_DIR)
 
 
 def _openai_sha256s() -> set[str]:

@@ -80,30 +80,38 @@ def importance_drop_factor(
     return drop_factor(p, target, mode, sigma, width, generator)
 
 
-# At batch 4 a DPL step is bound by kernel launches, not arithmetic; fusing the no-grad IWTD
-# arithmetic removes most of its launches. Off on CPU (no gain, needs a compiler) and whenever
-# an explicit generator is given (compiled graphs take no Generator objects).
-COMPILE_ON_CUDA = os.environ.get("DPL_COMPILE", "1") != "0"
-_compiled = None
+class CompiledFactor:
+    """`importance_drop_factor` under torch.compile, once per process (a documented per-process
+    cache, `COMPILED`). At batch 4 a DPL step is bound by kernel launches, not arithmetic; fusing
+    the no-grad IWTD arithmetic removes most of its launches. Used on CUDA only (no gain on CPU,
+    and it needs a compiler), never with an explicit generator (compiled graphs take no Generator
+    objects), not at all with $DPL_COMPILE=0 (read at first use); after a compiler failure, eager
+    for good."""
+
+    def __init__(self) -> None:
+        self.fn = None
+        self.failed = False
+
+    def usable(self, device: torch.device, generator: torch.Generator | None) -> bool:
+        off = os.environ.get("DPL_COMPILE", "1") == "0"
+        return device.type == "cuda" and generator is None and not (off or self.failed)
+
+    def __call__(self, *args, **kwargs) -> torch.Tensor:
+        try:
+            if self.fn is None:
+                self.fn = torch.compile(importance_drop_factor, dynamic=False)
+            return self.fn(*args, **kwargs)
+        except Exception as e:  # a missing toolchain must cost speed, never the run
+            log.warning("torch.compile of the IWTD arithmetic failed (%s); running eager", e)
+            self.failed = True
+            return importance_drop_factor(*args, **kwargs)
 
 
-def _fused(*args, **kwargs) -> torch.Tensor:
-    """The compiled `importance_drop_factor`; on any compiler failure, eager from then on."""
-    global _compiled, COMPILE_ON_CUDA
-    try:
-        if _compiled is None:
-            _compiled = torch.compile(importance_drop_factor, dynamic=False)
-        return _compiled(*args, **kwargs)
-    except Exception as e:  # a missing toolchain must cost speed, never the run
-        log.warning("torch.compile of the IWTD arithmetic failed (%s); running eager", e)
-        COMPILE_ON_CUDA = False
-        return importance_drop_factor(*args, **kwargs)
+COMPILED = CompiledFactor()
 
 
 def _factor_fn(device: torch.device, generator: torch.Generator | None):
-    if device.type != "cuda" or generator is not None or not COMPILE_ON_CUDA:
-        return importance_drop_factor
-    return _fused
+    return COMPILED if COMPILED.usable(device, generator) else importance_drop_factor
 
 
 class IWTDHook:

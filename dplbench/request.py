@@ -6,43 +6,42 @@
     how     resources and execution: GPUs, CPUs, DDP workers, loaders, packing, compile, Ray
     policy  resume, bad data, leases, tracking, the LLM cache, per-epoch test scores
     output  dry run, output format
+    sweep   `tune`'s own words: the parameters and values (or a space YAML), the scheduler
 
 The command line builds one from one shared set of options (cli/options.py), generated from the
 fields below: a new execution option is one field here, with its help text, and every command has
 it. A notebook builds one directly and hands it to `dplbench.run.execute`, which does every
 pre-run check the command line gets:
 
-    from dplbench.plan.suites import load_suite
-    from dplbench.request import LaunchRequest
-    from dplbench.run import execute
-    result = execute(load_suite("smoke"), LaunchRequest())
+    import dplbench
+    request = dplbench.LaunchRequest.of(suite="smoke")
+    result = dplbench.execute(dplbench.plan_of(request), request)
 
-Torch-, Ray- and Typer-free: the command line imports it before it knows what it will run.
+Torch-, Ray- and Typer-free, and below plan/ (plan/ reads the selection; this module reads no
+plan): the command line imports it before it knows what it will run. Defaults that come from the
+environment ($DPLBENCH_DATA, $DPLBENCH_RESULTS, $DPLBENCH_LLM_CACHE) are read when a request is
+built (dplbench/defaults.py), not when this module is imported.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import os
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from dplbench import defaults
 from dplbench.errors import ConfigError
 
 
 def option(default: Any = None, help: str = "", **cli: Any) -> Any:
     """A request field that is also a command-line option. cli: `flags` ("--ray/--no-ray"),
-    `kind` ("csv", "ints": a comma list on the command line), `metavar`."""
+    `kind` ("csv", "ints": a comma list on the command line; "multi": repeatable), `shared`
+    (False: only the commands that name it take it)."""
     if isinstance(default, dict):
         return field(default_factory=dict, metadata={"help": help, **cli})
     return field(default=default, metadata={"help": help, **cli})
-
-
-# Where data and results live unless told: the environment, else folders here.
-DATA_DEFAULT = os.environ.get("DPLBENCH_DATA", "shards")
-RESULTS_DEFAULT = os.environ.get("DPLBENCH_RESULTS", "results")
 
 
 @dataclass(frozen=True)
@@ -61,6 +60,10 @@ class Selection:
         flags="--plugin", kind="multi",
     )  # fmt: skip
     overrides: dict[str, Any] = option({}, "method config overrides key=value", shared=False)
+    # `dplbench ablate NAME` (its argument, not an option): the plan is the ablation's variants
+    ablation: str | None = option(
+        None, "ablation: configs/ablations/<name> or a YAML path", shared=False
+    )
 
     def __post_init__(self) -> None:
         if self.workers is not None and self.workers < 1:
@@ -85,8 +88,16 @@ class Selection:
 
 @dataclass(frozen=True)
 class Where:
-    data: str = option(DATA_DEFAULT, "shards root ($DPLBENCH_DATA)")
-    results: str = option(RESULTS_DEFAULT, "results root ($DPLBENCH_RESULTS)")
+    """None: the environment's default, read when the request is built."""
+
+    data: str | None = option(None, f"shards root (default ${defaults.DATA_ENV}, else ./shards)")
+    results: str | None = option(
+        None, f"results root (default ${defaults.RESULTS_ENV}, else ./results)"
+    )
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "data", self.data or defaults.data_root())
+        object.__setattr__(self, "results", self.results or defaults.results_root())
 
 
 COMPILE_HELP = (
@@ -180,6 +191,40 @@ class Policy:
             raise ConfigError(f"--track {self.track!r}: choose one of {', '.join(TRACKERS)}")
 
 
+SCHEDULERS = ("fifo", "asha")
+
+
+@dataclass(frozen=True)
+class SweepSelection:
+    """`dplbench tune`'s own words (plan/sweeps.py `sweep_plan`); unused by `run` and `ablate`."""
+
+    param: tuple[str, ...] = option(
+        (), "parameter to sweep: NAME (its default grid), NAME=v1,v2 (repeatable)",
+        kind="multi", shared=False,
+    )  # fmt: skip
+    values: str | None = option(None, "comma list of values for the one --param", shared=False)
+    space: str | None = option(None, "search space: configs/sweeps/<name> or a YAML", shared=False)
+    method: str | None = option(None, "method (default: the space's, else dpl)", shared=False)
+    num_samples: int | None = option(None, "random draws per grid point (spaces)", shared=False)
+    scheduler: str | None = option(
+        None, "fifo | asha (default: the space's, else asha)", shared=False
+    )
+    grace_period: int = option(1, "ASHA: epochs before the first stop", shared=False)
+    reduction_factor: int = option(2, "ASHA: keep the best 1/rf at a rung", shared=False)
+    name: str | None = option(
+        None, "sweep name (default: params + hash of the sweep)", shared=False
+    )
+
+    @property
+    def asked(self) -> bool:
+        """Whether a sweep was asked for (tune's --param or --space)."""
+        return bool(self.param or self.space)
+
+    def __post_init__(self) -> None:
+        if self.scheduler is not None and self.scheduler not in SCHEDULERS:
+            raise ConfigError(f"--scheduler {self.scheduler!r}: choose fifo or asha")
+
+
 @dataclass(frozen=True)
 class Output:
     dry_run: bool = option(False, "plan only: list the jobs (and trials), the checks, the estimate")
@@ -190,7 +235,14 @@ class Output:
             raise ConfigError(f"--format {self.format!r}: choose table or json")
 
 
-GROUPS = {"what": Selection, "where": Where, "how": How, "policy": Policy, "output": Output}
+GROUPS = {
+    "what": Selection,
+    "where": Where,
+    "how": How,
+    "policy": Policy,
+    "output": Output,
+    "sweep": SweepSelection,
+}
 
 
 @dataclass(frozen=True)
@@ -200,6 +252,7 @@ class LaunchRequest:
     how: How = field(default_factory=How)
     policy: Policy = field(default_factory=Policy)
     output: Output = field(default_factory=Output)
+    sweep: SweepSelection = field(default_factory=SweepSelection)
 
     @classmethod
     def of(cls, **values: Any) -> LaunchRequest:
@@ -214,7 +267,11 @@ class LaunchRequest:
 
     def replace(self, **values: Any) -> LaunchRequest:
         """A copy with some flat fields changed."""
-        flat = {f: v for g in GROUPS for f, v in dataclasses.asdict(getattr(self, g)).items()}
+        flat = {
+            f.name: getattr(getattr(self, g), f.name)
+            for g, cls in GROUPS.items()
+            for f in dataclasses.fields(cls)
+        }
         flat.update(values)
         return LaunchRequest.of(**flat)
 
@@ -231,12 +288,17 @@ class LaunchRequest:
         return storage.resolve(self.where.results)
 
     @property
+    def root(self):
+        """The results root as the object that names every file under it (results/root.py)."""
+        from dplbench.results.root import ResultsRoot
+
+        return ResultsRoot(self.results)
+
+    @property
     def llm_caches(self) -> tuple[str, ...]:
         """--llm-cache (repeatable), else $DPLBENCH_LLM_CACHE, else ./llm-cache; absolute, so
         that every worker reads the same directories (on a cluster: shared storage)."""
-        from dplbench.plan.llm import cache_dirs
-
-        return cache_dirs(self.policy.llm_cache)
+        return defaults.llm_caches(self.policy.llm_cache)
 
 
 def request_fields() -> list[tuple[dataclasses.Field, Any]]:
@@ -246,3 +308,8 @@ def request_fields() -> list[tuple[dataclasses.Field, Any]]:
         hints = typing.get_type_hints(cls)
         out += [(f, hints[f.name]) for f in dataclasses.fields(cls)]
     return out
+
+
+def fields_of(group: type) -> tuple[str, ...]:
+    """The field names of one request group (a command's own options: `tune`'s SweepSelection)."""
+    return tuple(f.name for f in dataclasses.fields(group))

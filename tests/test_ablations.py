@@ -13,6 +13,7 @@ from dplbench.plan import ablations
 from dplbench.plan.config import parse_overrides
 from dplbench.request import Selection
 from dplbench.results.ablations import ablation_table
+from dplbench.results.root import ResultsRoot
 
 
 def _app() -> typer.Typer:
@@ -64,7 +65,7 @@ def test_smoke_ablation_produces_its_table(tmp_path):
     args += ["0", "--data", str(tmp_path / "shards"), "--results", str(tmp_path / "res")]
     out = CliRunner().invoke(_app(), [*args, "optim.epochs=1"])
     assert out.exit_code == 0, out.output
-    table = ablation_table(ablations.load_ablation("rer"), str(tmp_path / "res"), "smoke")
+    table = ablation_table(ablations.load_ablation("rer"), ResultsRoot(tmp_path / "res"), "smoke")
     assert [r["variant"] for r in table] == ["off", "annealed", "fixed"]  # the YAML's order
     assert all(r["hm"] is not None and r["protocol"] == "base2novel" for r in table)
     md = (tmp_path / "res" / "reports" / "ablations" / "rer-smoke.md").read_text()

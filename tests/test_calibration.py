@@ -9,6 +9,7 @@ from dplbench.plan import cost as calibration
 from dplbench.plan.cost import Calibration
 from dplbench.plan.suites import load_suite
 from dplbench.results.report import cost_table, report_markdown
+from dplbench.results.root import ResultsRoot
 
 
 def _row(method, **kw):
@@ -18,7 +19,7 @@ def _row(method, **kw):
 
 def test_saved_calibration_is_found_again(tmp_path, monkeypatch):
     monkeypatch.setenv("DPLBENCH_CACHE", str(tmp_path / "cache"))
-    paths = saved.save([_row("coop")], torch.device("cpu"), str(tmp_path / "results"))
+    paths = saved.save([_row("coop")], torch.device("cpu"), ResultsRoot(tmp_path / "results"))
     assert len(paths) == 2 and all(p.endswith(".json") for p in paths)
     mine = calibration.load()
     assert mine is not None and mine.device == saved.device_key(torch.device("cpu"))

@@ -11,6 +11,7 @@ from dpl.methods import build_method, method_config
 from dplbench.cli import app
 from dplbench.plan.methods import resolve_method
 from dplbench.results import store
+from dplbench.results.root import ResultsRoot
 from dplbench.run.prepare import ensure_synthetic
 from tests.conftest import tiny
 
@@ -79,6 +80,8 @@ def test_a_short_run_stops_at_its_step_budget(tmp_path):
     args += ["--results", str(res), "--loader-workers", "0", "optim.iterations=7"]
     out = CliRunner().invoke(app, args)
     assert out.exit_code == 0, out.output
-    epochs = store.query(res, "SELECT epoch, samples FROM epochs ORDER BY epoch").to_pylist()
+    epochs = store.query(
+        ResultsRoot(res), "SELECT epoch, samples FROM epochs ORDER BY epoch"
+    ).to_pylist()
     # 5 base classes x 8 shots = 40 samples, batch 8 (smoke): 5 steps per epoch -> 5 + 2 steps
     assert [e["samples"] for e in epochs] == [40, 16]

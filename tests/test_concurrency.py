@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 from dplbench.cli import app
 from dplbench.plan.suites import load_suite
 from dplbench.results import store
+from dplbench.results.root import ResultsRoot
 from dplbench.run.leases import Leases
 from dplbench.run.prepare import ensure_synthetic
 
@@ -25,7 +26,7 @@ def shards(tmp_path_factory):
 
 
 def test_a_live_lease_blocks_a_stale_one_is_taken_over(tmp_path):
-    a, b = Leases(str(tmp_path), "run-a"), Leases(str(tmp_path), "run-b")
+    a, b = Leases(ResultsRoot(tmp_path), "run-a"), Leases(ResultsRoot(tmp_path), "run-b")
     assert a.acquire("job1") is None
     held = b.acquire("job1")
     assert held is not None and held.owner == a.owner and str(os.getpid()) in held.describe()
@@ -65,30 +66,32 @@ def test_two_drivers_at_once_lose_and_duplicate_nothing(tmp_path, shards):
     for p in procs:
         out, err = p.communicate(timeout=300)
         assert p.returncode == 0, err
-    rows = store.query(res, "SELECT job_id, run_id, seed, subsample FROM rows").to_pylist()
+    rows = store.query(
+        ResultsRoot(res), "SELECT job_id, run_id, seed, subsample FROM rows"
+    ).to_pylist()
     assert len(rows) == 2 * 2 * 2  # seeds x methods x (base, novel)
     assert len({(r["job_id"], r["subsample"]) for r in rows}) == 8
     assert len({r["run_id"] for r in rows}) == 2
-    status = store.query(res, "SELECT job_id, status FROM status").to_pylist()
+    status = store.query(ResultsRoot(res), "SELECT job_id, status FROM status").to_pylist()
     assert len(status) == 4 and {s["status"] for s in status} == {"done"}
 
 
 def test_a_job_another_driver_holds_is_skipped_or_waited_for(tmp_path, shards):
     res = tmp_path / "results"
     (job,) = load_suite("smoke", {"methods": ["zsclip"], "seeds": [1]}).jobs
-    other = Leases(str(res), "another-driver")
+    other = Leases(ResultsRoot(res), "another-driver")
     assert other.acquire(job.id) is None  # a live driver (this process) holds the job
     args = ["run", "--suite", "smoke", "--methods", "zsclip", "--seeds", "1"]
     args += ["--data", str(shards), "--results", str(res), "--no-ray", "--loader-workers", "0"]
     skipped = CliRunner().invoke(app, args)
     assert skipped.exit_code == 0, skipped.output
     assert "skipped 1 jobs another driver is running" in skipped.stdout
-    assert not store.has_rows(res)
-    (status,) = store.query(res, "SELECT status, error FROM status").to_pylist()
+    assert not store.has_rows(ResultsRoot(res))
+    (status,) = store.query(ResultsRoot(res), "SELECT status, error FROM status").to_pylist()
     assert status["status"] == "stopped" and "another driver" in status["error"]
 
     threading.Timer(1.5, other.release_all).start()  # the other driver finishes
     waited = CliRunner().invoke(app, [*args, "--on-lease", "wait"])
     assert waited.exit_code == 0, waited.output
-    assert store.query(res, "SELECT count(*) AS n FROM rows").to_pylist() == [{"n": 2}]
+    assert store.query(ResultsRoot(res), "SELECT count(*) AS n FROM rows").to_pylist() == [{"n": 2}]
     assert not list((res / "leases").glob("*.json"))  # released when the job ended

@@ -7,12 +7,14 @@ from typer.testing import CliRunner
 
 from dplbench.cli import app
 from dplbench.plan.config import parse_overrides
+from dplbench.plan.plan import Plan
 from dplbench.plan.suites import load_suite
 from dplbench.results import store as results
+from dplbench.results.root import ResultsRoot
 from dplbench.run.context import LocalContext
+from dplbench.run.driver import run_plan
 from dplbench.run.prepare import ensure_selections, ensure_synthetic
 from dplbench.run.settings import ExecOptions, RunSettings
-from dplbench.run.suite import run_jobs
 from dplbench.run.worker import run_job
 
 pytestmark = [pytest.mark.slow, pytest.mark.cluster]
@@ -54,14 +56,15 @@ def test_smoke_suite_end_to_end_through_the_cli(tmp_path, shards, local_ray):
     )
     assert r.exit_code == 0, r.stderr
     rows = results.query(
-        res, "SELECT method, subsample, total, epochs, suite, node FROM results ORDER BY ALL"
+        ResultsRoot(res),
+        "SELECT method, subsample, total, epochs, suite, node FROM results ORDER BY ALL",
     ).to_pylist()
     assert [(x["method"], x["subsample"]) for x in rows] == [
         (m, s) for m in ("coop", "dpl", "zsclip") for s in ("base", "novel")
     ]
     assert all(x["total"] == 30 and x["suite"] == "smoke" and x["node"] for x in rows)
     assert {x["epochs"] for x in rows} == {0, 2}
-    epochs = results.query(res, "SELECT job_id, epoch FROM epochs").to_pylist()
+    epochs = results.query(ResultsRoot(res), "SELECT job_id, epoch FROM epochs").to_pylist()
     assert len(epochs) == 4  # coop and dpl, 2 epochs each
     # Each job ran as a plain Tune trial and kept its newest checkpoint (trainable state only)
     # in the results root.
@@ -83,16 +86,16 @@ def test_smoke_suite_end_to_end_through_the_cli(tmp_path, shards, local_ray):
 def test_two_ddp_workers_evaluate_like_one(tmp_path, shards, local_ray):
     over = parse_overrides(["optim.epochs=1"])
     (train_job,) = load_suite("smoke", {"methods": ["coop"], "overrides": over}).jobs
-    settings = RunSettings(
-        data=str(shards), results=str(tmp_path / "r"), loader_workers=0, eval_batch_size=7
+    settings = RunSettings.local(
+        str(shards), str(tmp_path / "r"), loader_workers=0, eval_batch_size=7
     )
     ensure_selections([train_job], str(shards))
-    run_job(train_job, settings, LocalContext(settings.results, train_job.id, "x"))
+    run_job(train_job, settings, LocalContext(settings.root, train_job.id, "x"))
     evals = [dataclasses.replace(train_job, source=train_job.id, workers=w) for w in (1, 2)]
-    outcomes = run_jobs(evals, settings, ExecOptions(cpus=2))
+    outcomes = run_plan(Plan("adhoc", tuple(evals)), settings, ExecOptions.local(cpus=2)).outcomes
     assert [o.status for o in outcomes] == ["done", "done"], [o.error for o in outcomes]
     rows = results.query(
-        settings.results,
+        settings.root,
         "SELECT job_id, num_workers, subsample, correct, total FROM results "
         f"WHERE job_id IN ('{evals[0].id}', '{evals[1].id}') ORDER BY subsample, num_workers",
     ).to_pylist()
@@ -117,11 +120,12 @@ def test_jobs_spread_over_a_two_node_cluster(tmp_path, shards):
         jobs = load_suite(
             "smoke", {"methods": ["coop"], "seeds": [1, 2, 3, 4], "overrides": over}
         ).jobs
-        settings = RunSettings(data=str(shards), results=str(tmp_path / "r"), loader_workers=0)
+        settings = RunSettings.local(str(shards), str(tmp_path / "r"), loader_workers=0)
         ensure_selections(list(jobs), str(shards))
-        outcomes = run_jobs(list(jobs), settings, ExecOptions(cpus=2, address=cluster.address))
+        opts = ExecOptions.local(cpus=2, address=cluster.address)
+        outcomes = run_plan(Plan("adhoc", tuple(jobs)), settings, opts).outcomes
         assert all(o.status == "done" for o in outcomes), [o.error for o in outcomes]
-        nodes = results.query(settings.results, "SELECT DISTINCT node FROM results").to_pylist()
+        nodes = results.query(settings.root, "SELECT DISTINCT node FROM results").to_pylist()
         alive = {n["NodeID"] for n in ray.nodes() if n["Alive"]}
         assert {n["node"] for n in nodes} == alive and len(alive) == 2
     finally:

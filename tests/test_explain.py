@@ -15,6 +15,7 @@ from dpl.explain import gradcam, importance_maps, patch_grid
 from dpl.methods import build_method, method_config
 from dplbench.cli import app
 from dplbench.results import store
+from dplbench.results.root import ResultsRoot
 from dplbench.run.prepare import ensure_synthetic
 
 CLASSES = ["cat", "dog", "tree"]
@@ -162,7 +163,11 @@ def trained(tmp_path_factory):
          "--loader-workers", "0", "optim.epochs=1"],
     )  # fmt: skip
     assert r.exit_code == 0, r.output
-    job = store.query(res, "SELECT DISTINCT job_id FROM rows").column("job_id").to_pylist()
+    job = (
+        store.query(ResultsRoot(res), "SELECT DISTINCT job_id FROM rows")
+        .column("job_id")
+        .to_pylist()
+    )
     return shards, res, job[0]
 
 

@@ -13,11 +13,13 @@ from dpl.fused import FusedRuns
 from dpl.methods import build_method, method_config
 from dplbench.cli import app
 from dplbench.plan.fusion import FusedGroup, fused_groups
-from dplbench.plan.suites import Suite, load_suite
+from dplbench.plan.plan import Plan
+from dplbench.plan.suites import load_suite
 from dplbench.results import store
+from dplbench.results.root import ResultsRoot
+from dplbench.run.driver import run_plan
 from dplbench.run.prepare import ensure_synthetic
 from dplbench.run.settings import ExecOptions, RunSettings
-from dplbench.run.suite import run_suite
 from dplbench.run.worker import frozen_clip
 from tests.conftest import llm_overrides, tiny
 
@@ -168,18 +170,20 @@ def shards(tmp_path_factory):
 
 
 def _run(shards, results, jobs, fuse: int):
-    settings = RunSettings(data=str(shards), results=str(results), loader_workers=0)
-    suite = Suite("smoke", tuple(jobs))
-    return run_suite(suite, settings, ExecOptions(use_ray=False, fuse=fuse))
+    settings = RunSettings.local(str(shards), str(results), loader_workers=0)
+    suite = Plan("smoke", tuple(jobs))
+    return run_plan(suite, settings, ExecOptions.local(use_ray=False, fuse=fuse))
 
 
 def _rows(results) -> dict:
-    table = store.query(results, "SELECT job_id, subsample, correct, fused_with FROM results")
+    table = store.query(
+        ResultsRoot(results), "SELECT job_id, subsample, correct, fused_with FROM results"
+    )
     return {(r["job_id"], r["subsample"]): r for r in table.to_pylist()}
 
 
 def _epochs(results) -> dict:
-    table = store.query(results, "SELECT job_id, epoch, loss FROM epochs")
+    table = store.query(ResultsRoot(results), "SELECT job_id, epoch, loss FROM epochs")
     return {(r["job_id"], r["epoch"]): r["loss"] for r in table.to_pylist()}
 
 
@@ -221,7 +225,9 @@ def test_fused_smoke_run_writes_the_rows_of_the_solo_run_even_after_a_kill(tmp_p
     assert all(len(b[k]["fused_with"].split(",")) == 2 for k in b)
     ea, eb = _epochs(tmp_path / "solo"), _epochs(tmp_path / "fused")
     assert set(ea) == set(eb) and all(eb[k] == pytest.approx(ea[k], rel=1e-4) for k in ea)
-    rows = store.query(tmp_path / "fused", "SELECT job_id, epoch FROM epochs").to_pylist()
+    rows = store.query(
+        ResultsRoot(tmp_path / "fused"), "SELECT job_id, epoch FROM epochs"
+    ).to_pylist()
     assert len(rows) == len({(r["job_id"], r["epoch"]) for r in rows})  # each epoch once
     assert (tmp_path / "fused" / "logs" / ".killed").exists()  # the kill happened
 

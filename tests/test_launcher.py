@@ -1,4 +1,4 @@
-"""run, tune and ablate launch their jobs through one Ray function (run/launcher.launch)."""
+"""run, tune and ablate launch their units through one Ray function (run/launcher.launch)."""
 
 import pytest
 from typer.testing import CliRunner
@@ -6,7 +6,7 @@ from typer.testing import CliRunner
 from dplbench.cli import app
 from dplbench.plan.suites import load_suite
 from dplbench.run import launcher
-from dplbench.run.launcher import TrialEnd
+from dplbench.run.events import JobEnded
 from dplbench.run.prepare import ensure_synthetic
 
 
@@ -20,11 +20,11 @@ def shards(tmp_path_factory):
 def test_run_tune_and_ablate_all_go_through_launch(tmp_path, shards, monkeypatch):
     calls = []
 
-    def fake_launch(
-        trainable, trials, settings, opts, on_event=None, scheduler=None, plain=False, sweep=None
-    ):
-        calls.append((trainable.__name__, {k: [j.id for j in js] for k, js in trials.items()}))
-        return [TrialEnd(k, "done") for k in trials]
+    def fake_launch(units, settings, opts, sink, scheduler=None, sweep=None, trainable=None):
+        calls.append([(u.kind, u.key, [j.id for j in u.jobs]) for u in units])
+        for u in units:
+            for j in u.jobs:
+                sink(JobEnded(j.id, "done"))
 
     monkeypatch.setattr(launcher, "launch", fake_launch)
     common = ["--data", str(shards), "--results", str(tmp_path / "r"), "--seeds", "1"]
@@ -33,16 +33,15 @@ def test_run_tune_and_ablate_all_go_through_launch(tmp_path, shards, monkeypatch
     ran = cli.invoke(app, ["run", "--suite", "smoke", "--methods", "coop", *common])
     assert ran.exit_code == 0, ran.output
     (coop,) = load_suite("smoke", {"methods": ["coop"], "seeds": [1]}).jobs
-    assert calls[-1] == ("job_trial", {coop.id: [coop.id]})
+    assert calls[-1] == [("job", coop.id, [coop.id])]
 
     tuned = cli.invoke(app, ["tune", "--param", "lr", "--values", "0.1,0.2", *common])
     assert tuned.exit_code == 0, tuned.output
-    name, trials = calls[-1]
-    assert name == "sweep_trial" and len(trials) == 2
-    assert all(len(jobs) == 1 for jobs in trials.values())  # one seed, one dataset: one job each
+    units = calls[-1]
+    assert [kind for kind, _, _ in units] == ["setting", "setting"]
+    assert all(len(jobs) == 1 for _, _, jobs in units)  # one seed, one dataset: one job each
 
     ablated = cli.invoke(app, ["ablate", "mag", "--suite", "smoke", *common])
     assert ablated.exit_code == 0, ablated.output
-    name, trials = calls[-1]
-    assert name == "job_trial" and len(trials) == 2  # the two variants, one job each
-    assert [c[0] for c in calls] == ["job_trial", "sweep_trial", "job_trial"]
+    assert [kind for kind, _, _ in calls[-1]] == ["job", "job"]  # the two variants
+    assert len(calls) == 3

@@ -13,6 +13,7 @@ from dpl.llm.decoder import LlamaDecoderLayer, LlamaLayerShape, RMSNorm
 from dpl.methods import build_method
 from dpl.optim import build_optimizer
 from dplbench.plan.methods import resolve_method
+from dplbench.results.root import ResultsRoot
 from tests.conftest import LLM_TEST_CLASSES, llm_overrides, tiny, tiny_llm, tiny_llm_cache
 
 transformers = pytest.importorskip("transformers")
@@ -269,7 +270,9 @@ def test_smoke_suite_trains_both_llm_methods_and_names_a_missing_cache(tmp_path,
     caches = ["--llm-cache", tiny_llm_cache("drople"), "--llm-cache", tiny_llm_cache("llamp")]
     r = _run(*common, "--results", str(res), *caches, "optim.epochs=2")
     assert r.exit_code == 0, r.output
-    rows = store.query(str(res), "SELECT method, subsample, accuracy FROM results").to_pylist()
+    rows = store.query(
+        ResultsRoot(res), "SELECT method, subsample, accuracy FROM results"
+    ).to_pylist()
     assert {(x["method"], x["subsample"]) for x in rows} == {
         (m, s) for m in ("llamp", "dpl-release") for s in ("base", "novel")
     }

@@ -13,6 +13,7 @@ from dplbench.data.view import DatasetView
 from dplbench.plan.config import parse_overrides
 from dplbench.plan.suites import load_suite
 from dplbench.results import store
+from dplbench.results.root import ResultsRoot
 from dplbench.run.prepare import ensure_synthetic
 
 pytestmark = [pytest.mark.slow, pytest.mark.cluster]
@@ -72,13 +73,17 @@ def test_smoke_run_resume_query_and_report_on_an_object_store(tmp_path, s3):
     again = CliRunner().invoke(app, [*args, "--resume"])
     assert again.exit_code == 0, again.output
     assert "1 jobs already had results; ran 1 failed and 0 missing again" in again.stdout
-    rows = store.query(res, "SELECT job_id, subsample FROM results ORDER BY ALL").to_pylist()
+    rows = store.query(
+        ResultsRoot(res), "SELECT job_id, subsample FROM results ORDER BY ALL"
+    ).to_pylist()
     assert len(rows) == 4 and {r["job_id"] for r in rows} == {coop.id, zs.id}
     epochs = store.query(
-        res, "SELECT epoch, run_status FROM epochs WHERE job_id = $j ORDER BY epoch", {"j": coop.id}
+        ResultsRoot(res),
+        "SELECT epoch, run_status FROM epochs WHERE job_id = $j ORDER BY epoch",
+        {"j": coop.id},
     ).to_pylist()
     assert epochs == [{"epoch": 0, "run_status": "failed"}, {"epoch": 1, "run_status": "done"}]
-    status = store.query(res, "SELECT job_id, status FROM status").to_pylist()
+    status = store.query(ResultsRoot(res), "SELECT job_id, status FROM status").to_pylist()
     assert {s["status"] for s in status} == {"done"} and len(status) == 2
 
     query = CliRunner().invoke(

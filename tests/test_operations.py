@@ -11,9 +11,10 @@ from dplbench.data.tario import iter_samples, write_tar
 from dplbench.plan.config import parse_overrides
 from dplbench.plan.suites import load_suite
 from dplbench.results import store
+from dplbench.results.root import ResultsRoot
+from dplbench.run.driver import run_plan
 from dplbench.run.prepare import ensure_selections, ensure_synthetic
 from dplbench.run.settings import ExecOptions, RunSettings
-from dplbench.run.suite import run_suite
 
 pytestmark = [pytest.mark.slow, pytest.mark.cluster]
 ray = pytest.importorskip("ray")
@@ -40,22 +41,22 @@ def test_worker_killed_mid_job_is_restarted_and_every_epoch_recorded_once(
     over = parse_overrides(["optim.epochs=3"])
     suite = load_suite("smoke", {"methods": ["coop"], "seeds": [1], "overrides": over})
     (job,) = suite.jobs
-    settings = RunSettings(
-        data=str(shards),
-        results=str(tmp_path / "r"),
+    settings = RunSettings.local(
+        str(shards),
+        str(tmp_path / "r"),
         loader_workers=0,
         fail_job=f"{job.id}@2:kill",  # SIGKILL the worker at the start of epoch 2, once
     )
     ensure_selections([job], str(shards))
-    summary = run_suite(suite, settings, ExecOptions(cpus=2))
+    summary = run_plan(suite, settings, ExecOptions.local(cpus=2))
     assert not summary.failed, [o.error for o in summary.failed]
     epochs = store.query(
-        settings.results, "SELECT epoch, run_status FROM epochs ORDER BY epoch"
+        settings.root, "SELECT epoch, run_status FROM epochs ORDER BY epoch"
     ).to_pylist()
     assert epochs == [{"epoch": e, "run_status": "done"} for e in range(3)]
-    rows = store.query(settings.results, "SELECT subsample, total FROM rows").to_pylist()
+    rows = store.query(settings.root, "SELECT subsample, total FROM rows").to_pylist()
     assert sorted(r["subsample"] for r in rows) == ["base", "novel"]
-    (status,) = store.query(settings.results, "SELECT * FROM status").to_pylist()
+    (status,) = store.query(settings.root, "SELECT * FROM status").to_pylist()
     assert status["status"] == "done" and status["attempts"] == 2 and status["node"]
 
 
@@ -84,7 +85,7 @@ def test_corrupt_shard_fails_as_one_line_with_a_log_or_is_skipped_and_counted(
     assert f"CorruptShardError: corrupt shard {shard}: sample '{key}'" in failed[0]
     log_file = failed[0].rsplit("(log: ", 1)[1].rstrip(")")
     assert "Traceback (most recent call last)" in open(log_file).read()
-    (status,) = store.query(res, "SELECT status, error, log FROM status").to_pylist()
+    (status,) = store.query(ResultsRoot(res), "SELECT status, error, log FROM status").to_pylist()
     assert status["status"] == "failed" and status["log"] == log_file
     assert status["error"].startswith(f"CorruptShardError: corrupt shard {shard}: sample '{key}'")
     listed = CliRunner().invoke(app, ["results", "ls", "--results", str(res)])
@@ -92,7 +93,9 @@ def test_corrupt_shard_fails_as_one_line_with_a_log_or_is_skipped_and_counted(
 
     skip = CliRunner().invoke(app, [*args, "--on-data-error", "skip"])
     assert skip.exit_code == 0, skip.output
-    rows = store.query(res, "SELECT subsample, skipped, total FROM results").to_pylist()
+    rows = store.query(
+        ResultsRoot(res), "SELECT subsample, skipped, total FROM results"
+    ).to_pylist()
     assert sum(r["skipped"] for r in rows) == 1  # the one image, in whichever subsample has it
     assert sum(r["total"] for r in rows) == 59  # 60 test images, one left out
     report = CliRunner().invoke(app, ["report", "--suite", "smoke", "--results", str(res)])

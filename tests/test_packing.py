@@ -7,7 +7,9 @@ import sys
 import pytest
 
 from dplbench.plan.suites import load_suite
+from dplbench.plan.units import Unit
 from dplbench.run import launcher
+from dplbench.run.events import JobEnded
 from dplbench.run.settings import ExecOptions, RunSettings
 
 pytestmark = [pytest.mark.slow, pytest.mark.cluster]
@@ -28,10 +30,14 @@ def _probe(config):
     time.sleep(4)
     gpus = ray.get_runtime_context().get_assigned_resources().get("GPU")
     record = {"key": spec.key, "start": start, "end": time.time(), "gpu": gpus}
-    log = Path(spec.settings.results) / "probe" / f"{spec.key}.json"
+    log = Path(spec.settings.root.path) / "probe" / f"{spec.key}.json"
     log.parent.mkdir(parents=True, exist_ok=True)
     log.write_text(json.dumps(record))
-    ray.tune.report({"trial_done": 1})
+    from dplbench.run import tune_io
+    from dplbench.run.events import JobEnded
+
+    tune_io.report(JobEnded(spec.key, "done"))
+    tune_io.report_unit_end()
 
 
 def test_eight_jobs_at_once_on_two_gpus_at_four_per_gpu(tmp_path):
@@ -39,13 +45,16 @@ def test_eight_jobs_at_once_on_two_gpus_at_four_per_gpu(tmp_path):
     ray.init(address="local", num_cpus=16, num_gpus=2, log_to_driver=False)
     try:
         jobs = load_suite("smoke", {"methods": ["coop"], "seeds": list(range(1, 13))}).jobs
-        settings = RunSettings(data=str(tmp_path / "d"), results=str(tmp_path / "r"))
-        opts = ExecOptions(gpus=2, jobs_per_gpu=4)
+        settings = RunSettings.local(str(tmp_path / "d"), str(tmp_path / "r"))
+        opts = ExecOptions.local(gpus=2, jobs_per_gpu=4)
         assert launcher.concurrency(1, opts) == 8
         from ray import cloudpickle
 
         cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers cannot import tests/
-        ends = launcher.launch(_probe, {j.id: [j] for j in jobs}, settings, opts, plain=True)
+        ended = []
+        units = [Unit(j.id, (j,)) for j in jobs]
+        launcher.launch(units, settings, opts, ended.append, trainable=_probe)
+        ends = [e for e in ended if isinstance(e, JobEnded)]
         assert [e.status for e in ends] == ["done"] * 12
         runs = [json.loads(p.read_text()) for p in (tmp_path / "r" / "probe").glob("*.json")]
         assert len(runs) == 12 and {r["gpu"] for r in runs} == {0.25}

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from dplbench.results import store
+from dplbench.results.root import ResultsRoot
 from dplbench.run.prepare import ensure_synthetic
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -95,7 +96,9 @@ def test_a_method_from_outside_the_repo_runs_on_ray_into_results_and_report(tmp_
     ran = _cli("run", "--methods", "coop_biased,zsclip", "--plugin", "lab_methods", *common,
                "optim.epochs=2", env=env)  # fmt: skip
     assert ran.returncode == 0, ran.stdout + ran.stderr
-    rows = store.query(res, "SELECT method, job_id, epochs FROM results ORDER BY ALL").to_pylist()
+    rows = store.query(
+        ResultsRoot(res), "SELECT method, job_id, epochs FROM results ORDER BY ALL"
+    ).to_pylist()
     assert {r["method"] for r in rows} == {"coop_biased", "zsclip"}
     assert {r["job_id"] for r in rows if r["method"] == "coop_biased"} == {job["job_id"]}
     state = res / "checkpoints" / job["job_id"] / "final.pt"
@@ -171,4 +174,4 @@ def test_pip_install_outside_the_checkout_plans_and_runs_the_smoke_suite(tmp_pat
     ran = _cli("run", "--suite", "smoke", "--loader-workers", "0", *common, "optim.epochs=1",
                exe=str(py), cwd=tmp_path)  # fmt: skip
     assert ran.returncode == 0, ran.stdout + ran.stderr
-    assert len(store.query(tmp_path / "r", "SELECT * FROM results").to_pylist()) == 6
+    assert len(store.query(ResultsRoot(tmp_path / "r"), "SELECT * FROM results").to_pylist()) == 6

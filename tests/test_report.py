@@ -11,7 +11,9 @@ import pytest
 from dplbench.plan.suites import protocol_spec
 from dplbench.results import aggregate as agg
 from dplbench.results.ablations import pivot
-from dplbench.results.report import ReportFiles, render_report, report_markdown
+from dplbench.results.render import RenderedReport, render_report
+from dplbench.results.report import report_markdown
+from dplbench.results.root import ReportFiles
 from dplbench.results.store import ROW_SCHEMA
 
 # The protocols' datasets, as their canonical suite files declare them.
@@ -256,8 +258,8 @@ def all_protocol_rows():
 
 
 def test_render_report_writes_markdown_and_pngs(tmp_path):
-    files = render_report(all_protocol_rows(), tmp_path / "out")
-    assert isinstance(files, ReportFiles)
+    files = render_report(all_protocol_rows(), ReportFiles(str(tmp_path / "out")))
+    assert isinstance(files, RenderedReport)
     md = Path(files.markdown).read_text()
     assert md == files.text and files.markdown == str(tmp_path / "out" / "report.md")
     assert {Path(p).name for p in files.plots} == {
@@ -297,7 +299,7 @@ def test_empty_input_gives_one_line(tmp_path, empty):
     assert report_markdown(all_protocol_rows(), suite="nope") == (
         "No results to report for suite `nope`.\n"
     )
-    files = render_report(empty, tmp_path)
+    files = render_report(empty, ReportFiles(str(tmp_path)))
     assert files.plots == () and Path(files.markdown).read_text() == "No results to report.\n"
 
 

@@ -15,6 +15,7 @@ from dplbench.errors import ConfigError
 from dplbench.plan.suites import load_suite
 from dplbench.request import LaunchRequest, Selection
 from dplbench.run import execute
+from dplbench.run.events import JobEnded
 from dplbench.run.prepare import ensure_synthetic
 
 # The execution options of `run` that `tune` and `ablate` must take too (issue #17's list).
@@ -87,9 +88,13 @@ def test_the_library_runs_a_suite_without_typer(tmp_path):
         data=str(shards), results=str(tmp_path / "r"), use_ray=False, loader_workers=0
     )
     events = []
-    result = execute(plan, request, lambda key, state, info: events.append((key, state)))
+    result = execute(plan, request, events.append)
     assert not result.failed and len(result.summary.outcomes) == 2
-    assert ("smoke", "checked") in events and {s for _, s in events} >= {"running", "done"}
+    kinds = [type(e).__name__ for e in events]
+    assert kinds[0] == "PlanChecked" and {"JobStarted", "EpochDone", "JobEnded"} <= set(kinds)
+    assert {e.status for e in events if isinstance(e, JobEnded)} == {"done"}
+    (coop,) = [r for r in result.summary_rows() if r["method"] == "coop"]
+    assert set(coop) == {"method", "dataset", "seeds", "base", "novel", "HM"}
     # the pre-run checks are the library's: a missing LLM cache fails before anything runs
     llm = load_suite("smoke", {"methods": ["llamp"]}, llm_cache=str(tmp_path / "none"))
     with pytest.raises(ConfigError, match="no LLM cache for synthetic .* dplbench llm cache"):

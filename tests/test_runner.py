@@ -8,6 +8,7 @@ from typer.testing import CliRunner
 
 from dplbench.cli import app
 from dplbench.results import store as results
+from dplbench.results.root import ResultsRoot
 from dplbench.run.prepare import ensure_synthetic
 
 FAST = ["optim.epochs=2"]
@@ -83,11 +84,13 @@ def test_resume_adds_exactly_the_missing_rows(tmp_path, shards):
     assert "RuntimeError: job" in line and "failure injected at epoch 1" in line
     log_file = line.rsplit("(log: ", 1)[1].rstrip(")")
     assert "Traceback (most recent call last)" in open(log_file).read()
-    status = results.query(res, "SELECT job_id, status, error, log FROM status").to_pylist()
+    status = results.query(
+        ResultsRoot(res), "SELECT job_id, status, error, log FROM status"
+    ).to_pylist()
     by_job = {r["job_id"]: r for r in status}
     assert by_job[dpl.id]["status"] == "failed" and by_job[dpl.id]["log"] == log_file
     assert {r["status"] for r in status if r["job_id"] != dpl.id} == {"done"}
-    ids = lambda: results.query(res, "SELECT job_id, run_id FROM rows").to_pylist()  # noqa: E731
+    ids = lambda: results.query(ResultsRoot(res), "SELECT job_id, run_id FROM rows").to_pylist()  # noqa: E731
     before = ids()
     assert {r["job_id"] for r in before} == {j.id for j in jobs} - {dpl.id}
     assert len(before) == 4  # zsclip and coop: base + novel each
@@ -102,13 +105,17 @@ def test_resume_adds_exactly_the_missing_rows(tmp_path, shards):
     # The resumed run trained only the missing epoch, from the first run's checkpoint; the
     # failed run's epoch is on record, marked failed: every epoch once.
     epochs = results.query(
-        res, f"SELECT epoch, run_status FROM epochs WHERE job_id = '{dpl.id}' ORDER BY epoch"
+        ResultsRoot(res),
+        f"SELECT epoch, run_status FROM epochs WHERE job_id = '{dpl.id}' ORDER BY epoch",
     ).to_pylist()
     assert [(e["epoch"], e["run_status"]) for e in epochs] == [(0, "failed"), (1, "done")]
     assert (
-        results.query(res, "SELECT status FROM status").column("status").to_pylist() == ["done"] * 3
+        results.query(ResultsRoot(res), "SELECT status FROM status").column("status").to_pylist()
+        == ["done"] * 3
     )
-    rows = results.query(res, f"SELECT * FROM results WHERE job_id = '{dpl.id}'").to_pylist()
+    rows = results.query(
+        ResultsRoot(res), f"SELECT * FROM results WHERE job_id = '{dpl.id}'"
+    ).to_pylist()
     assert {r["subsample"] for r in rows} == {"base", "novel"}
     for r in rows:  # provenance on every row
         assert r["code_version"] and r["versions"] and r["hardware"] and r["config"]

@@ -5,6 +5,7 @@ from typer.testing import CliRunner
 
 from dplbench.cli import app
 from dplbench.results import store
+from dplbench.results.root import ResultsRoot
 from dplbench.results.selection import selection_gap
 from dplbench.run.prepare import ensure_synthetic
 
@@ -43,10 +44,12 @@ def test_eval_every_epoch_records_test_scores_and_the_report_shows_the_gap(tmp_p
     args += ["--results", str(res), "--loader-workers", "0", "optim.epochs=3"]
     out = CliRunner().invoke(app, [*args, "--eval-every-epoch"])
     assert out.exit_code == 0, out.output
-    epochs = store.query(res, "SELECT epoch, test_base, test_novel FROM epochs").to_pylist()
+    epochs = store.query(
+        ResultsRoot(res), "SELECT epoch, test_base, test_novel FROM epochs"
+    ).to_pylist()
     assert len(epochs) == 3 and all(0 <= e["test_base"] <= 100 for e in epochs)
     # the last epoch's test scores are what the job's result rows report
-    rows = {r["subsample"]: r["accuracy"] for r in store.latest_rows(res).to_pylist()}
+    rows = {r["subsample"]: r["accuracy"] for r in store.latest_rows(ResultsRoot(res)).to_pylist()}
     last = max(epochs, key=lambda e: e["epoch"])
     assert (last["test_base"], last["test_novel"]) == (rows["base"], rows["novel"])
     report = CliRunner().invoke(app, ["report", "--results", str(res)])
@@ -71,9 +74,9 @@ def test_eval_every_epoch_is_a_run_setting_that_leaves_the_training_alone(tmp_pa
         args = ["run", "--methods", "dpl", "--data", str(shards), "--no-ray", "--results", str(res)]
         out = CliRunner().invoke(app, [*args, "--loader-workers", "0", "optim.epochs=2", *flag])
         assert out.exit_code == 0, out.output
-        assert store.query(res, "SELECT DISTINCT job_id FROM rows").column(0).to_pylist() == [
-            job.id
-        ]
+        assert store.query(ResultsRoot(res), "SELECT DISTINCT job_id FROM rows").column(
+            0
+        ).to_pylist() == [job.id]
         states.append(torch.load(ResultsRoot(res).final_state(job.id), weights_only=True))
     plain, scored = states
     assert plain.keys() == scored.keys()

@@ -12,11 +12,15 @@ from typer.testing import CliRunner
 from dplbench.cli import ablate, tune
 from dplbench.plan import sweeps
 from dplbench.plan.config import parse_overrides
+from dplbench.plan.units import plan_units
 from dplbench.request import Selection
 from dplbench.results import sweeps as records
 from dplbench.results.aggregate import harmonic_mean
+from dplbench.results.root import ResultsRoot
+from dplbench.run.driver import run_plan
+from dplbench.run.finish import sweep_outputs
+from dplbench.run.resume import skipped_ids
 from dplbench.run.settings import ExecOptions, RunSettings
-from dplbench.run.sweep import run_sweep
 
 
 def _app() -> typer.Typer:
@@ -66,11 +70,12 @@ def test_space_grid_crossed_with_seeded_draws():
 
 def test_trials_resolve_jobs_with_params_and_dry_run_lists_them():
     sel = Selection(methods=("dpl",), seeds=(1, 2), overrides=parse_overrides(["optim.epochs=2"]))
-    sweep = sweeps.make_sweep(sweeps.expand({"entropy_weight": [0.0, 0.1]}), "smoke", sel)
+    plan = sweeps.make_sweep(sweeps.expand({"entropy_weight": [0.0, 0.1]}), "smoke", sel)
+    sweep = plan.sweep
     assert len(sweep.trials) == 2 and all(len(t.jobs) == 2 for t in sweep.trials)  # 2 seeds
     job = sweep.trials[1].jobs[0]
     assert job.config.rer.weight == 0.1 and job.params["entropy_weight"] == 0.1
-    assert job.params["sweep"] == sweep.name and sweep.epochs == 2
+    assert job.params["sweep"] == sweep.name == plan.name and {j.epochs for j in plan.jobs} == {2}
     out = CliRunner().invoke(_app(), ["tune", "--param", "entropy_weight", "--dry-run"])
     assert out.exit_code == 0 and "5 trials" in out.output  # the parameter's default grid
 
@@ -90,12 +95,15 @@ def test_objective_is_hm_over_datasets_and_test_metrics_hm_of_averages():
 
 def test_resume_keeps_done_and_stopped_trials(tmp_path):
     sel = Selection(methods=("dpl",), seeds=(1,), overrides=parse_overrides(["optim.epochs=2"]))
-    sweep = sweeps.make_sweep(sweeps.expand({"lr": [0.1, 0.2, 0.3, 0.4]}), "smoke", sel, name="s")
-    for t, status in zip(sweep.trials[:3], ("done", "stopped", "failed")):
-        rows = records.trial_rows("s", "r1", t, status, {"objective": 1.0, "epoch": 1}, None)
-        records.write_trial(str(tmp_path), "s", "r1", rows)
-    pending = records.pending_trials(sweep, str(tmp_path))
-    assert [t.key for t in pending] == [sweep.trials[2].key, sweep.trials[3].key]
+    plan = sweeps.make_sweep(sweeps.expand({"lr": [0.1, 0.2, 0.3, 0.4]}), "smoke", sel, name="s")
+    trials = plan.sweep.trials
+    result = records.TrialResult(epoch=1, objective=1.0, val={})
+    for t, status in zip(trials[:3], ("done", "stopped", "failed")):
+        rows = records.trial_rows("s", "r1", t, status, result, None)
+        records.write_trial(ResultsRoot(tmp_path), "s", "r1", rows)
+    units = plan_units(plan, 1, skipped_ids(plan, ResultsRoot(tmp_path)))
+    assert [u.key for u in units.train] == [trials[2].key, trials[3].key]
+    assert all(u.kind == "setting" for u in units.train)
 
 
 # ---- on Ray (one instance for the module) ---------------------------------------------------
@@ -135,7 +143,7 @@ def test_asha_sweep_stops_a_trial_and_a_run_right_after_gets_resources(cluster):
     args += ["--data", data, "--results", res, "--loader-workers", "0", "--name", "lr"]
     out = CliRunner().invoke(_app(), [*args, "optim.epochs=3"])
     assert out.exit_code == 0, out.output
-    trials = records.read_trials(res, "lr")
+    trials = records.read_trials(ResultsRoot(res), "lr")
     status = {r["trial"]: r["status"] for r in trials}
     assert len(status) == 4 and "stopped" in status.values() and "done" in status.values()
     done = [r for r in trials if r["status"] == "done"]
@@ -147,21 +155,21 @@ def test_asha_sweep_stops_a_trial_and_a_run_right_after_gets_resources(cluster):
     assert best.startswith("optim.lr=") and best in out.output
     from dplbench.results import store
 
-    rows = store.query(res, "SELECT params FROM rows").column("params").to_pylist()
+    rows = store.query(ResultsRoot(res), "SELECT params FROM rows").column("params").to_pylist()
     assert rows and all('"optim.lr"' in p and '"sweep": "lr"' in p for p in rows)
 
     assert _live_placement_groups() == []  # stopped trials left nothing behind
     from dplbench.plan.suites import load_suite
-    from dplbench.run.suite import run_suite
+    from dplbench.run.driver import run_plan
 
     suite = load_suite(
         "smoke",
         Selection(methods=("coop",), seeds=(1,), overrides=parse_overrides(["optim.epochs=1"])),
     )
-    settings = RunSettings(data=data, results=res, loader_workers=0)
+    settings = RunSettings.local(data, res, loader_workers=0)
     summary = []
     t = threading.Thread(
-        target=lambda: summary.append(run_suite(suite, settings, ExecOptions(cpus=2)))
+        target=lambda: summary.append(run_plan(suite, settings, ExecOptions.local(cpus=2)))
     )
     t.start()
     t.join(timeout=150)  # a leaked placement group would make this wait forever
@@ -174,12 +182,14 @@ def test_asha_sweep_stops_a_trial_and_a_run_right_after_gets_resources(cluster):
 def test_failing_trial_is_recorded_and_the_others_complete(cluster, fuse):
     data, res = str(cluster / "shards"), str(cluster / f"results-fail{fuse}")
     sel = Selection(methods=("dpl",), seeds=(1,), overrides=parse_overrides(["optim.epochs=2"]))
-    sweep = sweeps.make_sweep(
+    plan = sweeps.make_sweep(
         sweeps.expand({"lr": [1e-9, 1e-8]}), "smoke", sel, name="fail", scheduler="fifo"
     )
+    sweep = plan.sweep
     victim = sweep.trials[1]
-    settings = RunSettings(data=data, results=res, loader_workers=0, fail_job=victim.jobs[0].id)
-    result = run_sweep(sweep, settings, ExecOptions(cpus=2, max_failures=0, fuse=fuse))
+    settings = RunSettings.local(data, res, loader_workers=0, fail_job=victim.jobs[0].id)
+    run_plan(plan, settings, ExecOptions.local(cpus=2, max_failures=0, fuse=fuse))
+    result = sweep_outputs(plan, settings.root)
     by_key = {r["trial"]: r for r in result.trials()}
     assert by_key[victim.key]["status"] == "failed"
     assert "failure injected" in by_key[victim.key]["error"]
@@ -188,7 +198,9 @@ def test_failing_trial_is_recorded_and_the_others_complete(cluster, fuse):
     if fuse == 2:  # the survivor trained beside the victim
         from dplbench.results import store
 
-        fused_with = store.query(res, "SELECT fused_with FROM results").column(0).to_pylist()
+        fused_with = (
+            store.query(ResultsRoot(res), "SELECT fused_with FROM results").column(0).to_pylist()
+        )
         assert fused_with and set(fused_with) == {victim.jobs[0].id}
     assert _live_placement_groups() == []
 
@@ -203,16 +215,19 @@ def test_a_fifo_sweep_fused_records_what_it_records_unfused(cluster):
 
     data = str(cluster / "shards")
     sel = Selection(methods=("coop",), seeds=(1, 2), overrides=parse_overrides(["optim.epochs=2"]))
-    sweep = sweeps.make_sweep(
+    plan = sweeps.make_sweep(
         sweeps.expand({"lr": [0.1, 0.05]}), "smoke", sel, name="fz", scheduler="fifo"
     )
     records_of = {}
     for fuse in (1, 4):
         res = str(cluster / f"results-fuse{fuse}")
-        settings = RunSettings(data=data, results=res, loader_workers=0)
-        result = run_sweep(sweep, settings, ExecOptions(cpus=2, fuse=fuse))
+        settings = RunSettings.local(data, res, loader_workers=0)
+        run_plan(plan, settings, ExecOptions.local(cpus=2, fuse=fuse))
+        result = sweep_outputs(plan, settings.root)
         records_of[fuse] = {(r["trial"], r["job_id"]): r for r in result.records}
-        fused_with = store.query(res, "SELECT fused_with FROM results").column(0).to_pylist()
+        fused_with = (
+            store.query(ResultsRoot(res), "SELECT fused_with FROM results").column(0).to_pylist()
+        )
         assert all((f is not None and len(f.split(",")) == 3) == (fuse == 4) for f in fused_with)
     solo, fused = records_of[1], records_of[4]
     assert set(solo) == set(fused) and len(solo) == 4

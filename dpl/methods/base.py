@@ -31,7 +31,7 @@ from dpl.templates import RAW_MEAN_SETS, template_set
 from dpl.token_dropout import IWTDHook
 
 log = logging.getLogger(__name__)
-# Frozen text features per frozen CLIP object (see PromptedCLIP._frozen_text).
+# A per-process cache: frozen text features per frozen CLIP object (PromptedCLIP._frozen_text).
 _FROZEN_TEXT: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 

@@ -28,6 +28,7 @@ register(
     MethodConfig(method="zsclip", prompts=PromptConfig(n_ctx_text=0, depth_text=0)),
     "dpl.methods.zsclip:ZeroShotCLIP",
     plugins=False,
+    trains=False,
 )
 
 # CoOp: 4 learnable context vectors at the text input, CE (docs/method.md §6).

@@ -41,6 +41,8 @@ class MethodSpec:
     plugins: bool = True  # IWTD / RER / MAG may be switched on
     uses_llm: bool = False  # its jobs read an LLM cache (dplbench llm cache)
     recipe: str | None = None  # its recipe YAML; None: dplbench/configs/methods/<name>.yaml
+    trains: bool = True  # False: nothing to train (zero-shot), its jobs only evaluate
+    fusable: bool = True  # its jobs may train in fused groups (dpl/fused.py)
 
     def model_class(self) -> type:
         mod, _, cls = self.module.partition(":")
@@ -94,18 +96,20 @@ def register(
     plugins: bool = True,
     uses_llm: bool = False,
     recipe: str | os.PathLike | None = None,
+    trains: bool = True,
+    fusable: bool = True,
 ) -> MethodSpec:
     """Register a method. `module` names its model class as "package.module:Class" (a
-    PromptedCLIP subclass taking (cfg, clip)); `recipe` its training recipe YAML."""
+    PromptedCLIP subclass taking (cfg, clip)); `recipe` its training recipe YAML; its traits:
+    `plugins` (takes IWTD / RER / MAG), `uses_llm`, `trains`, `fusable`."""
     if not isinstance(defaults, MethodConfig):
         raise PluginError(f"method {name}: defaults must be a dpl.config.MethodConfig")
     if defaults.method != name:
         raise PluginError(f"method {name}: its defaults say method={defaults.method!r}")
     if ":" not in module:
         raise PluginError(f"method {name}: module {module!r} must read 'package.module:Class'")
-    spec = MethodSpec(
-        name, defaults, module, plugins, uses_llm, str(Path(recipe).resolve()) if recipe else None
-    )
+    path = str(Path(recipe).resolve()) if recipe else None
+    spec = MethodSpec(name, defaults, module, plugins, uses_llm, path, trains, fusable and trains)
     METHODS.register(name, spec)
     return spec
 
@@ -119,6 +123,7 @@ def plugin_modules(named: Iterable[str] = ()) -> tuple[str, ...]:
     return tuple(dict.fromkeys([*_env_plugins(), *named]))
 
 
+# A per-process cache: the plug-in modules and entry points imported (an import registers).
 _LOADED: set[str] = set()
 
 

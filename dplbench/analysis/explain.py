@@ -32,7 +32,7 @@ from dplbench.plan.jobs import EvalTarget, Job
 from dplbench.plan.llm import cache_dirs, cache_for
 from dplbench.plan.methods import resolve_method
 from dplbench.results import store
-from dplbench.results.root import ResultsRoot
+from dplbench.results.root import ExplainFiles, ResultsRoot
 from dplbench.run.evaluate import image_size
 from dplbench.run.worker import frozen_clip, load_final_state, seed_everything
 
@@ -62,20 +62,20 @@ class Explained:
 
 
 def job_subject(
-    results_root: str, job_id: str, dataset: str | None = None, llm_cache: str | None = None
+    root: ResultsRoot, job_id: str, dataset: str | None = None, llm_cache: str | None = None
 ) -> Subject:
     """A finished job of the results, by id: its recorded config and its final prompts (and, for
     an LLM-source method, the LLM cache it was trained with: `llm_cache`, checked)."""
-    if not store.has_rows(results_root):
-        raise UserError(f"no results under {results_root}; run a suite first or pass --results")
+    if not store.has_rows(root):
+        raise UserError(f"no results under {root}; run a suite first or pass --results")
     rows = store.query(
-        results_root,
+        root,
         "SELECT config FROM rows WHERE job_id = $id ORDER BY created_at DESC LIMIT 1",
         {"id": job_id},
     ).to_pylist()
     if not rows:
         raise UserError(
-            f"no result rows for job {job_id} under {results_root}; list job ids with "
+            f"no result rows for job {job_id} under {root}; list job ids with "
             'dplbench results query "SELECT DISTINCT job_id, method, dataset FROM results"'
         )
     try:
@@ -153,12 +153,12 @@ def pick_images(view: DatasetView, k: int, size: int) -> dict[str, torch.Tensor]
     }
 
 
-def build(subject: Subject, results_root: str, device: torch.device) -> PromptedCLIP:
+def build(subject: Subject, root: ResultsRoot, device: torch.device) -> PromptedCLIP:
     clip = frozen_clip(subject.config.backbone)
     seed_everything(subject.seed)  # the same prompt initialisation as the job's
     model = build_method(subject.config, clip).to(device)
     if subject.state_of is not None:
-        load_final_state(model, results_root, subject.state_of, "dplbench explain")
+        load_final_state(model, root, subject.state_of, "dplbench explain")
     return model.eval()
 
 
@@ -171,7 +171,7 @@ def zero_shot(model: PromptedCLIP) -> PromptedCLIP:
 def explain(
     subject: Subject,
     data: str,
-    results_root: str,
+    root: ResultsRoot,
     out: str | None = None,
     images: int = 4,
     layers: list[int] | None = None,
@@ -180,7 +180,7 @@ def explain(
     device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if images < 1:
         raise UserError(f"--images {images}: ask for at least one image")
-    model = build(subject, results_root, device)
+    model = build(subject, root, device)
     layers = layers if layers is not None else default_layers(model)
     check_layers(layers, model)
     text_layers = [i for i in layers if i < model.text.layers]
@@ -209,20 +209,20 @@ def explain(
         pred_method=pred.cpu().numpy(),
         pred_zsclip=pred_zs.cpu().numpy(),
     )
-    out = out or ResultsRoot(results_root).explain_dir(subject.name)
-    result = Explained(out)
+    files = ExplainFiles(out) if out else root.explain_files(subject.name)
+    result = Explained(files.folder)
     for i in range(len(x)):
         used = maps[0].used if maps else ()
         fig = figures.image_grid(arrays, i, subject.method, used)
-        path = storage.join(out, f"image_{i:02d}.png")
+        path = files.image(i)
         result.figures.append(
             storage.write(path, lambda tmp, f=fig: f.savefig(tmp, format="png", dpi=100))
         )
     classes = sorted(set(pred.tolist()))
     text_maps = [m for m in maps if m.modality == "text"]
     result.text = figures.text_table(model, text_maps, classes, view.classnames, subject.name)
-    result.table = storage.write(storage.join(out, "text_tokens.md"), result.text)
+    result.table = storage.write(files.text_tokens, result.text)
     buf = io.BytesIO()
     np.savez(buf, **arrays)
-    result.arrays = storage.write(storage.join(out, "maps.npz"), buf.getvalue())
+    result.arrays = storage.write(files.arrays, buf.getvalue())
     return result

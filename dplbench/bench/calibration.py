@@ -10,7 +10,7 @@ import torch
 
 from dplbench import storage
 from dplbench.plan.cost import cache_dir, cpu_name, device_key_of
-from dplbench.results.root import ResultsRoot
+from dplbench.results.root import ResultsRoot, calibration_file
 
 
 def device_key(device: torch.device | None = None) -> str:
@@ -21,7 +21,7 @@ def device_key(device: torch.device | None = None) -> str:
     )
 
 
-def save(rows: list[dict[str, Any]], device: torch.device, results_root: str | None) -> list[str]:
+def save(rows: list[dict[str, Any]], device: torch.device, root: ResultsRoot | None) -> list[str]:
     memory = None
     if device.type == "cuda":
         memory = torch.cuda.get_device_properties(device).total_memory / 2**20
@@ -32,8 +32,7 @@ def save(rows: list[dict[str, Any]], device: torch.device, results_root: str | N
         "rows": rows,
     }
     text = json.dumps(payload, indent=1)
-    paths = [storage.write(cache_dir() / f"{payload['device']}.json", text)]
-    if results_root:
-        bench = ResultsRoot(results_root).bench_dir()
-        paths.append(storage.write(storage.join(bench, f"{payload['device']}.json"), text))
+    paths = [storage.write(calibration_file(cache_dir(), payload["device"]), text)]
+    if root is not None:
+        paths.append(storage.write(root.calibration(payload["device"]), text))
     return paths

@@ -21,6 +21,46 @@ from dpl.optim import build_optimizer
 from dplbench.plan.methods import resolve_method
 
 
+@dataclass(frozen=True)
+class BenchRequest:
+    """What `dplbench bench model` measures (defaults: every registered method)."""
+
+    models: tuple[str, ...] = ("dpl-tiny", "ViT-B-16")
+    methods: tuple[str, ...] = ()
+    batch: int = 4
+    eval_batch: int = 4
+    classes: int = 50
+    steps: int = 3
+    warmup: int = 2
+    device: str | None = None
+    bf16: bool | None = None
+
+
+@dataclass
+class Measured:
+    request: BenchRequest
+    rows: list[dict]  # ratio_table rows
+    hm: dict[str, float]  # each method's HM in the results root it was given
+    calibrations: list[str]  # where this device's calibration was saved
+
+
+def measure(request: BenchRequest, root=None) -> Measured:
+    """Measure, compare (ratio_table) and save this device's calibration (in the user's cache,
+    and under the results root `root` when given, whose HMs join the rows)."""
+    from dplbench.bench import calibration
+
+    rows = ratio_table(
+        bench_models(
+            list(request.models), list(request.methods) or None, request.batch,
+            request.eval_batch, request.classes, request.steps, request.warmup, request.device,
+            request.bf16,
+        )
+    )  # fmt: skip
+    hm = method_hm(root) if root is not None else {}
+    dev = torch.device(request.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    return Measured(request, rows, hm, calibration.save(rows, dev, root))
+
+
 @dataclass
 class BenchRow:
     model: str
@@ -163,11 +203,11 @@ def ratio_table(rows: list[BenchRow]) -> list[dict]:
     return out
 
 
-def method_hm(results_root: str) -> dict[str, float]:
+def method_hm(root) -> dict[str, float]:
     """Each method's base-to-novel Average HM in the results (HM of the averaged base and novel,
     results/aggregate.py)."""
     from dplbench.results import store
     from dplbench.results.aggregate import AVERAGE, base2novel
 
-    table = base2novel(store.latest_rows(results_root).to_pylist())
+    table = base2novel(store.latest_rows(root).to_pylist())
     return {r["method"]: r["hm"] for r in table if r["dataset"] == AVERAGE and r["hm"] is not None}

@@ -10,6 +10,7 @@ import sys
 import typer
 
 from dplbench.cli import ablate, bench, data, explain, llm, report, results, run, tune
+from dplbench.cli.common import Process
 
 app = typer.Typer(
     help="Dropout Prompt Learning for CLIP: train, benchmark and report on a Ray cluster.",
@@ -31,14 +32,14 @@ def main() -> None:
     """The `dplbench` command. After a run that started and stopped its own local Ray cluster,
     the process ends without tearing down the thousands of modules Ray and Tune loaded (a second
     of a small suite's wall time): every result is written and every stream flushed by then."""
+    process = Process()
     try:
-        app()
+        app(obj=process)
     except SystemExit as e:
         code = e.code
     else:
         code = 0
-    launcher = sys.modules.get("dplbench.run.launcher")  # imported only by runs that use Ray
-    if launcher is not None and launcher.stopped_local_cluster():
+    if process.stopped_local_cluster:
         logging.shutdown()
         sys.stdout.flush()
         sys.stderr.flush()

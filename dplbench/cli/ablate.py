@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from dplbench.cli.common import console, user_errors
+from dplbench.cli.common import console, exit_after_run, user_errors
 from dplbench.cli.options import launch_options
 from dplbench.request import LaunchRequest
 
@@ -32,31 +32,29 @@ def ablate(
 
     Example: dplbench ablate rer --suite smoke --seeds 1 optim.epochs=2
     """
-    from dplbench.plan import ablations
+    from dplbench.plan import ablations, plan_of
 
     if name is None:
         for n in ablations.list_ablations():
             console.print(f"{n}: {ablations.load_ablation(n).description}", highlight=False)
         return
-    plan = ablations.ablation_plan(ablations.load_ablation(name), request.what, request.llm_caches)
+    request = request.replace(ablation=name)
+    plan = plan_of(request, "ablation")
     if table_only:
-        from dplbench.run.executor import ablation_table
+        from dplbench.run.finish import ablation_table
 
-        text, path = ablation_table(plan, request.results)
+        table = ablation_table(plan, request.root)
     elif request.output.dry_run:
-        from dplbench.cli.live import JobTable, print_plan
-        from dplbench.run import execute
+        from dplbench.cli.run import print_dry_run
 
-        checks = execute(plan, request).checks
-        what = f"{len(plan.jobs)} jobs"
-        print_plan(JobTable(plan.jobs), plan.jobs, checks, what, request.output.format)
+        print_dry_run(plan, request)
         return
     else:
         from dplbench.cli.run import run_live
 
         result = run_live(plan, request)
-        text, path = result.table
-    console.print(text, highlight=False)
-    console.print(f"table: {path}")
-    if not table_only and result.failed:
-        raise typer.Exit(1)
+        table = result.finished
+    console.print(table.text, highlight=False)
+    console.print(f"table: {table.path}")
+    if not table_only:
+        exit_after_run(result, 1 if result.failed else 0)

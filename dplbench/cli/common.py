@@ -14,18 +14,34 @@ from rich.table import Table
 
 from dpl.methods import PluginError
 from dpl.registry import UnknownNameError
+from dplbench import defaults
 from dplbench.errors import ConfigError, UserError
-from dplbench.request import DATA_DEFAULT, RESULTS_DEFAULT  # noqa: F401  (the commands' defaults)
 
 # Tables stay readable in logs and CI (no terminal: rich would assume 80 columns).
 console = Console(width=None if sys.stdout.isatty() else 160)
 err = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
 
 Opt = typer.Option
-# `results`, `report`, `explain` and `data` read results where `run` writes them.
-Results = Annotated[str, Opt("--results", help="results root ($DPLBENCH_RESULTS)")]
-Data = Annotated[str, Opt(help="shards root ($DPLBENCH_DATA)")]
+# `results`, `report`, `explain` and `data` read results where `run` writes them; the defaults
+# come from the environment when the command runs (dplbench/defaults.py).
+Results = Annotated[
+    str | None,
+    Opt("--results", help=f"results root (default ${defaults.RESULTS_ENV}, else ./results)"),
+]
+Data = Annotated[str | None, Opt(help=f"shards root (default ${defaults.DATA_ENV}, else ./shards)")]
 Overrides = Annotated[list[str], typer.Argument(help="method config overrides key=value")]
+
+
+def results_root(value: str | None):
+    """The results root a command was given (or the default), as the object that names every
+    file under it (results/root.py)."""
+    from dplbench.results.root import ResultsRoot
+
+    return ResultsRoot(value or defaults.results_root())
+
+
+def data_root(value: str | None) -> str:
+    return value or defaults.data_root()
 
 
 def user_errors(fn):
@@ -43,6 +59,26 @@ def user_errors(fn):
             raise typer.Exit(2) from None
 
     return wrapper
+
+
+class Process:
+    """What the `dplbench` process learns while a command runs, handed down as the click
+    context's `obj` by `main` (cli/__init__.py): whether a run started and stopped its own local
+    Ray cluster (then the process may end without tearing down Ray's modules)."""
+
+    stopped_local_cluster = False
+
+
+def exit_after_run(result, code: int) -> None:
+    """End a command that executed a plan: tell the process how Ray ended, exit with `code`."""
+    import click
+
+    ctx = click.get_current_context(silent=True)
+    process = ctx.find_root().obj if ctx is not None else None
+    if isinstance(process, Process) and result.stopped_local_cluster:
+        process.stopped_local_cluster = True
+    if code:
+        raise typer.Exit(code)
 
 
 def csv_list(value: str | None) -> list[str] | None:

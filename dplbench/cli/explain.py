@@ -8,13 +8,13 @@ import typer
 from rich.markdown import Markdown
 
 from dplbench.cli.common import (
-    DATA_DEFAULT,
-    RESULTS_DEFAULT,
     Data,
     Overrides,
     Results,
     console,
     csv_list,
+    data_root,
+    results_root,
     user_errors,
 )
 from dplbench.errors import ConfigError
@@ -45,8 +45,8 @@ def explain(
     ] = None,
     out: Annotated[str, Opt(help="output folder (default: RESULTS/explain/<job>)")] = None,
     device: Annotated[str, Opt(help="cuda / cpu (default: cuda if available)")] = None,
-    data: Data = DATA_DEFAULT,
-    results_root: Results = RESULTS_DEFAULT,
+    data: Data = None,
+    results: Results = None,
     llm_cache: Annotated[
         str, Opt("--llm-cache", help="with --job of llamp / dpl-release: the LLM cache it read")
     ] = None,
@@ -64,12 +64,13 @@ def explain(
     from dplbench.analysis import explain as ex
     from dplbench.plan.config import parse_overrides
 
+    root = results_root(results)
     if (job is None) == (method is None):
         raise ConfigError("give --job JOB_ID (a trained job) or --method M --dataset D")
     if job is not None:
         if overrides:
             raise ConfigError("--job explains the job as it ran: drop the key=value overrides")
-        subject = ex.job_subject(results_root, job, dataset, llm_cache)
+        subject = ex.job_subject(root, job, dataset, llm_cache)
     else:
         if dataset is None:
             raise ConfigError("--method needs --dataset (the test images to explain)")
@@ -82,7 +83,7 @@ def explain(
     except ValueError:
         raise ConfigError(f"--layers {layers!r}: give layer indices, e.g. 0,4,8") from None
     result = ex.explain(
-        subject, data, results_root, out, images, chosen,
+        subject, data_root(data), root, out, images, chosen,
         torch.device(device) if device else None,
     )  # fmt: skip
     console.print(Markdown(result.text))

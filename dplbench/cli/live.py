@@ -1,5 +1,6 @@
 """The live tables of `run` / `ablate` (one line per job) and `tune` (one line per trial), fed by
-the trial events of `run.execute`, and the plan views of a dry run (table, or JSON per job)."""
+the typed events of `run.execute` (run/events.py), and the plan views of a dry run (table, or
+JSON per job)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,16 @@ from rich.live import Live
 from rich.table import Table
 
 from dplbench.cli.common import console
+from dplbench.run.events import (
+    EpochDone,
+    Event,
+    JobEnded,
+    JobStarted,
+    PlanChecked,
+    TrialEnded,
+    TrialProgress,
+    TrialStarted,
+)
 
 STYLE = {"done": "green", "failed": "red", "running": "yellow", "stopped": "cyan", "queued": "dim"}
 
@@ -53,32 +64,32 @@ class JobTable:
         self.t0 = time.monotonic()
         self.most_running = 1
 
-    def event(self, job_id: str, state: str, info: dict) -> None:
-        if state == "checked":  # the plan's pre-run checks: how jobs are packed and fused
-            self.packing = info["checks"].packing
-            self.groups = info["checks"].group_of()
+    def event(self, event: Event) -> None:
+        if isinstance(event, PlanChecked):  # how jobs are packed and fused
+            self.packing = event.checks.packing
+            self.groups = event.checks.group_of()
             return
+        job_id = getattr(event, "job_id", None)
         if job_id not in self.jobs:
             return
         j, now = self.jobs[job_id], time.monotonic()
-        if state == "result":
-            if "epoch" in info:
-                detail = f"epoch {int(info['epoch']) + 1}/{j.epochs}"
-                if info.get("loss") is not None:
-                    detail += f"  loss {info['loss']:.3f}"
-                self.detail[job_id] = detail
-            return
-        self.state[job_id] = state
-        if state == "running":
+        if isinstance(event, EpochDone):
+            detail = f"epoch {event.epoch + 1}/{j.epochs}"
+            if event.loss is not None:
+                detail += f"  loss {event.loss:.3f}"
+            self.detail[job_id] = detail
+        elif isinstance(event, JobStarted):
+            self.state[job_id] = "running"
             self.started.setdefault(job_id, now)
             running = sum(1 for s in self.state.values() if s == "running")
             self.most_running = max(self.most_running, running)
-        elif state in ("done", "failed", "stopped"):
+        elif isinstance(event, JobEnded):
+            self.state[job_id] = event.status
             self.ended[job_id] = now
-            if state == "done":
-                self.detail[job_id] = scores((info.get("last") or {}).get("accuracy"))
-            elif info.get("error"):
-                self.detail[job_id] = info["error"][:80]
+            if event.status == "done":
+                self.detail[job_id] = scores(event.accuracy)
+            elif event.error:
+                self.detail[job_id] = event.error[:80]
 
     def eta(self) -> float | None:
         """Seconds left: the mean duration of finished jobs times the jobs left, spread over
@@ -127,23 +138,29 @@ class JobTable:
 class TrialTable:
     """One line per sweep trial, updated from trial events."""
 
-    def __init__(self, sweep) -> None:
-        self.sweep = sweep
-        self.state = {t.key: ("queued", "", None) for t in sweep.trials}
+    def __init__(self, plan) -> None:
+        self.sweep = plan.sweep
+        self.epochs = max(j.epochs for j in plan.jobs)
+        self.state = {t.key: ("queued", "", None) for t in self.sweep.trials}
 
-    def event(self, key: str, state: str, info: dict) -> None:
+    def event(self, event: Event) -> None:
+        key = getattr(event, "trial", None)
         if key not in self.state:
             return
-        old_state, epoch, obj = self.state[key]
-        if state == "result":
-            state = old_state
-        result = info.get("last", info)
-        if result.get("epoch"):
-            epoch = f"{int(result['epoch'])}/{self.sweep.epochs}"
-        if result.get("objective") is not None:
-            obj = result["objective"]
-        if state == "failed" and info.get("error"):
-            epoch = str(info["error"])[:60]
+        state, epoch, obj = self.state[key]
+        if isinstance(event, TrialStarted):
+            state = "running"
+        elif isinstance(event, TrialProgress):
+            epoch = f"{event.epoch}/{self.epochs}"
+            obj = event.objective if event.objective is not None else obj
+        elif isinstance(event, TrialEnded):
+            state = event.status
+            result = event.result
+            if result is not None:
+                epoch = f"{result.epoch}/{self.epochs}" if result.epoch else epoch
+                obj = result.objective if result.objective is not None else obj
+            if event.status == "failed" and event.error:
+                epoch = event.error[:60]
         self.state[key] = (state, epoch, obj)
 
     def render(self) -> Table:
@@ -172,8 +189,8 @@ def live(table: JobTable | TrialTable) -> Iterator[Any]:
     table stays on screen (a terminal) or is printed once when the block ends (a log)."""
     with Live(table.render(), console=console, auto_refresh=False, transient=False) as view:
 
-        def on_event(key: str, state: str, info: dict) -> None:
-            table.event(key, state, info)
+        def on_event(event: Event) -> None:
+            table.event(event)
             view.update(table.render(), refresh=True)
 
         yield on_event
@@ -215,8 +232,7 @@ def print_plan(table: JobTable | TrialTable, jobs, checks, what: str, fmt: str) 
         for j in jobs:
             sys.stdout.write(json.dumps(recipe_view(j, checks), sort_keys=True) + "\n")
         return
-    if isinstance(table, JobTable):
-        table.groups = checks.group_of()
+    table.event(PlanChecked(what, checks))
     console.print(table.render())
     console.print(f"{what}; nothing was run (--dry-run)", highlight=False)
     for line in checks.notes:

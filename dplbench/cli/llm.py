@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from dplbench.cli.common import DATA_DEFAULT, Data, console, csv_list, user_errors
+from dplbench.cli.common import Data, console, csv_list, data_root, user_errors
 from dplbench.errors import ConfigError
 from dplbench.plan.llm import cache_dir
 
@@ -43,7 +43,7 @@ def cache(
     model: Annotated[str, Opt(help="HF model id or local folder (Llama-2/3 chat models)")],
     datasets: Annotated[str, Opt(help="comma list of datasets")],
     out: Annotated[str, Opt(help="cache directory ($DPLBENCH_LLM_CACHE, ./llm-cache)")] = None,
-    data: Data = DATA_DEFAULT,
+    data: Data = None,
     recipe: Annotated[
         str, Opt(help="drople (dpl-release) | llamp: how the release's tool makes its cache")
     ] = "drople",
@@ -74,7 +74,7 @@ def cache(
     if Path(model).is_dir():  # a local folder: recorded absolute, so the name means one model
         model = str(Path(model).resolve())
     manifest = build_cache(
-        model, _class_lists(names, data), out, dtype, device, revision, force,
+        model, _class_lists(names, data_root(data)), out, dtype, device, revision, force,
         max_new_tokens, batch, gpus, recipe,
     )  # fmt: skip
     cached = ", ".join(
@@ -88,7 +88,7 @@ def cache(
 def tiny(
     out: Annotated[str, Opt(help="folder for the model and tokenizer")] = "llm-tiny",
     datasets: Annotated[str, Opt(help="datasets whose class names it should know")] = "synthetic",
-    data: Data = DATA_DEFAULT,
+    data: Data = None,
     seed: Annotated[int, Opt(help="weights seed")] = 0,
 ) -> None:
     """A tiny random-init Llama with a word-level tokenizer and a chat template: the real
@@ -98,7 +98,7 @@ def tiny(
     """
     from dplbench.llm.tiny import make_tiny_llm
 
-    lists = _class_lists(csv_list(datasets) or [], data)
+    lists = _class_lists(csv_list(datasets) or [], data_root(data))
     names = [n for ns in lists.values() for n in ns]
     path = make_tiny_llm(out, names, tuple(lists) or ("synthetic",), seed=seed)
     console.print(f"tiny LLM in {path}", highlight=False)

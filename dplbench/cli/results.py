@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from dplbench.cli.common import RESULTS_DEFAULT, Results, console, print_rows, user_errors
+from dplbench.cli.common import Results, console, print_rows, results_root, user_errors
 from dplbench.errors import ConfigError
 
 app = typer.Typer(help="Query the results table (DuckDB over Parquet).", no_args_is_help=True)
@@ -18,7 +18,7 @@ Opt = typer.Option
 @app.command("ls")
 @user_errors
 def results_ls(
-    results_root: Results = RESULTS_DEFAULT,
+    results: Results = None,
     suite: Annotated[str, Opt(help="only this suite's rows")] = None,
 ) -> None:
     """One line per (suite, method, protocol, dataset): runs, rows, mean accuracy.
@@ -27,8 +27,9 @@ def results_ls(
     """
     from dplbench.results import store
 
+    root = results_root(results)
     rows = store.query(
-        results_root,
+        root,
         "SELECT suite, method, protocol, dataset, subsample, count(*) AS rows, "
         "count(DISTINCT seed) AS seeds, round(avg(accuracy), 2) AS accuracy, "
         "max(created_at) AS latest FROM results WHERE $suite IS NULL OR suite = $suite "
@@ -37,7 +38,7 @@ def results_ls(
     )
     print_rows(rows.to_pylist())
     failed = store.query(
-        results_root,
+        root,
         "SELECT job_id, method, protocol, dataset, seed, status, error, log FROM status "
         "WHERE status IN ('failed', 'stopped') AND ($suite IS NULL OR suite = $suite) "
         "AND job_id NOT IN (SELECT job_id FROM rows) ORDER BY dataset, method, seed",
@@ -51,7 +52,7 @@ def results_ls(
 @user_errors
 def results_query(
     sql: Annotated[str, typer.Argument(help="SQL over the views rows, results, epochs")],
-    results_root: Results = RESULTS_DEFAULT,
+    results: Results = None,
     fmt: Annotated[str, Opt("--format", help="table | csv | json")] = "table",
 ) -> None:
     """DuckDB SQL over the results. `results` = latest run per job and split; `rows` = all runs;
@@ -64,7 +65,7 @@ def results_query(
     from dplbench.results import store
 
     try:
-        table = store.query(results_root, sql)
+        table = store.query(results_root(results), sql)
     except duckdb.Error as e:
         raise ConfigError(f"query failed: {str(e).splitlines()[0]}") from None
     rows = table.to_pylist()
@@ -84,7 +85,7 @@ def results_query(
 @user_errors
 def results_show(
     job: Annotated[str, typer.Argument(help="job id (or a unique prefix)")],
-    results_root: Results = RESULTS_DEFAULT,
+    results: Results = None,
 ) -> None:
     """A job's rows, its resolved config and its per-epoch metrics.
 
@@ -92,13 +93,14 @@ def results_show(
     """
     from dplbench.results import store
 
+    root = results_root(results)
     rows = store.query(
-        results_root,
+        root,
         "SELECT * FROM rows WHERE starts_with(job_id, $job) ORDER BY created_at",
         {"job": job},
     ).to_pylist()
     if not rows:
-        raise ConfigError(f"no rows for job {job!r} under {results_root}")
+        raise ConfigError(f"no rows for job {job!r} under {root}")
     if len({r["job_id"] for r in rows}) > 1:
         raise ConfigError(f"job prefix {job!r} is ambiguous; give more characters")
     keep = (
@@ -107,9 +109,9 @@ def results_show(
     )  # fmt: skip
     print_rows([{k: r[k] for k in keep} for r in rows], f"job {rows[0]['job_id']}")
     console.print_json(rows[-1]["config"])
-    if store.has_rows(results_root, "epochs"):
+    if store.has_rows(root, "epochs"):
         ep = store.query(
-            results_root,
+            root,
             "SELECT * EXCLUDE (job_id, suite, method) FROM epochs WHERE job_id = $job "
             "ORDER BY run_id, epoch",
             {"job": rows[0]["job_id"]},

@@ -5,13 +5,14 @@ from __future__ import annotations
 import typer
 
 from dplbench.cli.common import (
-    DATA_DEFAULT,
-    RESULTS_DEFAULT,
     Data,
     Results,
     console,
+    data_root,
     err,
+    exit_after_run,
     print_rows,
+    results_root,
     user_errors,
 )
 from dplbench.cli.options import launch_options
@@ -30,18 +31,24 @@ def run(request: LaunchRequest) -> None:
 
     Example: dplbench run --suite base2novel --methods dpl,promptsrc --gpus 32 iwtd.p_max=0.4
     """
+    from dplbench.plan import plan_of
+
+    plan = plan_of(request, "suite")
+    if request.output.dry_run:
+        print_dry_run(plan, request)
+        return
+    result = run_live(plan, request)
+    exit_after_run(result, 1 if result.failed else 0)
+
+
+def print_dry_run(plan, request: LaunchRequest) -> None:
+    """A suite's or an ablation's plan: its jobs, how they are cut into units, the checks."""
     from dplbench.cli.live import JobTable, print_plan
-    from dplbench.plan.suites import load_suite
     from dplbench.run import execute
 
-    plan = load_suite(request.what.suite or "smoke", request.what, request.llm_caches)
-    if request.output.dry_run:
-        checks = execute(plan, request).checks
-        print_plan(JobTable(plan.jobs), plan.jobs, checks, f"{len(plan.jobs)} jobs",
-                   request.output.format)  # fmt: skip
-        return
-    if run_live(plan, request).failed:
-        raise typer.Exit(1)
+    checks = execute(plan, request).checks
+    print_plan(JobTable(plan.jobs), plan.jobs, checks, f"{len(plan.jobs)} jobs",
+               request.output.format)  # fmt: skip
 
 
 def run_live(plan, request: LaunchRequest):
@@ -73,7 +80,9 @@ def print_outcome(result) -> None:
             f"({'; '.join(holders)}); --on-lease wait waits for them, --resume runs what is left",
             highlight=False,
         )
-    print_summary(result.request.results, [o.job.id for o in summary.outcomes])
+    rows = result.summary_rows()
+    if rows:
+        print_rows(rows, "summary (mean over seeds)")
     for o in summary.failed:
         label = o.job.params.get("variant") or f"{o.job.method} {o.job.train.dataset}"
         err.print(
@@ -85,61 +94,19 @@ def print_outcome(result) -> None:
         console.print(line, highlight=False, soft_wrap=True)
 
 
-def print_summary(results_root: str, job_ids: list[str]) -> None:
-    """Per method and dataset, the mean over seeds: base, novel and HM for base-to-novel jobs
-    (as the live table shows them), else the accuracy of each evaluated set."""
-    from dplbench.results import store
-    from dplbench.results.aggregate import harmonic_mean
-
-    if not job_ids or not store.has_rows(results_root):
-        return
-    rows = store.query(
-        results_root,
-        "SELECT method, dataset, subsample, count(*) AS seeds, avg(accuracy) AS accuracy "
-        "FROM results WHERE list_contains($ids, job_id) GROUP BY ALL "
-        "ORDER BY dataset, method, subsample",
-        {"ids": job_ids},
-    ).to_pylist()
-    cells: dict[tuple[str, str], dict] = {}
-    for r in rows:
-        cell = cells.setdefault((r["dataset"], r["method"]), {"seeds": r["seeds"]})
-        cell[r["subsample"]] = r["accuracy"]
-    table = []
-    for (dataset, method), c in cells.items():
-        hm = harmonic_mean([c["base"], c["novel"]]) if {"base", "novel"} <= set(c) else None
-
-        def num(v):
-            return "" if v is None else f"{v:.2f}"
-
-        table.append(
-            {
-                "method": method,
-                "dataset": dataset,
-                "seeds": c["seeds"],
-                "base": num(c.get("base")),
-                "novel": num(c.get("novel")),
-                "HM": num(hm),
-                "accuracy": num(c.get("all")),
-            }  # fmt: skip
-        )
-    keep = [k for k in ("base", "novel", "HM", "accuracy") if any(r[k] for r in table)]
-    print_rows(
-        [{k: r[k] for k in ("method", "dataset", "seeds", *keep)} for r in table],
-        "summary (mean over seeds)",
-    )
-
-
 @user_errors
-def demo(data: Data = DATA_DEFAULT, results_root: Results = RESULTS_DEFAULT) -> None:
+def demo(data: Data = None, results: Results = None) -> None:
     """The smoke suite on local Ray (synthetic data, tiny CLIP, CPU), then its report.
 
     Example: dplbench demo
     """
-    from dplbench.cli.report import report
-    from dplbench.plan.suites import load_suite
+    from dplbench.cli.report import print_report
+    from dplbench.plan import plan_of
+    from dplbench.results.render import write_report
 
-    request = LaunchRequest.of(suite="smoke", loader_workers=1, data=data, results=results_root)
-    result = run_live(load_suite("smoke", request.what, request.llm_caches), request)
-    report(suite="smoke", compare=True, results_root=request.results, out=None)
-    if result.failed:
-        raise typer.Exit(1)
+    request = LaunchRequest.of(
+        suite="smoke", loader_workers=1, data=data_root(data), results=str(results_root(results))
+    )
+    result = run_live(plan_of(request, "suite"), request)
+    print_report(write_report(results_root(results), "smoke", compare=True))
+    exit_after_run(result, 1 if result.failed else 0)

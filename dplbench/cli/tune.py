@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Annotated
-
 import typer
 from rich.table import Table
 
-from dplbench.cli.common import console, err, user_errors
+from dplbench.cli.common import console, err, exit_after_run, user_errors
 from dplbench.cli.options import launch_options
-from dplbench.request import LaunchRequest
-
-Opt = typer.Option
+from dplbench.request import LaunchRequest, SweepSelection, fields_of
 
 
 def register(app: typer.Typer) -> None:
@@ -19,51 +15,31 @@ def register(app: typer.Typer) -> None:
 
 
 @user_errors
-@launch_options()
-def tune(
-    request: LaunchRequest,
-    param: Annotated[
-        list[str] | None,
-        Opt(help="parameter to sweep: NAME (its default grid), NAME=v1,v2 (repeatable)"),
-    ] = None,
-    values: Annotated[str | None, Opt(help="comma list of values for the one --param")] = None,
-    space: Annotated[str | None, Opt(help="search space: configs/sweeps/<name> or a YAML")] = None,
-    method: Annotated[str | None, Opt(help="method (default: the space's, else dpl)")] = None,
-    num_samples: Annotated[int | None, Opt(help="random draws per grid point (spaces)")] = None,
-    scheduler: Annotated[
-        str | None, Opt(help="fifo | asha (default: the space's, else asha)")
-    ] = None,
-    grace_period: Annotated[int, Opt(help="ASHA: epochs before the first stop")] = 1,
-    reduction_factor: Annotated[int, Opt(help="ASHA: keep the best 1/rf at a rung")] = 2,
-    name: Annotated[
-        str | None, Opt(help="sweep name (default: params + hash of the sweep)")
-    ] = None,
-) -> None:
+@launch_options(extra=fields_of(SweepSelection))
+def tune(request: LaunchRequest) -> None:
     """Sweep method parameters; select on validation data; Parquet + summary + plot + best.
 
     Example: dplbench tune --param entropy_weight --values 0.01,0.05,0.1 --suite smoke
     """
     from dplbench.cli.live import TrialTable, live, print_plan
-    from dplbench.plan.sweeps import sweep_plan
+    from dplbench.plan import plan_of
     from dplbench.run import execute
 
-    plan = sweep_plan(
-        request.what, request.llm_caches, param, values, space, method, num_samples, scheduler,
-        grace_period, reduction_factor, name,
-    )  # fmt: skip
+    plan = plan_of(request, "sweep")
     if request.output.dry_run:
         checks = execute(plan, request).checks
-        what = f"sweep {plan.name}: {len(plan.trials)} trials, {len(plan.jobs)} jobs"
+        what = f"sweep {plan.name}: {len(plan.sweep.trials)} trials, {len(plan.jobs)} jobs"
         print_plan(TrialTable(plan), plan.jobs, checks, what, request.output.format)
         return
     with live(TrialTable(plan)) as on_event:
         result = execute(plan, request, on_event)
-    print_sweep(result.sweep)
+    print_sweep(result.finished)
     for line in result.checks.notes:
         console.print(line, highlight=False, soft_wrap=True)
-    for r in result.sweep.trials():
+    for r in result.finished.trials():
         if r["status"] == "failed":
             err.print(f"[red]failed[/red] trial {r['trial']}: {r.get('error')}")
+    exit_after_run(result, 0)
 
 
 def print_sweep(result) -> None:

@@ -27,7 +27,8 @@ from typing import Any
 from dplbench.errors import ConfigError
 from dplbench.plan.config import CONFIG_DIR, deep_merge, load_yaml, nested, typed
 from dplbench.plan.jobs import Job
-from dplbench.plan.suites import Suite, load_suite
+from dplbench.plan.plan import Plan
+from dplbench.plan.suites import load_suite
 from dplbench.request import Selection
 
 ABLATION_DIR = CONFIG_DIR / "ablations"
@@ -95,29 +96,13 @@ def load_ablation(name: str) -> Ablation:
     )
 
 
-@dataclass(frozen=True)
-class AblationPlan:
-    """An ablation's variants as one suite of jobs (what `run.execute` runs), and the ablation
-    (what its table is made of)."""
-
-    ablation: Ablation
-    suite: Suite
-
-    @property
-    def name(self) -> str:
-        return self.suite.name
-
-    @property
-    def jobs(self) -> tuple[Job, ...]:
-        return self.suite.jobs
-
-
 def ablation_plan(
     ab: Ablation,
     selection: Selection | Mapping[str, Any] | None = None,
     llm_cache: str | None = None,
-) -> AblationPlan:
-    """Every variant's jobs (params = ablation + variant). selection: suite (default: the
+) -> Plan:
+    """The plan of an ablation: every variant's jobs (params = ablation + variant), filed under
+    the suite they run on. selection: suite (default: the
     ablation's), datasets, seeds, workers, overrides (command line); methods come from variants."""
     selection = Selection.coerce(selection)
     jobs: dict[str, Job] = {}
@@ -137,4 +122,4 @@ def ablation_plan(
                     f"ablation {ab.name}: variants {other} and {v.name} resolve to the same job"
                 )
             jobs[j.id] = replace(j, params={"ablation": ab.name, "variant": v.name})
-    return AblationPlan(ab, Suite(Path(name).stem, tuple(jobs.values()), data))
+    return Plan(Path(name).stem, tuple(jobs.values()), data, ablation=ab)

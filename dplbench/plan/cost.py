@@ -7,6 +7,9 @@ and saves the rows as the calibration of the device it ran on (bench/calibration
     R/bench/<device>.json                       with --results R (the report's cost figure;
                                                 `bench_dir` below: ResultsRoot.bench_dir())
 
+The file's name in either folder is results/root.py's `calibration_file` (a leaf module: the one
+owner of names under a results root).
+
 From it, `--jobs-per-gpu auto` picks how many jobs share a GPU, and a dry run estimates a suite's
 GPU-hours and wall time. Torch-free: a dry run plans without importing it.
 """
@@ -24,6 +27,7 @@ from typing import Any
 from dplbench import storage
 from dplbench.data.datasets import DATASETS
 from dplbench.plan.jobs import Job, estimated_train_samples
+from dplbench.results.root import calibration_file
 
 # Fraction of a GPU's memory that packed jobs may fill (the rest: allocator slack, fragmentation).
 MEMORY_HEADROOM = 0.85
@@ -77,9 +81,9 @@ def load(device: str | None = None, bench_dir: str | None = None) -> Calibration
     """A device's calibration (default: this machine's, its GPU's if it has one) from the cache,
     else from `bench_dir` (R/bench/)."""
     device = device or device_key_of(gpu_name() or cpu_name())
-    candidates = [str(cache_dir() / f"{device}.json")]
+    candidates = [calibration_file(cache_dir(), device)]
     if bench_dir:
-        candidates.append(storage.join(bench_dir, f"{device}.json"))
+        candidates.append(calibration_file(bench_dir, device))
     for path in candidates:
         if storage.exists(path):
             return _read(path)

@@ -16,6 +16,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
+from dpl.methods import METHODS
 from dplbench.plan.jobs import Job, work_config
 
 # Config values that may differ inside a fused group (section -> keys).
@@ -62,6 +63,8 @@ def why_solo(job: Job) -> str | None:
         return "evaluation job: it loads a trained state, nothing to train"
     if not job.trains:
         return f"{job.method} trains nothing"
+    if not METHODS.get(job.method).fusable:
+        return f"{job.method} does not train fused (its registry trait)"
     if job.workers > 1:
         return "DDP jobs (--workers > 1) run solo"
     return None

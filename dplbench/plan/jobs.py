@@ -89,8 +89,11 @@ class Job:
 
     @property
     def trains(self) -> bool:
-        """Whether this job trains (an evaluation job, or zsclip, does not)."""
-        return self.source is None and self.method != "zsclip" and self.epochs > 0
+        """Whether this job trains (an evaluation job, or a method that trains nothing such as
+        zero-shot CLIP: its registry trait, does not)."""
+        from dpl.methods import METHODS
+
+        return self.source is None and METHODS.get(self.method).trains and self.epochs > 0
 
     @property
     def epochs(self) -> int:

@@ -11,17 +11,15 @@ work. The path itself is a run setting, checked against the identity when the mo
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 from dpl.llm.manifest import CacheError, identity, misfit, read_manifest
 from dpl.methods import METHODS
+from dplbench import defaults
 from dplbench.errors import ConfigError
 from dplbench.plan.jobs import Job
 
-DEFAULT_CACHE = "llm-cache"
 MISSING = {"cache": "missing"}  # the identity of a job whose cache is not built yet
 
 
@@ -29,13 +27,7 @@ def uses_llm(method: str) -> bool:
     return METHODS.get(method).uses_llm
 
 
-def cache_dirs(chosen: str | Sequence[str] | None = None) -> tuple[str, ...]:
-    """--llm-cache (one or more), else $DPLBENCH_LLM_CACHE, else ./llm-cache; absolute, so that
-    every worker reads the same directories (on a cluster: shared storage)."""
-    if isinstance(chosen, str):
-        chosen = (chosen,)
-    paths = tuple(chosen or ()) or (os.environ.get("DPLBENCH_LLM_CACHE") or DEFAULT_CACHE,)
-    return tuple(str(Path(p).resolve()) for p in paths)
+cache_dirs = defaults.llm_caches  # --llm-cache, else $DPLBENCH_LLM_CACHE, else ./llm-cache
 
 
 def cache_dir(chosen: str | None = None) -> str:

@@ -1,4 +1,4 @@
-"""Suites (configs/suites/*.yaml) expand into jobs (plan/jobs.py).
+"""Suites (configs/suites/*.yaml) expand into plans of jobs (plan/plan.py, plan/jobs.py).
 
 A suite file is a typed `SuiteSpec`: one protocol block (datasets, methods, seeds, shots, ...) or
 an `include:` list of other suites. xd and dg share one ImageNet training job per (method, seed);
@@ -23,15 +23,11 @@ from dplbench.plan.config import CONFIG_DIR, deep_merge, load_yaml, typed
 from dplbench.plan.jobs import EvalTarget, Job, TrainData
 from dplbench.plan.llm import cache_dirs, check_no_cache_path, job_identity, uses_llm
 from dplbench.plan.methods import check_method, resolve_method
+from dplbench.plan.plan import Plan, SuiteData
 from dplbench.request import Selection
 
 PROTOCOLS = ("base2novel", "fewshot", "xd", "dg", "longtail")
 SUITE_DIR = CONFIG_DIR / "suites"
-
-
-@dataclass(frozen=True)
-class SuiteData:
-    synthesize: bool = False  # make the synthetic benchmark when missing (the smoke suite)
 
 
 @dataclass(frozen=True)
@@ -56,13 +52,6 @@ class SuiteSpec:
     def evaluated(self) -> tuple[str, ...]:
         """The datasets whose accuracy the protocol reports (targets for xd / dg)."""
         return self.targets if self.protocol in ("xd", "dg") else self.datasets
-
-
-@dataclass(frozen=True)
-class Suite:
-    name: str
-    jobs: tuple[Job, ...]
-    data: SuiteData = field(default_factory=SuiteData)
 
 
 def list_suites() -> list[str]:
@@ -181,7 +170,7 @@ def load_suite(
     name: str,
     selection: Selection | Mapping[str, Any] | None = None,
     llm_cache: str | Sequence[str] | None = None,
-) -> Suite:
+) -> Plan:
     """Expand a suite into its jobs. selection: methods, datasets, seeds, workers (restrict or
     replace the file's lists) and overrides (nested method-config overrides for every job).
     llm_cache: the LLM caches that LLM-source jobs are planned against (default: --llm-cache's)."""
@@ -206,4 +195,4 @@ def load_suite(
             jobs.setdefault(job.id, job)  # xd and dg share their ImageNet training jobs
     if not jobs:
         raise ConfigError(f"suite {suite_name}: the selection leaves no jobs")
-    return Suite(suite_name, tuple(jobs.values()), data)
+    return Plan(suite_name, tuple(jobs.values()), data)

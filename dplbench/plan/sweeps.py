@@ -28,8 +28,9 @@ from dplbench.plan.config import (
     typed,
 )
 from dplbench.plan.jobs import Job
-from dplbench.plan.suites import SuiteData, load_suite
-from dplbench.request import Selection
+from dplbench.plan.plan import Plan, SuiteData
+from dplbench.plan.suites import load_suite
+from dplbench.request import SCHEDULERS, Selection, SweepSelection
 
 SWEEP_DIR = CONFIG_DIR / "sweeps"
 
@@ -248,11 +249,12 @@ class Trial:
 
 @dataclass(frozen=True)
 class Sweep:
+    """A sweep's settings: each a trial of jobs (its plan is `Plan(..., sweep=this)`)."""
+
     name: str
     suite: str
     params: tuple[str, ...]
     trials: tuple[Trial, ...]
-    data: SuiteData = field(default_factory=SuiteData)  # the suite's data section
     scheduler: str = "asha"  # fifo | asha
     grace_period: int = 1  # ASHA: epochs before the first stop decision
     reduction_factor: int = 2  # ASHA: keep the top 1/rf at each rung (2 suits sweeps of ~10)
@@ -277,9 +279,10 @@ def make_sweep(
     name: str | None = None,
     llm_cache: str | None = None,
     **options: Any,
-) -> Sweep:
-    """Resolve every setting into its trial's jobs (bad keys or values fail here, before anything
-    runs). Only training jobs take part: xd/dg evaluation jobs have no validation split."""
+) -> Plan:
+    """The plan of a sweep: every setting resolved into its trial's jobs (bad keys or values fail
+    here, before anything runs). Only training jobs take part: xd/dg evaluation jobs have no
+    validation split."""
     if not settings:
         raise ConfigError("the sweep has no settings")
     selection = Selection.coerce(selection)
@@ -303,30 +306,22 @@ def make_sweep(
         if not jobs:
             raise ConfigError(f"suite {suite}: no training jobs to sweep (zsclip or xd/dg only?)")
         trials.append(Trial(trial_key(setting), setting, jobs))
-    return Sweep(name, Path(suite).stem, params, tuple(trials), data, **options)
+    sweep = Sweep(name, Path(suite).stem, params, tuple(trials), **options)
+    jobs = tuple(j for t in trials for j in t.jobs)
+    return Plan(name, jobs, data, sweep=sweep, suite_name=sweep.suite)
 
 
 def sweep_plan(
-    selection: Selection,
-    llm_cache: str | None = None,
-    param: Sequence[str] | None = None,
-    values: str | None = None,
-    space: str | None = None,
-    method: str | None = None,
-    num_samples: int | None = None,
-    scheduler: str | None = None,
-    grace_period: int = 1,
-    reduction_factor: int = 2,
-    name: str | None = None,
-) -> Sweep:
-    """A sweep from `dplbench tune`'s words: `--param NAME[=v1,v2]` (or one `--values`) or a
-    space YAML (`--space`), over the selected suite (default: the space's, else smoke) and
+    selection: Selection, words: SweepSelection, llm_cache: str | Sequence[str] | None = None
+) -> Plan:
+    """A sweep's plan from `dplbench tune`'s words: `--param NAME[=v1,v2]` (or one `--values`)
+    or a space YAML (`--space`), over the selected suite (default: the space's, else smoke) and
     method (default: the space's, else dpl)."""
-    spec = load_space(space) if space else None
-    if param and spec:
+    spec = load_space(words.space) if words.space else None
+    if words.param and spec:
         raise ConfigError("give --param or --space, not both")
-    if param:
-        grid = cli_space(param, values)
+    if words.param:
+        grid = cli_space(words.param, words.values)
     elif spec:
         grid = spec.params
     else:
@@ -334,23 +329,23 @@ def sweep_plan(
             f"say what to sweep: --param NAME or --space FILE; names: {', '.join(PARAMS)}"
         )
     spec = spec or SweepSpace(params=grid)
-    sched = scheduler or spec.scheduler or "asha"
-    if sched not in ("fifo", "asha"):
+    sched = words.scheduler or spec.scheduler or "asha"
+    if sched not in SCHEDULERS:
         raise ConfigError(f"--scheduler {sched!r}: choose fifo or asha")
     selection = replace(
         selection,
-        methods=(method or spec.method or "dpl",),
+        methods=(words.method or spec.method or "dpl",),
         datasets=selection.datasets or tuple(spec.datasets),
         seeds=selection.seeds or tuple(spec.seeds),
         overrides=deep_merge(spec.overrides, selection.overrides),
     )
     return make_sweep(
-        expand(grid, num_samples or spec.num_samples),
+        expand(grid, words.num_samples or spec.num_samples),
         selection.suite or spec.suite or "smoke",
         selection,
-        name=name,
+        name=words.name,
         llm_cache=llm_cache,
         scheduler=sched,
-        grace_period=grace_period,
-        reduction_factor=reduction_factor,
+        grace_period=words.grace_period,
+        reduction_factor=words.reduction_factor,
     )

@@ -78,7 +78,9 @@ def ablation_tables(rows: Any) -> dict[tuple[str, str], list[Row]]:
     return tables
 
 
-def ablation_rows(root: str, ablation: str, suite: str | None = None) -> list[dict[str, Any]]:
+def ablation_rows(
+    root: ResultsRoot, ablation: str, suite: str | None = None
+) -> list[dict[str, Any]]:
     """The ablation's rows: newest run per (job, variant, evaluated split), `ablation` and
     `variant` lifted from params into columns (what `ablation_tables` groups by). All runs are
     read, not the `results` view: a plain `dplbench run` of the same work (same job id) must not
@@ -96,7 +98,7 @@ def ablation_rows(root: str, ablation: str, suite: str | None = None) -> list[di
     return store.query(root, sql, {"ablation": ablation, "suite": suite}).to_pylist()
 
 
-def ablation_table(ab: Ablation, root: str, suite: str | None = None) -> list[Row]:
+def ablation_table(ab: Ablation, root: ResultsRoot, suite: str | None = None) -> list[Row]:
     """Pivot rows with a `protocol` column, in the YAML's variant order."""
     order = {v.name: i for i, v in enumerate(ab.variants)}
     out = []
@@ -142,6 +144,6 @@ def ablation_markdown(ab: Ablation, table: list[Row], suite: str | None = None) 
     return "\n\n".join(parts) + "\n"
 
 
-def write_markdown(text: str, root: str, name: str) -> str:
+def write_markdown(text: str, root: ResultsRoot, name: str) -> str:
     """R/reports/ablations/NAME.md, published whole."""
-    return storage.write(ResultsRoot(root).ablation_report(name), text)
+    return storage.write(root.ablation_report(name), text)

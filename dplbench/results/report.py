@@ -1,7 +1,7 @@
 """Reports: the aggregated tables of `dplbench.aggregate` rendered as Markdown and PNG plots.
 
-`report_markdown(rows)` returns the Markdown (for the CLI to print); `render_report(rows, out_dir)`
-writes `report.md` and the plots next to it, each under a temporary name renamed into place.
+`report_markdown(rows)` returns the Markdown (for the CLI to print); results/render.py writes it
+and the plots into a report folder, each under a temporary name renamed into place.
 One section per protocol present in the rows, then one table per ablation. Published numbers sit
 beside ours: a column group for base-to-novel, an italic "published" row under each method for
 the wide tables (xd, dg, few-shot).
@@ -9,13 +9,10 @@ the wide tables (xd, dg, few-shot).
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from functools import partial
 from typing import Any, NamedTuple
 
-from dplbench import storage
 from dplbench.data.datasets import BENCHMARKS
 from dplbench.plan.suites import protocol_spec
 from dplbench.results import aggregate as agg
@@ -36,13 +33,6 @@ SUBSET_NOTE = (
     "\n\n† Published per-dataset numbers over the same datasets as ours, averaged by the same rule "
     "(our Average is incomplete)."
 )
-
-
-@dataclass(frozen=True)
-class ReportFiles:
-    markdown: str  # path or URI of report.md
-    plots: tuple[str, ...]
-    text: str  # the Markdown itself
 
 
 # ---------------------------------------------------------------- cells and tables
@@ -349,7 +339,9 @@ def _partial_markdown(rows: Sequence[Row]) -> str:
     return note + "\n\n" + md_table(head, body)
 
 
-def _markdown(tables: Mapping[str, Any], suite: str | None, images: Mapping[str, str]) -> str:
+def sections_markdown(
+    tables: Mapping[str, Any], suite: str | None, images: Mapping[str, str]
+) -> str:
     if not tables:
         return _no_results(suite)
     parts = [f"# dplbench report{f': suite `{suite}`' if suite else ''}", RULE]
@@ -370,31 +362,4 @@ def report_markdown(
     epochs: Sequence[Row] = (),
 ) -> str:
     """The report as Markdown (no plots); a one-line message when there is nothing to report."""
-    return _markdown(report_tables(rows, suite, compare, refs, bench, epochs), suite, {})
-
-
-def render_report(
-    rows: Any,
-    out_dir: str | os.PathLike,
-    suite: str | None = None,
-    compare: bool = True,
-    refs: Mapping[str, list[Row]] | None = None,
-    bench: Sequence[Row] = (),
-    epochs: Sequence[Row] = (),
-) -> ReportFiles:
-    """Write `out_dir/report.md` and one PNG per section with a figure (`<section>.png`);
-    `out_dir` may be a local folder or a URI (dplbench/storage.py)."""
-    tables = report_tables(rows, suite, compare, refs, bench, epochs)
-    images, pngs = {}, []
-    for name, table in tables.items():
-        if SECTIONS[name].plot is None:
-            continue
-        fig = SECTIONS[name].plot(table)
-        path = storage.write(
-            storage.join(out_dir, f"{name}.png"), partial(fig.savefig, format="png", dpi=120)
-        )
-        images[name] = f"{name}.png"
-        pngs.append(path)
-    text = _markdown(tables, suite, images)
-    md = storage.write(storage.join(out_dir, "report.md"), text)
-    return ReportFiles(markdown=md, plots=tuple(pngs), text=text)
+    return sections_markdown(report_tables(rows, suite, compare, refs, bench, epochs), suite, {})

@@ -1,4 +1,4 @@
-"""`ResultsRoot`: the one owner of every path under a results root, local or URI.
+"""`ResultsRoot`: the one owner of every name under a results root, local or URI.
 
     R/rows/suite=<s>/method=<m>/<job>-<run>.parquet      result rows (results/store.py)
     R/epochs/suite=<s>/method=<m>/<job>-<run>.parquet    per-epoch metrics
@@ -7,16 +7,21 @@
     R/checkpoints/<job>/final.pt                         the trained state (xd/dg evaluation, explain)
     R/logs/<job>-<run>[.rankN].log                       a failed job's traceback
     R/logs/ray-<run>.log                                 Ray's own messages (local disk: appended)
+    R/logs/.<kind>/<name>                                bookkeeping markers (worker starts, kills)
     R/leases/<job>.json                                  which driver runs the job (run/leases.py)
-    R/ray/[sweeps/<name>/]                               Ray Tune's experiment state
-    R/reports/<suite>/, R/reports/ablations/<name>.md    reports
-    R/sweeps/<name>/                                     a sweep's trial records, summary, best
+    R/ray/[sweeps/<name>/]                               Ray Tune's experiment state; jobs/: Train's
+    R/ray/[sweeps/<name>/]placement_groups/<run>/<trial>/<job>-<pg>   announced placement groups
+    R/reports/<suite>/report.md, <section>.png           `dplbench report` (`ReportFiles`)
+    R/reports/ablations/<name>.md                        ablation tables
+    R/sweeps/<name>/trials/<trial>-<run>.parquet, summary.md, objective.png, best.txt, sweep.json
     R/bench/<device>.json                                calibrations (`bench model --results R`)
-    R/explain/<name>/                                    `dplbench explain`
-    R/mlruns, R/tensorboard/<suite>/                     experiment trackers (local disk)
+    R/explain/<name>/image_NN.png, text_tokens.md, maps.npz   `dplbench explain`
+    R/mlruns, R/tensorboard/<suite>/<job>                experiment trackers (local disk)
 
-Nothing else joins paths under a root. The one "newest run" rule of checkpoints is here
-(`resume_run`); the one of result rows is `store.latest_sql`.
+The root travels as this object below the command line; nothing else joins names under it. The
+one "newest run" rule of checkpoints is here (`resume_run`); the one of result rows is
+`store.latest_sql`. Output folders a user may put elsewhere (`report --out`, `explain --out`) are
+the same named-file classes over that folder.
 """
 
 from __future__ import annotations
@@ -28,6 +33,82 @@ from pathlib import Path
 from dplbench import storage
 
 CHECKPOINT_PATTERN = "epoch_[0-9][0-9][0-9].pt"
+TABLES = ("rows", "epochs", "status")
+
+
+def calibration_file(folder: str | os.PathLike, device: str) -> str:
+    """A device's calibration in a bench folder (R/bench/, or the user's cache)."""
+    return storage.join(folder, f"{device}.json")
+
+
+@dataclass(frozen=True)
+class ReportFiles:
+    """A report's folder: report.md and one PNG per section with a figure."""
+
+    folder: str
+
+    @property
+    def markdown(self) -> str:
+        return storage.join(self.folder, "report.md")
+
+    @staticmethod
+    def figure_name(section: str) -> str:
+        return f"{section}.png"
+
+    def figure(self, section: str) -> str:
+        return storage.join(self.folder, self.figure_name(section))
+
+
+@dataclass(frozen=True)
+class ExplainFiles:
+    """`dplbench explain`'s folder: one figure per image, the text-token table, the arrays."""
+
+    folder: str
+
+    def image(self, i: int) -> str:
+        return storage.join(self.folder, f"image_{i:02d}.png")
+
+    @property
+    def text_tokens(self) -> str:
+        return storage.join(self.folder, "text_tokens.md")
+
+    @property
+    def arrays(self) -> str:
+        return storage.join(self.folder, "maps.npz")
+
+
+@dataclass(frozen=True)
+class SweepFiles:
+    """A sweep's folder: its trial records, summary, objective plot, best setting, description."""
+
+    folder: str
+
+    @property
+    def trials(self) -> str:
+        return storage.join(self.folder, "trials")
+
+    @property
+    def trials_glob(self) -> str:
+        return storage.join(self.trials, "*.parquet")
+
+    def trial_record(self, trial: str, run_id: str) -> str:
+        return storage.join(self.trials, f"{trial}-{run_id}.parquet")
+
+    @property
+    def summary(self) -> str:
+        return storage.join(self.folder, "summary.md")
+
+    @property
+    def plot(self) -> str:
+        return storage.join(self.folder, "objective.png")
+
+    @property
+    def best(self) -> str:
+        return storage.join(self.folder, "best.txt")
+
+    @property
+    def description(self) -> str:
+        return storage.join(self.folder, "sweep.json")
 
 
 @dataclass(frozen=True)
@@ -41,6 +122,10 @@ class ResultsRoot:
     def __str__(self) -> str:
         return self.path
 
+    @property
+    def is_uri(self) -> bool:
+        return storage.is_uri(self.path)
+
     def _join(self, *parts: str) -> str:
         return storage.join(self.path, *parts)
 
@@ -48,6 +133,10 @@ class ResultsRoot:
 
     def table(self, table: str) -> str:
         return self._join(table)
+
+    def table_glob(self, table: str) -> str:
+        """Every Parquet file of a table (its hive partitions included), as a glob."""
+        return str(Path(self._join(table)) / "**" / "*.parquet")
 
     def table_file(self, table: str, suite: str, method: str, job_id: str, run_id: str) -> str:
         return self._join(table, f"suite={suite}", f"method={method}", f"{job_id}-{run_id}.parquet")
@@ -69,11 +158,19 @@ class ResultsRoot:
         """Small bookkeeping files of a run (worker starts, injected kills)."""
         return self._join("logs", f".{kind}", name)
 
+    def markers(self, kind: str) -> str:
+        """The folder of one kind of marker."""
+        return self._join("logs", f".{kind}")
+
     def lease(self, job_id: str) -> str:
         return self._join("leases", f"{job_id}.json")
 
     def checkpoints(self, job_id: str, run_name: str | None = None) -> str:
         return self._join("checkpoints", job_id, *([run_name] if run_name else []))
+
+    def checkpoint(self, job_id: str, run_name: str, epoch: int) -> str:
+        """The checkpoint a job run writes after `epoch` (CHECKPOINT_PATTERN)."""
+        return self._join("checkpoints", job_id, run_name, f"epoch_{epoch:03d}.pt")
 
     def final_state(self, job_id: str) -> str:
         return self._join("checkpoints", job_id, "final.pt")
@@ -94,32 +191,44 @@ class ResultsRoot:
     # ---- Ray ---------------------------------------------------------------------------------
 
     def ray_storage(self, sweep: str | None = None) -> str:
-        """Ray Tune's experiment state (and Ray Train's, under `jobs/`)."""
+        """Ray Tune's experiment state."""
         return self._join("ray", *(["sweeps", sweep] if sweep else []))
+
+    def train_storage(self, sweep: str | None = None) -> str:
+        """Ray Train's own run state (its TorchTrainer runs)."""
+        return storage.join(self.ray_storage(sweep), "jobs")
 
     def placement_groups(self, run_id: str, trial: str, sweep: str | None = None) -> str:
         """Where a trial's Train runs announce their placement groups (run/placement_groups.py)."""
         return storage.join(self.ray_storage(sweep), "placement_groups", run_id, trial)
 
+    @staticmethod
+    def placement_group(folder: str, job_id: str, group_hex: str) -> str:
+        """One announced placement group in a trial's folder (`placement_groups`)."""
+        return storage.join(folder, f"{job_id}-{group_hex}")
+
     # ---- outputs -----------------------------------------------------------------------------
 
-    def report_dir(self, suite: str | None) -> str:
-        return self._join("reports", suite or "all")
+    def report_files(self, suite: str | None) -> ReportFiles:
+        return ReportFiles(self._join("reports", suite or "all"))
 
     def ablation_report(self, name: str) -> str:
         return self._join("reports", "ablations", f"{name}.md")
 
-    def sweep_dir(self, name: str) -> str:
-        return self._join("sweeps", name)
+    def sweep_files(self, name: str) -> SweepFiles:
+        return SweepFiles(self._join("sweeps", name))
 
     def bench_dir(self) -> str:
         return self._join("bench")
 
-    def explain_dir(self, name: str) -> str:
-        return self._join("explain", name)
+    def calibration(self, device: str) -> str:
+        return calibration_file(self.bench_dir(), device)
 
-    def tracking_dir(self, kind: str, suite: str | None = None) -> Path:
-        """MLflow's file store / TensorBoard's event files: local disk (a temporary folder when
-        results live on an object store)."""
-        base = storage.local_dir(self.path, "dplbench-tracking")
-        return base / kind / suite if suite else base / kind
+    def explain_files(self, name: str) -> ExplainFiles:
+        return ExplainFiles(self._join("explain", name))
+
+    def tracking_dir(self, kind: str, suite: str | None = None, run: str | None = None) -> Path:
+        """MLflow's file store / TensorBoard's event files (per suite, per run): local disk (a
+        temporary folder when results live on an object store)."""
+        base = storage.local_dir(self.path, "dplbench-tracking") / kind
+        return base.joinpath(*[p for p in (suite, run) if p])

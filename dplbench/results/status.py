@@ -40,16 +40,12 @@ class JobStatus:
     updated_at: datetime | None = None
 
 
-def status_path(root: str, suite: str, run_id: str) -> str:
-    return ResultsRoot(root).status_file(suite, run_id)
-
-
 class StatusBook:
     """The driver's record of its run's jobs. `update` is called from Tune's callback thread
     and the driver's; each call rewrites the file under a lock."""
 
-    def __init__(self, root: str, suite: str, run_id: str, jobs: Iterable[Any]) -> None:
-        self.path = status_path(root, suite, run_id)
+    def __init__(self, root: ResultsRoot, suite: str, run_id: str, jobs: Iterable[Any]) -> None:
+        self.path = root.status_file(suite, run_id)
         self.jobs: dict[str, JobStatus] = {}
         for j in jobs:
             dataset = j.train.dataset if j.source is None else j.evals[0].dataset

@@ -112,7 +112,7 @@ def write_parquet(table: pa.Table, path: str | os.PathLike) -> str:
     return storage.write(path, lambda tmp: pq.write_table(table, tmp))
 
 
-def write_rows(root: str | os.PathLike, rows: Sequence[Mapping[str, Any]]) -> Path:
+def write_rows(root: ResultsRoot, rows: Sequence[Mapping[str, Any]]) -> Path:
     """Write one job run's result rows (all rows share job_id, run_id, suite, method)."""
     if not rows:
         raise ValueError("no result rows to write")
@@ -123,14 +123,14 @@ def write_rows(root: str | os.PathLike, rows: Sequence[Mapping[str, Any]]) -> Pa
     table = pa.Table.from_pylist(
         [{k: result_row(**r)[k] for k in FILE_SCHEMA.names} for r in rows], schema=FILE_SCHEMA
     )
-    path = ResultsRoot(root).table_file(
+    path = root.table_file(
         "rows", first["suite"], first["method"], first["job_id"], first["run_id"]
     )
     return write_parquet(table, path)
 
 
 def write_epochs(
-    root: str | os.PathLike, suite: str, method: str, rows: Sequence[Mapping[str, Any]]
+    root: ResultsRoot, suite: str, method: str, rows: Sequence[Mapping[str, Any]]
 ) -> Path | None:
     """Per-epoch training metrics of one job run; loss terms become loss_<term> columns, and
     per-epoch test accuracies (eval_every_epoch) test_<subsample> columns."""
@@ -143,9 +143,7 @@ def write_epochs(
         raise ValueError(f"epoch row: unknown columns {bad}")
     schema = pa.schema(list(EPOCH_SCHEMA_FIXED) + [(k, pa.float64()) for k in extra])
     table = pa.Table.from_pylist([{k: r.get(k) for k in schema.names} for r in rows], schema=schema)
-    path = ResultsRoot(root).table_file(
-        "epochs", suite, method, rows[0]["job_id"], rows[0]["run_id"]
-    )
+    path = root.table_file("epochs", suite, method, rows[0]["job_id"], rows[0]["run_id"])
     return write_parquet(table, path)
 
 
@@ -154,13 +152,13 @@ def sql_string(value: str | os.PathLike) -> str:
     return "'" + str(value).replace("'", "''") + "'"
 
 
-def parquet_relation(con, root: str | os.PathLike, table: str, hive: bool = True) -> str:
-    """A SQL source over the Parquet files under root/table: DuckDB's own reader for a local
-    folder; on an object store a pyarrow dataset registered in `con` (DuckDB's httpfs extension
-    would be a download at run time)."""
-    folder = ResultsRoot(root).table(table)
+def parquet_relation(con, folder: str, glob: str, name: str, hive: bool = True) -> str:
+    """A SQL source over the Parquet files under `folder` (`glob`: all of them, as
+    ResultsRoot.table_glob names them): DuckDB's own reader for a local folder; on an object
+    store a pyarrow dataset registered in `con` as `name` (DuckDB's httpfs extension would be a
+    download at run time)."""
     if not storage.is_uri(folder):
-        pattern = sql_string(Path(folder) / "**" / "*.parquet")
+        pattern = sql_string(glob)
         return f"read_parquet({pattern}, hive_partitioning={str(hive).lower()}, union_by_name=true)"
     import pyarrow.dataset as ds
 
@@ -184,7 +182,6 @@ def parquet_relation(con, root: str | os.PathLike, table: str, hive: bool = True
         partitioning=ds.partitioning(parts, flavor="hive") if keys else None,
         partition_base_dir=inner,
     )
-    name = f"_{table.replace('/', '_')}_files"
     con.register(name, dataset)
     return name
 
@@ -198,11 +195,11 @@ def latest_sql(source: str, keys: Sequence[str], order: str = "created_at") -> s
     )
 
 
-def has_rows(root: str | os.PathLike, table: str = "rows") -> bool:
-    return bool(storage.listdir(ResultsRoot(root).table(table), "*.parquet", recursive=True))
+def has_rows(root: ResultsRoot, table: str = "rows") -> bool:
+    return bool(storage.listdir(root.table(table), "*.parquet", recursive=True))
 
 
-def connect(root: str | os.PathLike):
+def connect(root: ResultsRoot):
     """A DuckDB connection with views `rows` (every run), `results` (latest run per job and
     split), `epochs` (every run's per-epoch metrics) and `status` (each job's newest state,
     results/status.py)."""
@@ -221,7 +218,8 @@ def _view(con, root, table: str, schema: pa.Schema, name: str, partitions=()) ->
     """View `name` over R/<table>/**/*.parquet, or an empty one with the schema and the
     partition columns, so that queries still bind before anything was written."""
     if has_rows(root, table):
-        con.sql(f"CREATE VIEW {name} AS SELECT * FROM {parquet_relation(con, root, table)}")
+        source = parquet_relation(con, root.table(table), root.table_glob(table), f"_{table}_files")
+        con.sql(f"CREATE VIEW {name} AS SELECT * FROM {source}")
     else:
         cols = [f"NULL::{_duck(f.type)} AS {f.name}" for f in schema]
         cols += [f"NULL::VARCHAR AS {p}" for p in partitions]
@@ -238,10 +236,10 @@ def _duck(t: pa.DataType) -> str:
     return "TIMESTAMP"
 
 
-def query(root: str | os.PathLike, sql: str, params: Mapping[str, Any] | None = None) -> pa.Table:
+def query(root: ResultsRoot, sql: str, params: Mapping[str, Any] | None = None) -> pa.Table:
     """Run SQL over the views of `connect`; values go in as `$name` parameters, never as text."""
     return connect(root).sql(sql, params=dict(params) if params else None).to_arrow_table()
 
 
-def latest_rows(root: str | os.PathLike) -> pa.Table:
+def latest_rows(root: ResultsRoot) -> pa.Table:
     return query(root, "SELECT * FROM results")

@@ -1,7 +1,7 @@
 """A sweep's records and tables: the objective, per-trial Parquet records, the summary table,
 the objective plot and the best configuration.
 
-Where things land (results root R, sweep name S):
+Where things land (results root R, sweep name S; results/root.py `SweepFiles`):
     R/sweeps/S/trials/<trial>-<run_id>.parquet   one row per (trial, job): status, objective, the
                                                  trial's parameters as columns, val and test metrics
     R/sweeps/S/summary.md, objective.png, best.txt, sweep.json
@@ -24,7 +24,7 @@ from dplbench.plan.sweeps import Sweep, Trial, best_overrides
 from dplbench.results import store
 from dplbench.results.aggregate import harmonic_mean
 from dplbench.results.markdown import fmt, md_table
-from dplbench.results.root import ResultsRoot
+from dplbench.results.root import ResultsRoot, SweepFiles
 
 TERMINAL_KEEP = ("done", "stopped")  # statuses --resume keeps; failed trials run again
 
@@ -55,19 +55,61 @@ def trial_test_metrics(rows: Sequence[dict[str, Any]]) -> dict[str, float | None
     return {"test_base": base, "test_novel": novel, "test_hm": hm, "test_accuracy": everything}
 
 
-# ---- records ------------------------------------------------------------------------------
+# ---- a trial's result, and its records -----------------------------------------------------
 
 
-def sweep_dir(results_root: str, name: str) -> str:
-    return ResultsRoot(results_root).sweep_dir(name)
+@dataclass(frozen=True)
+class TrialResult:
+    """What a trial is recorded with: epochs every job finished, the validation objective and
+    accuracies, the test metrics (per job, and of the trial: base / novel means over datasets and
+    their HM, or the mean accuracy)."""
+
+    epoch: int
+    objective: float | None
+    val: dict[str, float | None]  # job id -> its last validation accuracy
+    tests: dict[str, dict[str, float | None]] = field(default_factory=dict)  # job id -> metrics
+    test: dict[str, float | None] = field(default_factory=dict)  # trial_test_metrics
+
+
+def trial_result(trial: Trial, root: ResultsRoot, last: Any = None) -> TrialResult:
+    """A trial's result from its jobs' rows and epoch rows: the last epoch's validation
+    accuracies (of the run that trained it, for a job resumed after it), their objective, the
+    test metrics. One function for every path (a setting run as one trial, its jobs in fused
+    groups). `last` (run/events.py TrialProgress, the trial's last report) stands in for jobs
+    with no epoch rows: a trial stopped by ASHA is killed before its jobs write theirs."""
+    ids = {"ids": [j.id for j in trial.jobs]}
+    rows = store.query(
+        root, "SELECT * FROM results WHERE list_contains($ids, job_id)", ids
+    ).to_pylist()
+    last_val = store.query(
+        root,
+        "SELECT job_id, arg_max(val_accuracy, epoch) AS val, max(epoch) + 1 AS epochs "
+        "FROM epochs WHERE list_contains($ids, job_id) AND val_accuracy IS NOT NULL "
+        "GROUP BY job_id",
+        ids,
+    ).to_pylist()
+    recorded = {r["job_id"]: r for r in last_val}
+    reported = dict(last.val) if last is not None else {}
+    vals = {j.id: recorded[j.id]["val"] if j.id in recorded else reported.get(j.id)
+            for j in trial.jobs}  # fmt: skip
+    fallback = last.epoch if last is not None else 0
+    epoch = min(recorded[j.id]["epochs"] if j.id in recorded else fallback for j in trial.jobs)
+    mine = {j.id: [r for r in rows if r["job_id"] == j.id] for j in trial.jobs}
+    return TrialResult(
+        epoch=epoch,
+        objective=objective(vals, trial.jobs),
+        val=vals,
+        tests={jid: trial_test_metrics(rs) for jid, rs in mine.items()},
+        test=trial_test_metrics(rows),
+    )
 
 
 def trial_rows(
-    sweep: str, run_id: str, trial: Trial, status: str, last: dict, error: str | None
+    sweep: str, run_id: str, trial: Trial, status: str, result: TrialResult, error: str | None
 ) -> list[dict[str, Any]]:
     """One row per (trial, job); the trial's parameters become columns."""
     now = datetime.now(timezone.utc)
-    trial_test = {k: last.get(k) for k in ("test_base", "test_novel", "test_hm", "test_accuracy")}
+    trial_test = {k: result.test.get(k) for k in SUMMARY_METRICS}
     rows = []
     for j in trial.jobs:
         rows.append(
@@ -77,8 +119,8 @@ def trial_rows(
                 "run_id": run_id,
                 "status": status,
                 "error": error,
-                "objective": last.get("objective"),
-                "epochs_done": int(last.get("epoch", 0) or 0),
+                "objective": result.objective,
+                "epochs_done": int(result.epoch or 0),
                 "epochs": j.epochs,
                 **trial.setting,
                 **trial_test,
@@ -86,38 +128,37 @@ def trial_rows(
                 "method": j.method,
                 "dataset": j.train.dataset,
                 "seed": j.seed,
-                "job_val_accuracy": (last.get("val") or {}).get(j.id),
-                **{f"job_{k}": v for k, v in ((last.get("tests") or {}).get(j.id) or {}).items()},
+                "job_val_accuracy": result.val.get(j.id),
+                **{f"job_{k}": v for k, v in (result.tests.get(j.id) or {}).items()},
                 "created_at": now,
             }
         )
     return rows
 
 
-def write_trial(results_root: str, sweep: str, run_id: str, rows: list[dict[str, Any]]) -> str:
-    name = f"{rows[0]['trial']}-{run_id}.parquet"
-    path = storage.join(sweep_dir(results_root, sweep), "trials", name)
+def write_trial(root: ResultsRoot, sweep: str, run_id: str, rows: list[dict[str, Any]]) -> str:
+    path = root.sweep_files(sweep).trial_record(rows[0]["trial"], run_id)
     return store.write_parquet(pa.Table.from_pylist(rows), path)
 
 
-def read_trials(results_root: str, sweep: str) -> list[dict[str, Any]]:
+def read_trials(root: ResultsRoot, sweep: str) -> list[dict[str, Any]]:
     """The latest record of each (trial, job) of a sweep."""
     import duckdb
 
-    folder = sweep_dir(results_root, sweep)
-    if not storage.listdir(storage.join(folder, "trials"), "*.parquet"):
+    folder = root.sweep_files(sweep).trials
+    files = storage.listdir(folder, "*.parquet")
+    if not files:
         return []
     con = duckdb.connect()
-    source = store.parquet_relation(con, folder, "trials", hive=False)
+    glob = root.sweep_files(sweep).trials_glob
+    source = store.parquet_relation(con, folder, glob, "_trials", hive=False)
     sql = store.latest_sql(source, ("trial", "job_id")) + " ORDER BY trial, job_id"
     return con.sql(sql).to_arrow_table().to_pylist()
 
 
-def pending_trials(sweep: Sweep, results_root: str) -> list[Trial]:
-    """--resume: the trials not recorded done or stopped (failed and unfinished ones run again)."""
-    records = read_trials(results_root, sweep.name)
-    keep = {r["trial"] for r in records if r["status"] in TERMINAL_KEEP}
-    return [t for t in sweep.trials if t.key not in keep]
+def kept_trials(root: ResultsRoot, sweep: str) -> set[str]:
+    """--resume: the trials recorded done or stopped (failed and unfinished ones run again)."""
+    return {r["trial"] for r in read_trials(root, sweep) if r["status"] in TERMINAL_KEEP}
 
 
 def describe(sweep: Sweep) -> dict[str, Any]:
@@ -210,24 +251,20 @@ def summary_markdown(result: SweepResult) -> str:
     return "\n\n".join(lines) + "\n"
 
 
-def write_outputs(result: SweepResult, out: str) -> dict[str, str]:
+def write_outputs(result: SweepResult, out: SweepFiles) -> dict[str, str]:
     """summary.md, objective.png and best.txt, each written atomically."""
     from dplbench.results.plots import objective_plot
 
-    files = {"trials": storage.join(out, "trials")}
-    files["summary"] = storage.write(storage.join(out, "summary.md"), summary_markdown(result))
+    files = {"trials": out.trials}
+    files["summary"] = storage.write(out.summary, summary_markdown(result))
     if result.records:
         fig = objective_plot(result.trials(), result.sweep.params, result.sweep.name)
-        files["plot"] = storage.write(
-            storage.join(out, "objective.png"), partial(fig.savefig, format="png", dpi=110)
-        )
+        files["plot"] = storage.write(out.plot, partial(fig.savefig, format="png", dpi=110))
     setting = result.best_setting()
     if setting:
-        best = " ".join(best_overrides(setting)) + "\n"
-        files["best"] = storage.write(storage.join(out, "best.txt"), best)
+        files["best"] = storage.write(out.best, " ".join(best_overrides(setting)) + "\n")
     return files
 
 
-def write_description(sweep: Sweep, out: str) -> str:
-    text = json.dumps(describe(sweep), indent=1, default=str)
-    return storage.write(storage.join(out, "sweep.json"), text)
+def write_description(sweep: Sweep, out: SweepFiles) -> str:
+    return storage.write(out.description, json.dumps(describe(sweep), indent=1, default=str))

@@ -42,10 +42,10 @@ def count_correct(
         view,
         settings.eval_batch_size,
         ViewConfig(image_size(model), "test"),
-        settings.loader_workers,
+        settings.how.loader_workers,
         ctx.rank,
         ctx.world_size,
-        on_error=settings.on_data_error,
+        on_error=settings.policy.on_data_error,
     )
     correct = total = 0
     with torch.no_grad(), autocast(ctx.device, settings.bf16):

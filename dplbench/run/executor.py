@@ -1,34 +1,35 @@
-"""`execute(plan, request)`: the library's front door. It runs a suite, a sweep or an ablation with
-every check the command line gets, so a notebook needs three lines:
+"""`execute(plan, request)`: the library's front door. It runs a plan (a suite, a sweep or an
+ablation: plan/plan.py) with every check the command line gets, so a notebook needs three lines:
 
-    from dplbench.plan.suites import load_suite
-    from dplbench.request import LaunchRequest
-    from dplbench.run import execute
-
-    result = execute(load_suite("smoke"), LaunchRequest())
+    import dplbench
+    request = dplbench.LaunchRequest.of(suite="smoke")
+    result = dplbench.execute(dplbench.plan_of(request), request)
+    result.summary_rows()  # per method and dataset: base, novel, HM (or accuracy)
 
 In order: plug-in methods are loaded; the pre-run checks (run/preflight.py: LLM caches,
-`--jobs-per-gpu auto`, the estimate on a dry run); on a dry run it stops there. Otherwise the data
-is checked and prepared (run/prepare.py), and the plan runs: a suite or an ablation's variants
-through run/suite.py, a sweep through run/sweep.py, both on the one Ray launcher. Trial events
-reach `on_event(key, state, info)` (the CLI's live table) and the experiment tracker; before
-anything runs, one `(plan name, "checked", {"checks": Preflight})` event says how it was planned.
+`--jobs-per-gpu auto`, `--fuse`, the plan's units, the estimate on a dry run); on a dry run it
+stops there. Otherwise the plan's units run (run/driver.py; a sweep's: run/sweep.py), then its
+finishing step (run/finish.py: a sweep's summary, an ablation's table). Events reach `on_event`
+(the CLI's live table) and the experiment tracker; before anything runs, one `PlanChecked` says
+how it was planned.
 """
 
 from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dpl.methods import load_plugins, plugin_modules
-from dplbench.plan.ablations import AblationPlan
-from dplbench.plan.suites import Suite
-from dplbench.plan.sweeps import Sweep
+from dplbench.plan.plan import Plan
 from dplbench.request import LaunchRequest
+from dplbench.run.events import PlanChecked, Sink, fan
 from dplbench.run.preflight import Preflight, preflight
 
-Plan = Suite | Sweep | AblationPlan
+if TYPE_CHECKING:  # the run's modules load only when a plan runs (a dry run stays light)
+    from dplbench.results.sweeps import SweepResult
+    from dplbench.run.driver import RunSummary
+    from dplbench.run.finish import AblationTable
 
 
 @dataclass
@@ -36,65 +37,57 @@ class Execution:
     plan: Plan
     request: LaunchRequest
     checks: Preflight
-    summary: Any = None  # run/suite.py RunSummary (a suite, an ablation's variants)
-    sweep: Any = None  # results/sweeps.py SweepResult
-    table: Any = None  # an ablation's table: (markdown text, path)
+    summary: RunSummary | None = None  # one outcome per unit that ran
+    finished: SweepResult | AblationTable | None = None  # the finishing step's (run/finish.py)
+    stopped_local_cluster: bool = False  # it started a local Ray and stopped it
 
     @property
     def failed(self) -> bool:
-        if self.summary is not None and self.summary.failed:
-            return True
-        return self.sweep is not None and any(r["status"] == "failed" for r in self.sweep.trials())
+        return self.summary is not None and bool(self.summary.failed)
+
+    def summary_rows(self) -> list[dict[str, Any]]:
+        """Per method and dataset, the mean over seeds of what ran: base, novel and HM for
+        base-to-novel jobs, else the accuracy (results/summary.py)."""
+        from dplbench.results.summary import summary_rows
+
+        ids = [o.job.id for o in self.summary.outcomes] if self.summary else []
+        return summary_rows(self.request.root, ids)
 
 
-def _events(plan: Plan, request: LaunchRequest, on_event: Any) -> tuple[Any, Any]:
-    """The sink trial events go to: the caller's, and the tracker's when one is asked for."""
+def _tracker(plan: Plan, request: LaunchRequest) -> Any:
+    """The experiment tracker's sink, when one is asked for (run/tracking.py)."""
     if request.policy.track is None:
-        return on_event, None
+        return None
     from dplbench.run.tracking import Tracker
 
-    tracker = Tracker(request.policy.track, request.results, plan.name, request.policy.track_uri)
-    if isinstance(plan, Sweep):
-        items, feed = {t.key: t for t in plan.trials}, tracker.trial_event
-    else:
-        items, feed = {j.id: j for j in plan.jobs}, tracker.job_event
-
-    def sink(key: str, state: str, info: dict) -> None:
-        if on_event is not None:
-            on_event(key, state, info)
-        if key in items:
-            feed(items[key], state, info)
-
-    return sink, tracker
+    return Tracker(request.policy.track, request.root, plan, request.policy.track_uri)
 
 
-def execute(plan: Plan, request: LaunchRequest | None = None, on_event: Any = None) -> Execution:
+def execute(
+    plan: Plan, request: LaunchRequest | None = None, on_event: Sink | None = None
+) -> Execution:
     """Check, prepare and run `plan` as `request` says; see the module docstring."""
     request = request or LaunchRequest()
     load_plugins(plugin_modules(request.what.plugins))
-    checks = preflight(plan.jobs, request, plan.scheduler if isinstance(plan, Sweep) else None)
+    checks = preflight(plan, request)
     result = Execution(plan, request, checks)
     if request.output.dry_run:
         return result
     if on_event is not None:
-        on_event(plan.name, "checked", {"checks": checks})
+        on_event(PlanChecked(plan.name, checks))
+    from dplbench.run.driver import run_plan
+    from dplbench.run.finish import FINISH
     from dplbench.run.settings import ExecOptions, RunSettings
 
-    opts = ExecOptions.of(request, checks.jobs_per_gpu, checks.fuse)
-    sink, tracker = _events(plan, request, on_event)
-    suite = plan.suite if isinstance(plan, AblationPlan) else plan
-    settings = RunSettings.of(request, plan.suite if isinstance(plan, Sweep) else suite.name)
-    with _ray(plan, opts, settings):
-        if isinstance(plan, Sweep):
-            from dplbench.run.sweep import run_sweep
-
-            result.sweep = run_sweep(plan, settings, opts, sink)
-        else:
-            from dplbench.run.suite import run_suite
-
-            result.summary = run_suite(suite, settings, opts, sink)
-    if isinstance(plan, AblationPlan):
-        result.table = ablation_table(plan, request.results)
+    opts = ExecOptions.of(request, jobs_per_gpu=checks.jobs_per_gpu, fuse=checks.fuse)
+    settings = RunSettings.of(request, plan.suite)
+    tracker = _tracker(plan, request)
+    with _ray(plan, opts, settings) as ray:
+        result.summary = run_plan(plan, settings, opts, fan(on_event, tracker))
+    result.stopped_local_cluster = ray is not None and ray.stopped_local_cluster
+    finish = FINISH.get(plan.kind)
+    if finish is not None:
+        result.finished = finish(plan, settings.root, result.summary.skipped)
     if tracker is not None:
         result.checks.notes.append(f"tracked in {tracker.kind}: {tracker.where}")
     return result
@@ -105,18 +98,8 @@ def _ray(plan: Plan, opts: Any, settings: Any) -> Any:
     local cluster started for a run of single-worker jobs (plain trials) needs no dashboard."""
     if not opts.use_ray:
         return contextlib.nullcontext()
-    from dplbench.results.root import ResultsRoot
     from dplbench.run import launcher
 
-    plain = not isinstance(plan, Sweep) and all(j.workers == 1 for j in plan.jobs)
-    log = ResultsRoot(settings.results).ray_log(settings.run_id)
+    plain = plan.sweep is None and all(j.workers == 1 for j in plan.jobs)
+    log = settings.root.ray_log(settings.run_id)
     return launcher.session(opts, log, dashboard=not (plain and opts.plain_trials))
-
-
-def ablation_table(plan: AblationPlan, results: str) -> tuple[str, str]:
-    """The ablation's table from the rows under `results` (Markdown, and where it was written)."""
-    from dplbench.results import ablations as tables
-
-    ab, name = plan.ablation, plan.suite.name
-    text = tables.ablation_markdown(ab, tables.ablation_table(ab, results, name), name)
-    return text, tables.write_markdown(text, results, f"{ab.name}-{name}")

@@ -14,7 +14,6 @@ from datetime import datetime, timezone
 
 from dplbench import storage
 from dplbench.errors import UserError
-from dplbench.results.root import ResultsRoot
 
 
 class JobFailed(RuntimeError):
@@ -28,8 +27,11 @@ class JobFailed(RuntimeError):
         return (JobFailed, (self.line, self.log))
 
 
-def log_path(results_root: str, job_id: str, run_id: str, rank: int = 0) -> str:
-    return ResultsRoot(results_root).log(job_id, run_id, rank)
+def log_line(error: str | None) -> str | None:
+    """The log path a failure line ends with: "... (log: PATH)"."""
+    if not error or "(log: " not in error:
+        return None
+    return error.rsplit("(log: ", 1)[1].rstrip(")")
 
 
 def root_cause(exc: BaseException) -> BaseException:

@@ -50,7 +50,8 @@ def run_group(
     ctx_of = dict(zip((j.id for j in jobs), contexts))
     # Data and augmentation do not depend on the loader workers (data/epochs.py): the group
     # shares this worker's loader processes among its members.
-    shared = replace(settings, loader_workers=settings.loader_workers // len(jobs))
+    how = settings.how
+    shared = replace(settings, how=replace(how, loader_workers=how.loader_workers // len(jobs)))
     live: list[tuple[Job, Training]] = []
     for job in jobs:
         try:

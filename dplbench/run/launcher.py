@@ -3,11 +3,10 @@ in the trial's process or one Ray Train run per job, is run/trials.py). The driv
 neither torch nor the model library: only the trial processes build models.
 
 `dplbench run`, `tune` and `ablate` all go through `launch` (one Tuner: trial resources,
-concurrency, failure handling, events to the driver, placement-group cleanup). Each trial gets one
-typed, frozen `TrialSpec` (its jobs, their checkpoint runs, the run settings, the resources). Two
-kinds of trial run on it (run/trials.py): `job_trial` (one job, `dplbench run` / `ablate`) and
-`sweep_trial` (one sweep setting: its jobs at once, the validation objective reported every
-epoch for ASHA).
+concurrency, failure handling, events to the driver, placement-group cleanup). Each trial is one
+unit of the plan (plan/units.py: a job, a fused group, a sweep setting) with one typed, frozen
+`TrialSpec` (the unit, its jobs' checkpoint runs, the run settings, the resources); what runs in
+it is run/trials.py, its reports cross back as typed events through run/tune_io.py.
 
 A job runs in its trial's own process (a plain trial: single-worker jobs) or as one Ray Train
 `TorchTrainer` (DDP workers, worker restarts). Both keep their checkpoints in the results root
@@ -27,7 +26,7 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,9 +36,9 @@ import ray.tune as tune
 from dplbench import storage
 from dplbench.errors import ConfigError
 from dplbench.plan.jobs import Job
-from dplbench.results.root import ResultsRoot
-from dplbench.run import placement_groups
-from dplbench.run.failures import one_line
+from dplbench.plan.units import Unit
+from dplbench.run import placement_groups, tune_io
+from dplbench.run.events import Sink
 from dplbench.run.settings import ExecOptions, RunSettings
 
 log = logging.getLogger(__name__)
@@ -63,85 +62,25 @@ class WorkerResources:
 
 @dataclass(frozen=True)
 class TrialSpec:
-    """One Tune trial's work, typed: its jobs, the checkpoint run each job writes to, how they
-    run. Travels to the trial's process as its config (`config["spec"]`)."""
+    """One Tune trial's work, typed: its unit (plan/units.py), the checkpoint run each job writes
+    to, how they run. Travels to the trial's process as its config (`config["spec"]`)."""
 
-    key: str
-    jobs: tuple[Job, ...]
-    run_names: tuple[str, ...]  # per job, in order: its CheckpointStore run
+    unit: Unit
+    run_names: tuple[str, ...]  # per job of the unit, in order: its CheckpointStore run
     settings: RunSettings
     resources: WorkerResources
     plain: bool  # single-worker jobs in the trial's own process (no TorchTrainer)
     pg_dir: str  # where its Train runs announce their placement groups
 
+    @property
+    def key(self) -> str:
+        return self.unit.key
+
     def run_name(self, job: Job) -> str:
-        return self.run_names[self.jobs.index(job)]
+        return self.run_names[self.unit.jobs.index(job)]
 
 
 # ---- the driver ----------------------------------------------------------------------------
-
-
-@dataclass
-class TrialEnd:
-    key: str
-    status: str  # done | stopped | failed
-    error: str | None = None
-    members: dict[str, dict] | None = None  # a fused group's: job id -> its own last report
-
-
-# (trial key, state, info): state running | result | done | stopped | failed; info carries the
-# Tune result ("result") or {"last": last result, "error": one line} when a trial ends.
-TrialEvent = Callable[[str, str, dict[str, Any]], None]
-
-
-class _TrialEvents(tune.Callback):
-    """Tune's trial callbacks -> the driver's event sink. Tune may pickle its callbacks with the
-    experiment state; the sink (live tables, record writers) stays with the driver's own copy."""
-
-    def __init__(self, sink: TrialEvent | None) -> None:
-        self.sink = sink
-
-    def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "sink": None}
-
-    def _emit(self, trial, state: str, info: dict) -> None:
-        spec: TrialSpec = trial.config["spec"]
-        if state in ("done", "stopped", "failed"):
-            if state != "done":  # its Train placement groups may outlive it
-                placement_groups.release(spec.pg_dir)
-            for f in storage.listdir(spec.pg_dir):
-                storage.remove(f)
-        if self.sink is not None:
-            self.sink(spec.key, state, info)
-
-    def on_trial_start(self, iteration, trials, trial, **info):
-        self._emit(trial, "running", {})
-
-    def on_trial_result(self, iteration, trials, trial, result, **info):
-        self._emit(trial, "result", result)
-
-    def on_trial_complete(self, iteration, trials, trial, **info):
-        # TERMINATED without the trial's final report: the scheduler stopped it.
-        last = trial.last_result or {}
-        if last.get("failed"):  # the trial reported its job's failure and ended
-            self._emit(trial, "failed", {"last": last, "error": last["failed"]})
-            return
-        self._emit(trial, "done" if last.get("trial_done") else "stopped", {"last": last})
-
-    def on_trial_error(self, iteration, trials, trial, **info):
-        self._emit(trial, "failed", {"last": trial.last_result or {}, "error": _error_line(trial)})
-
-
-def _error_line(trial: Any) -> str:
-    """The one line of a failed trial, from Tune's error file (our JobFailed line when there)."""
-    try:
-        lines = Path(trial.error_file).read_text().strip().splitlines()
-    except (OSError, TypeError):
-        return "error"
-    ours = [ln.split("JobFailed: ", 1)[1] for ln in lines if "JobFailed: " in ln]
-    return (ours[-1] if ours else next((ln for ln in reversed(lines) if ln.strip()), "error"))[
-        :1000
-    ]
 
 
 def init_ray(opts: ExecOptions, dashboard: bool = True) -> None:
@@ -169,24 +108,30 @@ def init_ray(opts: ExecOptions, dashboard: bool = True) -> None:
         ray.init(num_cpus=opts.cpus, num_gpus=opts.gpus, include_dashboard=dashboard, **kw)
 
 
+@dataclass
+class RaySession:
+    """The Ray of one `run.execute`: whether it started a local cluster, and stopped it (then the
+    command line may end its process without Ray's slow teardown)."""
+
+    started: bool = False
+    stopped_local_cluster: bool = False
+
+
 @contextlib.contextmanager
-def session(opts: ExecOptions, log: Path, dashboard: bool = True) -> Iterator[None]:
+def session(opts: ExecOptions, log: Path, dashboard: bool = True) -> Iterator[RaySession]:
     """Ray for one `run.execute`: Ray's own messages go to `log` from the start (its token-
     authentication warning included); a local cluster started here stops when the block ends,
     every process at once."""
     import ray
 
     ray_log_to_file(log)
-    started = not ray.is_initialized()
+    state = RaySession(started=not ray.is_initialized())
     init_ray(opts, dashboard)
     try:
-        yield
+        yield state
     finally:
-        if started:
-            shutdown()
-
-
-_STOPPED = []  # local clusters this process started and stopped (the CLI exits quickly after)
+        if state.started:
+            state.stopped_local_cluster = shutdown()
 
 
 def _stop_all(pids: list[int]) -> None:
@@ -210,20 +155,17 @@ def _stop_all(pids: list[int]) -> None:
     psutil.wait_procs(alive, timeout=2.0)
 
 
-def stopped_local_cluster() -> bool:
-    return bool(_STOPPED)
-
-
-def shutdown() -> None:
+def shutdown() -> bool:
     """`ray.shutdown()` of a local cluster, its processes stopped all at once: Ray stops them one
-    after another, allowing each a second (seconds of a short local run's wall time)."""
+    after another, allowing each a second (seconds of a short local run's wall time). Returns
+    whether it stopped a local cluster of this process's own."""
     import ray
     from ray._private import worker
 
     node = getattr(worker, "_global_node", None)
     if node is None or not hasattr(node, "all_processes"):  # not ours, or Ray changed
         ray.shutdown()
-        return
+        return False
     worker._global_node = None  # ray.shutdown() below disconnects; the processes are ours
     try:
         ray.shutdown()
@@ -232,7 +174,7 @@ def shutdown() -> None:
             node.destroy_external_storage()
         _stop_all([i.process.pid for infos in node.all_processes.values() for i in infos])
         node.all_processes.clear()
-        _STOPPED.append(node)
+    return True
 
 
 def ray_log_to_file(path: Path) -> None:
@@ -281,64 +223,78 @@ def concurrency(workers_per_trial: int, opts: ExecOptions) -> int:
 
 
 def trial_specs(
-    trials: dict[str, list[Job]],
-    settings: RunSettings,
-    opts: ExecOptions,
-    plain: bool,
-    sweep: str | None = None,
+    units: Sequence[Unit], settings: RunSettings, opts: ExecOptions, plain: bool, sweep: str | None
 ) -> list[TrialSpec]:
     """The typed trials of a launch: each job's checkpoint run (fresh, or the one --resume
     continues), the worker resources, where placement groups are announced."""
-    root = ResultsRoot(settings.results)
+    root = settings.root
     resources = WorkerResources(
         gpus=opts.gpus,
         gpu_share=1.0 / opts.jobs_per_gpu,
         cpus_per_worker=opts.cpus_per_worker,
         max_failures=opts.max_failures,
-        train_storage=storage.join(root.ray_storage(sweep), "jobs"),
+        train_storage=root.train_storage(sweep),
     )
     return [
         TrialSpec(
-            key=key,
-            jobs=tuple(jobs),
-            run_names=tuple(root.resume_run(j.id, settings.run_id, opts.resume) for j in jobs),
+            unit=u,
+            run_names=tuple(root.resume_run(j.id, settings.run_id, opts.resume) for j in u.jobs),
             settings=settings,
             resources=resources,
             plain=plain,
-            pg_dir=root.placement_groups(settings.run_id, key, sweep),
+            pg_dir=root.placement_groups(settings.run_id, u.key, sweep),
         )
-        for key, jobs in trials.items()
+        for u in units
     ]
 
 
 def launch(
-    trainable: Callable[[dict[str, Any]], None],
-    trials: dict[str, list[Job]],
+    units: Sequence[Unit],
     settings: RunSettings,
     opts: ExecOptions,
-    on_event: TrialEvent | None = None,
+    sink: Sink,
     scheduler: Any = None,
-    plain: bool = False,
     sweep: str | None = None,
-) -> list[TrialEnd]:
-    """Run `trials` (key -> its jobs) as Tune trials of `trainable` on Ray; returns how each
-    ended. The Tune experiment lives under `ResultsRoot.ray_storage(sweep)`.
+    trainable: Any = None,
+) -> None:
+    """Run `units` as Tune trials (run/trials.py `unit_trial`) on Ray. Every job of every unit
+    ends in exactly one `JobEnded` to `sink` (run/tune_io.py). The Tune experiment lives under
+    `ResultsRoot.ray_storage(sweep)`.
 
-    plain: every trial is one single-worker job that the trial runs itself (no TorchTrainer, the
-    trial holds the job's CPU and GPU share); Tune restarts a trial that died, and reuses trial
-    actors, so imports and cached frozen models survive from one job to the next."""
+    Plain trials (every unit of single-worker jobs that its trial runs itself: no TorchTrainer,
+    the trial holds the job's CPU and GPU share) are restarted by Tune when their process dies,
+    and reuse trial actors, so imports and cached frozen models survive from one job to the
+    next. `trainable` replaces run/trials.py `unit_trial` (tests probe the launcher with one)."""
+    from dplbench.run.trials import unit_trial
+
+    if not units:
+        return
     init_ray(opts)
-    specs = trial_specs(trials, settings, opts, plain, sweep)
-    # A plain trial is one process, a fused group's too; a sweep trial's jobs each have theirs.
-    workers = 1 if plain else max(sum(j.workers for j in s.jobs) for s in specs)
+    # A trial reports several kinds of event (run/tune_io.py); only a sweep setting's progress
+    # carries ASHA's metric, and ASHA passes over results without it: Tune must not refuse them.
+    os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
+    plain = opts.plain_trials and all(u.kind != "setting" for u in units)
+    plain = plain and all(j.workers == 1 for u in units for j in u.jobs)
+    specs = trial_specs(units, settings, opts, plain, sweep)
+    # A plain trial is one process, a fused group's too; a setting's jobs each have theirs.
+    workers = 1 if plain else max(sum(j.workers for j in u.jobs) for u in units)
     resources = TRIAL_RESOURCES
     if plain:
         resources = {"CPU": opts.cpus_per_worker}
         if opts.gpus > 0:
             resources["GPU"] = 1.0 / opts.jobs_per_gpu
-    experiment = ResultsRoot(settings.results).ray_storage(sweep)
+    pg_dirs = {s.key: s.pg_dir for s in specs}
+
+    def trial_ended(key: str, completed: bool) -> None:
+        if not completed:  # its Train placement groups may outlive it
+            placement_groups.release(pg_dirs[key])
+        for f in storage.listdir(pg_dirs[key]):
+            storage.remove(f)
+
+    callback = tune_io.TrialCallback({u.key: tuple(j.id for j in u.jobs) for u in units},
+                                     sink, trial_ended)  # fmt: skip
     tuner = tune.Tuner(
-        tune.with_resources(trainable, resources),
+        tune.with_resources(trainable or unit_trial, resources),
         param_space={"spec": tune.grid_search(specs)},
         tune_config=tune.TuneConfig(
             scheduler=scheduler,
@@ -347,8 +303,8 @@ def launch(
         ),
         run_config=tune.RunConfig(
             name=f"{settings.suite}-{settings.run_id}-{int(time.time())}",
-            storage_path=str(experiment),
-            callbacks=[_TrialEvents(on_event)],
+            storage_path=settings.root.ray_storage(sweep),
+            callbacks=[callback],
             # A failing trial is recorded and the others go on. Plain trials are restarted when
             # their process dies (TorchTrainers restart their own workers).
             failure_config=tune.FailureConfig(
@@ -357,21 +313,10 @@ def launch(
             verbose=0,
         ),
     )
-    ray_log_to_file(ResultsRoot(settings.results).ray_log(settings.run_id))
+    ray_log_to_file(settings.root.ray_log(settings.run_id))
     before = placement_groups.snapshot()
     try:
-        grid = tuner.fit()
+        tuner.fit()
     finally:
         placement_groups.remove_leaked(before)
-    ends = {}
-    for r in grid:
-        key = r.config["spec"].key
-        last = r.metrics or {}
-        if r.error is not None:
-            ends[key] = TrialEnd(key, "failed", one_line(r.error))
-        elif last.get("failed"):  # the trial reported its job's failure and ended
-            ends[key] = TrialEnd(key, "failed", last["failed"])
-        else:
-            status = "done" if last.get("trial_done") else "stopped"
-            ends[key] = TrialEnd(key, status, members=last.get("members"))
-    return [ends.get(k, TrialEnd(k, "failed", "never ran")) for k in trials]
+    callback.never_ran(pg_dirs)

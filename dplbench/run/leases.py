@@ -51,9 +51,9 @@ def _alive(pid: int) -> bool:
 class Leases:
     """The leases one driver holds, renewed by a background thread until `release`d."""
 
-    def __init__(self, root: str, run_id: str, timeout: float = DEFAULT_TIMEOUT) -> None:
-        self.root = ResultsRoot(root)
-        self.local = not storage.is_uri(root)
+    def __init__(self, root: ResultsRoot, run_id: str, timeout: float = DEFAULT_TIMEOUT) -> None:
+        self.root = root
+        self.local = not root.is_uri
         self.host, self.pid = socket.gethostname(), os.getpid()
         self.owner = f"{self.host}:{self.pid}:{run_id}"
         self.timeout = timeout
@@ -144,3 +144,13 @@ class Leases:
                         storage.write(path, storage.read_bytes(path))
                 except (FileNotFoundError, OSError):
                     pass
+
+
+def held_elsewhere(
+    root: ResultsRoot, job_ids: list[str], timeout: float = DEFAULT_TIMEOUT
+) -> dict[str, Holder]:
+    """The jobs whose live lease another driver holds now, read without taking any (a dry run;
+    a run takes them with `Leases.acquire`)."""
+    reader = Leases(root, "dry-run", timeout)
+    found = {job_id: reader.holder(job_id) for job_id in job_ids}
+    return {job_id: h for job_id, h in found.items() if h is not None}

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 
 from dplbench import storage
+from dplbench.results.root import ResultsRoot
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +29,7 @@ def announce(pg_dir: str, job_id: str) -> None:
 
     pg = ray.util.get_current_placement_group()
     if pg is not None:
-        storage.write(storage.join(pg_dir, f"{job_id}-{pg.id.hex()}"), b"")
+        storage.write(ResultsRoot.placement_group(pg_dir, job_id, pg.id.hex()), b"")
 
 
 def release(pg_dir: str) -> int:

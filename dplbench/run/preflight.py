@@ -1,7 +1,9 @@
 """The checks before anything runs, for the command line and a notebook alike (`run.execute`):
-the LLM caches the jobs need, how many jobs share a GPU (`--jobs-per-gpu auto`), and what the
-plan will cost (plan/cost.py). Reads files only: a dry run imports neither torch nor Ray. The data
-itself is checked and prepared by run/prepare.py once the run is sure to start.
+the LLM caches the jobs need, how many jobs share a GPU (`--jobs-per-gpu auto`), the fused group
+size (`--fuse`), the plan's units as they will run (plan/units.py, with what --resume skips and
+the leases other drivers hold now), and what the plan will cost (plan/cost.py). Reads files only:
+a dry run imports neither torch nor Ray. The data itself is checked and prepared by
+run/prepare.py once the run is sure to start.
 """
 
 from __future__ import annotations
@@ -13,11 +15,13 @@ from dataclasses import dataclass, field
 
 from dplbench.errors import ConfigError
 from dplbench.plan import cost
-from dplbench.plan.fusion import FusedGroup, fused_groups
 from dplbench.plan.jobs import Job
 from dplbench.plan.llm import missing_caches
+from dplbench.plan.plan import Plan
+from dplbench.plan.units import Units, plan_units
 from dplbench.request import LaunchRequest
-from dplbench.results.root import ResultsRoot
+from dplbench.run.leases import held_elsewhere
+from dplbench.run.resume import skipped_ids
 
 log = logging.getLogger(__name__)
 
@@ -29,8 +33,16 @@ class Preflight:
     fuse: int = 1
     notes: list[str] = field(default_factory=list)  # what a dry run or the console should say
     missing_caches: list[str] = field(default_factory=list)
-    groups: list[FusedGroup] = field(default_factory=list)  # the plan's fused groups
-    solo: dict[str, str] = field(default_factory=dict)  # job id -> why it trains alone
+    units: Units = field(default_factory=Units)  # what runs as one trial (plan/units.py)
+
+    @property
+    def groups(self) -> tuple:
+        return self.units.groups
+
+    @property
+    def solo(self) -> dict[str, str]:
+        """job id -> why it trains alone (with --fuse above 1)."""
+        return dict(self.units.solo)
 
     @property
     def packing(self) -> str:
@@ -96,18 +108,17 @@ def fusion_notes(checked: Preflight) -> list[str]:
     return lines
 
 
-def preflight(
-    jobs: Sequence[Job], request: LaunchRequest, scheduler: str | None = None
-) -> Preflight:
-    """Every check that needs no data and no cluster (`scheduler`: a sweep's). A missing LLM
-    cache is an error unless this is a dry run (then it is listed with the command that makes
-    it)."""
+def preflight(plan: Plan, request: LaunchRequest) -> Preflight:
+    """Every check that needs no data and no cluster. A missing LLM cache is an error unless
+    this is a dry run (then it is listed with the command that makes it)."""
+    jobs = plan.jobs
     checked = Preflight(tuple(jobs))
     checked.missing_caches = missing_caches(jobs, request.llm_caches)
     if checked.missing_caches and not request.output.dry_run:
         raise ConfigError(checked.missing_caches[0])
     checked.notes += checked.missing_caches
-    calib = cost.load_for(request.how.gpus, ResultsRoot(request.results).bench_dir())
+    root = request.root
+    calib = cost.load_for(request.how.gpus, root.bench_dir())
     checked.jobs_per_gpu, why = resolve_jobs_per_gpu(request, jobs, calib)
     if why:
         checked.notes.append(why)
@@ -115,17 +126,18 @@ def preflight(
     checked.fuse, why = resolve_fuse(request, jobs, calib)
     if why:
         checked.notes.append(why)
+    if checked.fuse > 1 and plan.sweep is not None and plan.sweep.scheduler == "asha":
+        checked.fuse = 1
+        checked.notes.append(
+            "ASHA runs the trials unfused: it stops each on its own reports "
+            "(--scheduler fifo fuses them)"
+        )
+    done = skipped_ids(plan, root) if request.policy.resume else set()
+    # A sweep takes no leases; a suite's jobs held by another driver now are left to it.
+    held = {} if plan.sweep is not None else held_elsewhere(root, [j.id for j in jobs])
+    checked.units = plan_units(plan, checked.fuse, done, held)
     if checked.fuse > 1:
-        if scheduler == "asha":
-            checked.fuse = 1
-            checked.notes.append(
-                "ASHA runs the trials unfused: it stops each on its own reports "
-                "(--scheduler fifo fuses them)"
-            )
-        else:
-            units, checked.solo = fused_groups([j for j in jobs if j.source is None], checked.fuse)
-            checked.groups = [u for u in units if isinstance(u, FusedGroup)]
-            checked.notes += fusion_notes(checked)
+        checked.notes += fusion_notes(checked)
     if request.output.dry_run:
         checked.notes.append(estimate_line(request, jobs, calib, checked.jobs_per_gpu))
     return checked

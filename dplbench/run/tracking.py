@@ -2,8 +2,8 @@
 TensorBoard as the run goes (`--track mlflow|tensorboard`). Parquet stays the record; trackers are
 optional extras, imported only when asked for.
 
-The driver feeds them from the same trial events as the live table (in `--no-ray` runs too), so
-one implementation serves every mode; Ray Tune's own logger callbacks would see only Ray runs.
+The driver feeds them the same events as the live table (run/events.py; in `--no-ray` runs too),
+so one implementation serves every mode; Ray Tune's own logger callbacks would see only Ray runs.
 
     mlflow       one MLflow run per job in the experiment named after the suite; the tracking URI
                  is --track-uri, else a file store at R/mlruns
@@ -18,12 +18,14 @@ from pathlib import Path
 from typing import Any
 
 from dplbench.errors import ConfigError
+from dplbench.plan.plan import Plan
 from dplbench.request import TRACKERS
 from dplbench.results.root import ResultsRoot
+from dplbench.run.events import EpochDone, Event, JobEnded, TrialEnded, TrialProgress
 
 log = logging.getLogger(__name__)
 # Metrics of an epoch report worth a chart (the rest are bookkeeping).
-_SKIP = {"epoch", "attempt", "samples", "trial_done", "node"}
+_SKIP = {"epoch", "attempt", "samples"}
 
 
 def _scalars(info: dict[str, Any]) -> dict[str, float]:
@@ -35,13 +37,15 @@ def _scalars(info: dict[str, Any]) -> dict[str, float]:
 
 
 class Tracker:
-    """Driver-side: `event(job, state, info)` with the launcher's trial events."""
+    """Driver-side: a sink of the plan's events (run/events.py)."""
 
-    def __init__(self, kind: str, results_root: str, suite: str, uri: str | None) -> None:
+    def __init__(self, kind: str, root: ResultsRoot, plan: Plan, uri: str | None) -> None:
         if kind not in TRACKERS:
             raise ConfigError(f"--track {kind!r}: choose one of {', '.join(TRACKERS)}")
-        self.kind, self.suite = kind, suite
-        root = ResultsRoot(results_root)
+        suite = plan.name
+        self.kind, self.suite, self.root, self.uri = kind, suite, root, uri
+        self.jobs = {j.id: j for j in plan.jobs}
+        self.trials = {t.key: t for t in plan.sweep.trials} if plan.sweep is not None else {}
         if kind == "mlflow":
             try:
                 import mlflow
@@ -71,31 +75,42 @@ class Tracker:
             self.where = uri or str(root.tracking_dir("tensorboard", suite))
         self.runs: dict[str, Any] = {}
 
-    def job_event(self, job: Any, state: str, info: dict[str, Any]) -> None:
-        """A job of `run` / `ablate`."""
+    def __call__(self, event: Event) -> None:
+        try:
+            if self.trials:  # `tune`: one run per trial, its objective per epoch, its tests
+                self._trial(event)
+            else:  # `run` / `ablate`: one run per job, its epochs, its scores
+                self._job(event)
+        except Exception as e:  # a tracker never fails a run: the Parquet record is the truth
+            log.warning("tracker %s: %s: %s", self.kind, type(e).__name__, e)
+
+    def _job(self, event: Event) -> None:
+        job = self.jobs.get(getattr(event, "job_id", None))
+        if job is None:
+            return
         tags = {"job_id": job.id, "method": job.method, "protocol": job.protocol,
                 "dataset": job.train.dataset, "seed": str(job.seed)}  # fmt: skip
         name = f"{job.method}-{job.train.dataset}-s{job.seed}-{job.id[:8]}"
-        self._event(job.id, name, tags, job.epochs, state, info)
+        if isinstance(event, EpochDone):
+            self._log(job.id, name, tags, _scalars(event.metrics), event.epoch)
+        elif isinstance(event, JobEnded):
+            final = {f"accuracy_{k}": float(v) for k, v in event.accuracy.items()}
+            self._log(job.id, name, tags, final, job.epochs)
+            self._close(job.id, event.status)
 
-    def trial_event(self, trial: Any, state: str, info: dict[str, Any]) -> None:
-        """A trial of `tune`: its objective per epoch, its test metrics at the end."""
+    def _trial(self, event: Event) -> None:
+        trial = self.trials.get(getattr(event, "trial", None))
+        if trial is None:
+            return
         tags = {"trial": trial.key, **{k: str(v) for k, v in trial.setting.items()}}
-        epochs = max(j.epochs for j in trial.jobs)
-        self._event(trial.key, f"trial-{trial.key}", tags, epochs, state, info)
-
-    def _event(self, key, name, tags, epochs, state, info) -> None:
-        try:
-            if state == "result" and "epoch" in info:
-                self._log(key, name, tags, _scalars(info), int(info["epoch"]))
-            elif state in ("done", "failed", "stopped"):
-                last = info.get("last") or {}
-                final = {f"accuracy_{k}": float(v) for k, v in (last.get("accuracy") or {}).items()}
-                final.update({k: v for k, v in _scalars(last).items() if k.startswith("test_")})
-                self._log(key, name, tags, final, epochs)
-                self._close(key, state)
-        except Exception as e:  # a tracker never fails a run: the Parquet record is the truth
-            log.warning("tracker %s: %s: %s", self.kind, type(e).__name__, e)
+        name = f"trial-{trial.key}"
+        if isinstance(event, TrialProgress) and event.objective is not None:
+            self._log(trial.key, name, tags, {"objective": event.objective}, event.epoch)
+        elif isinstance(event, TrialEnded):
+            test = event.result.test if event.result is not None else {}
+            final = {k: float(v) for k, v in test.items() if v is not None}
+            self._log(trial.key, name, tags, final, max(j.epochs for j in trial.jobs))
+            self._close(trial.key, event.status)
 
     def _open(self, key: str, name: str, tags: dict[str, str]) -> Any:
         if key not in self.runs:
@@ -103,7 +118,12 @@ class Tracker:
                 run = self.client.create_run(self.experiment, run_name=name, tags=tags)
                 self.runs[key] = run.info.run_id
             else:
-                self.runs[key] = self.writer_cls(str(Path(self.where) / key))
+                folder = (
+                    Path(self.uri) / key
+                    if self.uri
+                    else self.root.tracking_dir("tensorboard", self.suite, key)
+                )
+                self.runs[key] = self.writer_cls(str(folder))
         return self.runs[key]
 
     def _log(self, key, name, tags, metrics: dict[str, float], step: int) -> None:

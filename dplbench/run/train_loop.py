@@ -32,7 +32,6 @@ from dplbench.data.epochs import train_loader
 from dplbench.data.transforms import ViewConfig
 from dplbench.data.view import DatasetView
 from dplbench.plan.jobs import Job
-from dplbench.results.root import ResultsRoot
 from dplbench.run.context import STATE_FILE, WorkerContext
 from dplbench.run.evaluate import autocast, count_correct, evaluate, image_size
 from dplbench.run.settings import RunSettings
@@ -129,7 +128,7 @@ def _fail_if_asked(job: Job, settings: RunSettings, epoch: int) -> None:
     prefix, _, at = spec.partition("@")
     if job.id.startswith(prefix) and epoch == int(at or 0):
         if how == "kill":
-            marker = ResultsRoot(settings.results).marker("killed", f"{job.id}-{settings.run_id}")
+            marker = settings.root.marker("killed", f"{job.id}-{settings.run_id}")
             if not storage.exists(marker):
                 storage.write(marker, b"")
                 os.kill(os.getpid(), signal.SIGKILL)
@@ -141,9 +140,8 @@ def _count_attempt(job: Job, settings: RunSettings) -> int:
     """This start of the job's training in this run: 1, then 2 after a worker restart, ... (a
     marker per start; checkpoints cannot count them: a restart may come before the newest one
     is registered)."""
-    root = ResultsRoot(settings.results)
-    folder = storage.parent(root.marker("attempts", "-"))
-    n = len(storage.listdir(folder, f"{job.id}-{settings.run_id}-*")) + 1
+    root = settings.root
+    n = len(storage.listdir(root.markers("attempts"), f"{job.id}-{settings.run_id}-*")) + 1
     storage.write(root.marker("attempts", f"{job.id}-{settings.run_id}-{n}"), b"")
     return n
 
@@ -167,11 +165,11 @@ class Training:
             self.view,
             cfg.optim.batch_size,
             views,
-            settings.loader_workers,
+            settings.how.loader_workers,
             ctx.rank,
             ctx.world_size,
             seed=job.seed,
-            on_error=settings.on_data_error,
+            on_error=settings.policy.on_data_error,
             last_batch=cfg.optim.last_batch,
         )
         self.val_view = (
@@ -241,7 +239,7 @@ class Training:
             if self.val_view is not None:
                 c, n_val, _ = count_correct(model, self.val_view, settings, ctx)
                 val_accuracy = 100.0 * c / max(n_val, 1)
-            if settings.eval_every_epoch:  # the selection-gap table's data, nothing else
+            if settings.policy.eval_every_epoch:  # the selection-gap table's data, nothing else
                 test = {f"test_{e['target'].subsample}": 100.0 * e["correct"] / max(e["total"], 1)
                         for e in evaluate(model, job, settings, ctx)}  # fmt: skip
             if self.val_view is not None or test:
@@ -295,7 +293,7 @@ def train(
     tr = Training(model, job, settings, ctx, rows)
     if tr.resumed_rng is not None:  # continue the streams, not a fresh seed: exact resumes
         set_global_rng_state(tr.resumed_rng, ctx.device)
-    step_module = _Step(_ddp(_LossModule(model), ctx), settings.compile)
+    step_module = _Step(_ddp(_LossModule(model), ctx), settings.how.compile)
     for epoch in range(tr.start, tr.epochs):
         tr.begin_epoch(epoch)
         for step, batch in tr.batches(epoch):

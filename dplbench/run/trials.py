@@ -1,9 +1,15 @@
-"""What runs inside the Tune trials that run/launcher.py launches: `job_trial` (one job, `dplbench
-run` and `ablate`) and `sweep_trial` (one sweep setting: its jobs at once, the validation objective
-reported every epoch for ASHA). A job runs in the trial's own process (`run_in_trial`, single-worker
-jobs of `run`) or as one Ray Train run (`fit_job`: the project's only `TorchTrainer`, DDP workers
-with a `RayTrainContext`). The driver imports this module for the trial functions alone: torch
-and the model library are imported inside them, in the trial processes."""
+"""What runs inside a Tune trial: one unit of the plan (plan/units.py), by its kind.
+
+    job       one job in the trial's own process (`run_in_trial`: single-worker jobs) or as one
+              Ray Train run (`fit_job`: the project's only `TorchTrainer`, DDP workers)
+    group     a fused group in the trial's own process (run/fused_loop.py)
+    setting   a sweep setting: its jobs at once, one TorchTrainer each, the validation objective
+              reported after every epoch for ASHA
+
+Every report is a typed event through run/tune_io.py; a unit run to its end says so last. The
+driver imports this module for `unit_trial` alone: torch and the model library are imported
+inside the trials' processes.
+"""
 
 from __future__ import annotations
 
@@ -11,11 +17,10 @@ import logging
 import threading
 from typing import Any
 
-import ray.tune as tune
-
 from dplbench.plan.jobs import Job
-from dplbench.results.sweeps import objective, trial_test_metrics
-from dplbench.run import placement_groups
+from dplbench.results.sweeps import objective
+from dplbench.run import placement_groups, tune_io
+from dplbench.run.events import JobEnded, TrialProgress, job_ended
 from dplbench.run.failures import JobFailed, one_line
 from dplbench.run.launcher import CONTROLLER_FAILURE_LIMIT, TrialSpec
 
@@ -24,9 +29,9 @@ from dplbench.run.launcher import CONTROLLER_FAILURE_LIMIT, TrialSpec
 
 class RayTrainContext:
     """WorkerContext on a Ray Train worker. Checkpoints go to the results root like every other
-    run's (rank 0 writes; every rank of a restarted group reads the newest). Rank 0 leaves its
-    placement group's id under `pg_dir` (see run/placement_groups.py) and, in sweeps, streams
-    each epoch's validation accuracy to the trial through `queue`."""
+    run's (rank 0 writes; every rank of a restarted group reads the newest). Rank 0 announces its
+    placement group (run/placement_groups.py) and, in sweeps, streams each epoch's validation
+    accuracy to the trial through `queue`."""
 
     def __init__(self, job: Job, spec: TrialSpec, queue: Any = None) -> None:
         import ray
@@ -43,18 +48,18 @@ class RayTrainContext:
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)
         self.job_id, self.queue = job.id, queue
-        self.store = CheckpointStore(spec.settings.results, job.id, spec.run_name(job))
+        self.store = CheckpointStore(spec.settings.root, job.id, spec.run_name(job))
         self.reports = 0
         self.last_val: float | None = None
         if self.rank == 0:
             placement_groups.announce(spec.pg_dir, job.id)
 
     def report(self, metrics: dict[str, Any], checkpoint_dir: str | None) -> None:
-        import ray.train
+        from dplbench.run.context import epoch_done
 
         if checkpoint_dir and self.rank == 0:  # checkpoint first: a restart starts after it
             self.store.save(int(metrics["epoch"]), checkpoint_dir)
-        ray.train.report(metrics)
+        tune_io.train_report(epoch_done(self.job_id, metrics))
         self.reports += 1
         if metrics.get("val_accuracy") is not None:
             self.last_val = float(metrics["val_accuracy"])
@@ -65,9 +70,9 @@ class RayTrainContext:
         return self.store.latest()
 
 
-def run_in_trial(job: Job, spec: TrialSpec) -> dict[str, Any]:
+def run_in_trial(job: Job, spec: TrialSpec) -> list[dict[str, Any]]:
     """One single-worker job in this Tune trial's process (a plain trial): checkpoints in the
-    results root, each epoch's metrics reported to Tune (the live table, ASHA)."""
+    results root, each epoch reported to Tune (the live table). Returns its result rows."""
     import ray
     import torch
 
@@ -75,15 +80,15 @@ def run_in_trial(job: Job, spec: TrialSpec) -> dict[str, Any]:
     from dplbench.run.worker import run_job
 
     ctx = LocalContext(
-        spec.settings.results,
+        spec.settings.root,
         job.id,
         spec.run_name(job),
         node=ray.get_runtime_context().get_node_id(),
-        also_report=tune.report,
+        on_epoch=tune_io.report,
     )
     if ctx.device.type == "cuda":
         torch.cuda.set_device(ctx.device)
-    return {"rows": run_job(job, spec.settings, ctx)}
+    return run_job(job, spec.settings, ctx)
 
 
 def _train_worker(config: dict[str, Any]) -> dict[str, Any] | None:
@@ -100,22 +105,16 @@ def _train_worker(config: dict[str, Any]) -> dict[str, Any] | None:
     return {"rows": rows, "val_accuracy": val} if ctx.rank == 0 else None
 
 
-def fit_job(
-    job: Job, spec: TrialSpec, queue: Any = None, report_to_tune: bool = False
-) -> dict[str, Any] | None:
+def fit_job(job: Job, spec: TrialSpec, queue: Any = None) -> dict[str, Any]:
     """One job as one Ray Train run (the only `TorchTrainer` of the project); returns rank 0's
-    rows (and validation accuracy in sweeps)."""
+    rows and, in sweeps, its last validation accuracy. Its epochs reach the trial as events."""
     from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
+    from ray.tune.integration.ray_train import TuneReportCallback
 
     res = spec.resources
     use_gpu = res.gpus > 0
     per_worker = {"CPU": res.cpus_per_worker, **({"GPU": res.gpu_share} if use_gpu else {})}
-    callbacks = []
-    if report_to_tune:
-        from ray.tune.integration.ray_train import TuneReportCallback
-
-        callbacks.append(TuneReportCallback())
     trainer = TorchTrainer(
         _train_worker,
         train_loop_config={"job": job, "spec": spec, "queue": queue},
@@ -130,39 +129,35 @@ def fit_job(
             failure_config=FailureConfig(
                 max_failures=res.max_failures, controller_failure_limit=CONTROLLER_FAILURE_LIMIT
             ),
-            callbacks=callbacks,
+            # A sweep setting's jobs report through its queue: the trial reports the objective.
+            callbacks=[] if queue is not None else [TuneReportCallback()],
         ),
     )
     result = trainer.fit()
     if result.error is not None:
         raise result.error
-    return result.return_value
+    return result.return_value or {}
 
 
-def job_trial(config: dict[str, Any]) -> None:
-    """A Tune trial of `dplbench run`: one job, in this process (a plain trial) or as a
-    TorchTrainer run; its epochs reach the live table through Tune, and the last report carries
-    where it ran and what it scored. A job that fails ends the trial with its one line: retrying
-    the same work would fail the same way (a process that dies is restarted by Tune)."""
-    spec: TrialSpec = config["spec"]
-    if len(spec.jobs) > 1:
-        return group_in_trial(spec)
-    (job,) = spec.jobs
+# ---- the units ------------------------------------------------------------------------------
+
+
+def job_trial(spec: TrialSpec) -> None:
+    """One job: in this process (a plain trial) or as a TorchTrainer run. A job that fails ends
+    with its one line: retrying the same work would fail the same way (a process that dies is
+    restarted by Tune)."""
+    (job,) = spec.unit.jobs
     try:
-        if spec.plain:
-            out = run_in_trial(job, spec)
-        else:
-            out = fit_job(job, spec, report_to_tune=True)
+        rows = run_in_trial(job, spec) if spec.plain else fit_job(job, spec).get("rows") or []
+        tune_io.report(job_ended(job.id, rows))
     except JobFailed as e:
-        tune.report({"trial_done": 0, "failed": str(e)})
-        return
-    rows = (out or {}).get("rows") or []
-    tune.report({"trial_done": 1, **job_summary(rows)})
+        tune_io.report(JobEnded(job.id, "failed", str(e)))
+    tune_io.report_unit_end()
 
 
-def group_in_trial(spec: TrialSpec) -> None:
-    """A fused group (plan/fusion.py) in this Tune trial's process: each member reports its
-    epochs under its own job id; the last report says how each member ended."""
+def group_trial(spec: TrialSpec) -> None:
+    """A fused group (plan/fusion.py) in this trial's process: each member reports its epochs
+    and its end under its own job id."""
     import ray
     import torch
 
@@ -170,32 +165,23 @@ def group_in_trial(spec: TrialSpec) -> None:
     from dplbench.run.fused_loop import run_group
 
     node = ray.get_runtime_context().get_node_id()
+    jobs = spec.unit.jobs
     contexts = [
         LocalContext(
-            spec.settings.results,
-            job.id,
-            spec.run_name(job),
-            node=node,
-            also_report=lambda m, job=job: tune.report({**m, "job_id": job.id}),
+            spec.settings.root, job.id, spec.run_name(job), node=node, on_epoch=tune_io.report
         )
-        for job in spec.jobs
+        for job in jobs
     ]
     if contexts[0].device.type == "cuda":
         torch.cuda.set_device(contexts[0].device)
-    ended = run_group(list(spec.jobs), spec.settings, contexts)
-    members = {
-        job_id: {"failed": str(r)} if isinstance(r, JobFailed) else job_summary(r)
-        for job_id, r in ended.items()
-    }
-    tune.report({"trial_done": 1, "members": members})
-
-
-def job_summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """Where a finished job ran and its accuracy per evaluated subsample (the live table)."""
-    return {
-        "node": rows[0]["node"] if rows else None,
-        "accuracy": {r["subsample"]: r["accuracy"] for r in rows},
-    }
+    ended = run_group(list(jobs), spec.settings, contexts)
+    for job in jobs:
+        result = ended[job.id]
+        if isinstance(result, JobFailed):
+            tune_io.report(JobEnded(job.id, "failed", str(result)))
+        else:
+            tune_io.report(job_ended(job.id, result))
+    tune_io.report_unit_end()
 
 
 def _value_at(history: dict[int, float], epoch: int) -> float | None:
@@ -207,22 +193,20 @@ def _value_at(history: dict[int, float], epoch: int) -> float | None:
     return history[min(history)] if history else None
 
 
-def sweep_trial(config: dict[str, Any]) -> None:
-    """A Tune trial of `dplbench tune`: the setting's jobs, concurrently, one TorchTrainer each.
-    Reports the objective after every epoch all its jobs finished (time attribute `epoch`,
-    1-based), so ASHA can stop it; the last report also carries the test metrics and `trial_done`.
-    When ASHA stops the trial, Tune kills this actor, and with it the Train controllers it owns."""
+def setting_trial(spec: TrialSpec) -> None:
+    """A sweep setting: its jobs concurrently, one TorchTrainer each. Reports the objective after
+    every epoch all its jobs finished (ASHA's time attribute, 1-based), so ASHA can stop it; then
+    each job's end. When ASHA stops the trial, Tune kills this actor, and with it the Train
+    controllers it owns."""
     from ray.util.queue import Empty, Queue
 
-    spec: TrialSpec = config["spec"]
-    jobs: list[Job] = list(spec.jobs)
+    jobs: list[Job] = list(spec.unit.jobs)
     queue = Queue(actor_options={"num_cpus": 0})  # 0: never waits for a CPU on a full cluster
     outcomes: dict[str, tuple[str, Any]] = {}
 
     def fit(job: Job) -> None:
         try:
-            out = fit_job(job, spec, queue)
-            outcomes[job.id] = ("done", out)
+            outcomes[job.id] = ("done", fit_job(job, spec, queue))
         except BaseException as e:  # noqa: BLE001 - reported by the trial thread below
             outcomes[job.id] = ("failed", e)
 
@@ -236,6 +220,9 @@ def sweep_trial(config: dict[str, Any]) -> None:
         h = history[job.id]
         return job.id in outcomes or (bool(h) and max(h) >= min(epoch, job.epochs - 1))
 
+    def progress(epoch: int, vals: dict[str, float | None]) -> None:
+        tune_io.report(TrialProgress(spec.key, epoch, objective(vals, jobs), vals))
+
     while True:
         try:
             job_id, epoch, val = queue.get(timeout=0.5)
@@ -246,22 +233,22 @@ def sweep_trial(config: dict[str, Any]) -> None:
         for job_id, (status, value) in list(outcomes.items()):
             if status == "failed":
                 raise JobFailed(f"job {job_id}: {one_line(value)}")
-        # The last epoch is reported only with the test metrics, once every job has finished.
+        # The last epoch is reported once every job has finished.
         while reported < epochs - 1 and all(ready(j, reported) for j in jobs):
-            vals = {j.id: _value_at(history[j.id], reported) for j in jobs}
-            tune.report({"epoch": reported + 1, "objective": objective(vals, jobs), "val": vals})
+            progress(reported + 1, {j.id: _value_at(history[j.id], reported) for j in jobs})
             reported += 1
         if len(outcomes) == len(jobs):
             break
-    vals = {jid: out["val_accuracy"] for jid, (_, out) in outcomes.items()}
-    rows = {jid: out["rows"] for jid, (_, out) in outcomes.items()}
-    tune.report(
-        {
-            "epoch": epochs,
-            "objective": objective(vals, jobs),
-            "val": vals,
-            "tests": {jid: trial_test_metrics(r) for jid, r in rows.items()},
-            **trial_test_metrics([r for rs in rows.values() for r in rs]),
-            "trial_done": 1,
-        }
-    )
+    progress(epochs, {jid: out.get("val_accuracy") for jid, (_, out) in outcomes.items()})
+    for job in jobs:
+        tune_io.report(job_ended(job.id, outcomes[job.id][1].get("rows") or []))
+    tune_io.report_unit_end()
+
+
+UNIT_TRIALS = {"job": job_trial, "group": group_trial, "setting": setting_trial}
+
+
+def unit_trial(config: dict[str, Any]) -> None:
+    """The one Tune trainable: the unit in `config["spec"]`, by its kind."""
+    spec: TrialSpec = config["spec"]
+    UNIT_TRIALS[spec.unit.kind](spec)

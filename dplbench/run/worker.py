@@ -46,14 +46,10 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def final_state_path(results_root: str, job_id: str) -> str:
-    return ResultsRoot(results_root).final_state(job_id)
-
-
-def load_final_state(model: PromptedCLIP, results_root: str, source: str, user: str) -> None:
+def load_final_state(model: PromptedCLIP, root: ResultsRoot, source: str, user: str) -> None:
     """Load the trainable state that job `source` left after training (`user`: who needs it, for
     the error)."""
-    path = final_state_path(results_root, source)
+    path = root.final_state(source)
     if not storage.exists(path):
         raise UserError(
             f"{user} uses the prompts of job {source}, but {path} is missing; "
@@ -105,7 +101,7 @@ def final_val_accuracy(job: Job, settings: RunSettings, ctx: WorkerContext) -> f
     """Validation accuracy of the job's final prompts (for a sweep job resumed after its last
     epoch: its epochs ran in an earlier, interrupted sweep, so none reported now)."""
     model = build_model(job, settings, ctx)
-    load_final_state(model, settings.results, job.id, f"job {job.id}")
+    load_final_state(model, settings.root, job.id, f"job {job.id}")
     t = job.train
     view = DatasetView.open(settings.data, t.dataset, "val", t.shots, t.seed, t.subsample, None)
     correct, total, _ = count_correct(model, view, settings, ctx)
@@ -126,7 +122,7 @@ def run_job(job: Job, settings: RunSettings, ctx: WorkerContext) -> list[dict]:
             train_s = time.perf_counter() - tic
             save_final_state(model, job, settings, ctx)
         elif job.source is not None and model.trainable:
-            load_final_state(model, settings.results, job.source, f"job {job.id}")
+            load_final_state(model, settings.root, job.source, f"job {job.id}")
         return finish_job(model, job, settings, ctx, epoch_rows, train_s, wall)
     except Exception as e:
         raise job_failed(job, settings, ctx, e, epoch_rows) from e
@@ -137,12 +133,12 @@ def job_failed(
 ) -> failures.JobFailed:
     """Write a failure down (its traceback in the job's log, rank 0: its epochs so far, marked
     failed) and say it in one line (what failed, where, how to fix it)."""
-    path = failures.log_path(settings.results, job.id, settings.run_id, ctx.rank)
+    path = settings.root.log(job.id, settings.run_id, ctx.rank)
     header = f"job {job.id} ({job.method} on {job.train.dataset}, seed {job.seed}) failed"
     failures.write_log(path, header, e)
     if ctx.rank == 0 and epoch_rows:
         failed = [{**r, "run_status": "failed"} for r in epoch_rows]
-        store.write_epochs(settings.results, settings.suite, job.method, failed)
+        store.write_epochs(settings.root, settings.suite, job.method, failed)
     line = failures.out_of_memory_line(job.id, e) or failures.one_line(e)
     return failures.JobFailed(line, str(path))
 
@@ -150,9 +146,7 @@ def job_failed(
 def save_final_state(model: PromptedCLIP, job: Job, settings: RunSettings, ctx) -> None:
     if ctx.rank == 0:
         state = model.trainable_state()
-        storage.write(
-            final_state_path(settings.results, job.id), lambda tmp: torch.save(state, tmp)
-        )
+        storage.write(settings.root.final_state(job.id), lambda tmp: torch.save(state, tmp))
 
 
 def finish_job(
@@ -207,8 +201,8 @@ def finish_job(
         for e in evals
     ]
     done = [{**r, "run_status": "done"} for r in epoch_rows]
-    store.write_epochs(settings.results, settings.suite, job.method, done)
-    store.write_rows(settings.results, rows)
+    store.write_epochs(settings.root, settings.suite, job.method, done)
+    store.write_rows(settings.root, rows)
     return rows
 
 

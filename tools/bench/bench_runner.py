@@ -18,32 +18,35 @@ import time
 from pathlib import Path
 
 from dplbench.plan.config import parse_overrides
-from dplbench.plan.suites import Suite, load_suite
+from dplbench.plan.plan import Plan
+from dplbench.plan.suites import load_suite
 from dplbench.results import store
+from dplbench.run.driver import run_plan
+from dplbench.run.events import Event, JobEnded, JobStarted
 from dplbench.run.prepare import ensure_synthetic
 from dplbench.run.settings import ExecOptions, RunSettings
-from dplbench.run.suite import run_suite
 
 
-def timed_suite(suite: Suite, data: str, res: str, plain: bool) -> tuple[float, list[float]]:
+def timed_suite(suite: Plan, data: str, res: str, plain: bool) -> tuple[float, list[float]]:
     """(wall seconds, fixed seconds per job)."""
     started: dict[str, float] = {}
     spans: dict[str, float] = {}
 
-    def on_event(job_id: str, state: str, info: dict) -> None:
+    def on_event(event: Event) -> None:
         now = time.perf_counter()
-        if state == "running" and job_id not in started:
-            started[job_id] = now
-        elif state in ("done", "failed") and job_id in started:
-            spans[job_id] = now - started[job_id]
+        if isinstance(event, JobStarted) and event.job_id not in started:
+            started[event.job_id] = now
+        elif isinstance(event, JobEnded) and event.job_id in started:
+            spans[event.job_id] = now - started[event.job_id]
 
     tic = time.perf_counter()
-    settings = RunSettings(data=data, results=res, loader_workers=0)
-    summary = run_suite(suite, settings, ExecOptions(cpus=2, plain_trials=plain), on_event)
+    settings = RunSettings.local(data, res, loader_workers=0)
+    opts = ExecOptions.local(cpus=2, plain_trials=plain)
+    summary = run_plan(suite, settings, opts, on_event)
     wall = time.perf_counter() - tic
     assert not summary.failed, [o.error for o in summary.failed]
     rows = store.query(
-        res,
+        settings.root,
         "SELECT job_id, any_value(train_seconds) t, any_value(eval_seconds) e FROM results "
         "GROUP BY job_id",
     ).to_pylist()

@@ -67,9 +67,9 @@ def packing() -> dict[int, float]:
     import ray
 
     from dplbench.plan.suites import load_suite
+    from dplbench.run.driver import run_plan
     from dplbench.run.prepare import ensure_synthetic
     from dplbench.run.settings import ExecOptions, RunSettings
-    from dplbench.run.suite import run_suite
 
     suite = load_suite("packing")
     rates = {}
@@ -82,10 +82,10 @@ def packing() -> dict[int, float]:
         say("| jobs per GPU | wall s | jobs/hour | × N=1 |")
         say("|---|---|---|---|")
         for n in (1, 2, 4, 8):
-            settings = RunSettings(data=data, results=os.path.join(tmp, f"r{n}"), loader_workers=1)
-            opts = ExecOptions(gpus=1, cpus=cpus, jobs_per_gpu=n, cpus_per_worker=1.0)
+            settings = RunSettings.local(data, os.path.join(tmp, f"r{n}"), loader_workers=1)
+            opts = ExecOptions.local(gpus=1, cpus=cpus, jobs_per_gpu=n, cpus_per_worker=1.0)
             tic = time.time()
-            summary = run_suite(suite, settings, opts)
+            summary = run_plan(suite, settings, opts)
             wall = time.time() - tic
             failed = [o.error for o in summary.failed]
             rates[n] = 3600 * (len(suite.jobs) - len(failed)) / wall
