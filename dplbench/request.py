@@ -112,6 +112,10 @@ class How:
     cpus: int | None = option(None, "CPUs to use in all (default: all)")
     address: str | None = option(None, "join a running Ray cluster (e.g. auto)")
     loader_workers: int = option(2, "data loader processes per worker")
+    eval_batch_size: int = option(
+        64, "test images per evaluation batch per worker (lower it when evaluation runs out of "
+        "GPU memory; the scores do not depend on it)",
+    )  # fmt: skip
     jobs_per_gpu: str = option(
         "1",
         "jobs sharing one GPU (fractional GPU resources); auto: as many as the calibrated peak "
@@ -132,6 +136,8 @@ class How:
             raise ConfigError(f"--gpus {self.gpus} / --cpus {self.cpus}: GPUs >= 0, CPUs >= 1")
         if self.loader_workers < 0:
             raise ConfigError(f"--loader-workers {self.loader_workers}: 0 or more")
+        if self.eval_batch_size < 1:
+            raise ConfigError(f"--eval-batch-size {self.eval_batch_size}: at least 1")
         for flag, value in (("--jobs-per-gpu", self.jobs_per_gpu), ("--fuse", self.fuse)):
             _positive_or_auto(flag, value)
 

@@ -40,7 +40,7 @@ def count_correct(
     model.eval()
     loader = eval_loader(
         view,
-        settings.eval_batch_size,
+        settings.how.eval_batch_size,
         ViewConfig(image_size(model), "test"),
         settings.how.loader_workers,
         ctx.rank,

@@ -51,7 +51,6 @@ class RunSettings:
     run_id: str = field(default_factory=new_run_id)
     # What the run itself decides, not the request:
     val_each_epoch: bool = False  # score the few-shot val split after every epoch (sweeps)
-    eval_batch_size: int = 64
     bf16: bool | None = None  # None: bf16 autocast on GPU, fp32 on CPU
     fail_job: str | None = None  # testing hook (FAIL_JOB_ENV)
 
