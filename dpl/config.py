@@ -15,14 +15,14 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any
 
-# IWTD's importance scores (docs/method.md §3, dpl/importance.py) and drop modes (dpl/token_dropout.py).
+# IWTD's importance scores (docs/dpl.md §3, dpl/importance.py) and drop modes (dpl/token_dropout.py).
 IMPORTANCE_SCORES = ("cls", "self", "cross")
 DROP_MODES = ("noise", "zero")
 
 
 @dataclass(frozen=True)
 class BackboneConfig:
-    """Which CLIP to load (docs/method.md §1: the frozen branch and the base of the learnable one)."""
+    """Which CLIP to load (docs/dpl.md §1: the frozen branch and the base of the learnable one)."""
 
     model: str = "ViT-B-16"  # open_clip architecture name
     pretrained: str | None = "openai"  # hub tag, local .pt/.bin/.safetensors path, or None (random)
@@ -62,7 +62,7 @@ class PromptConfig:
 
 @dataclass(frozen=True)
 class IWTDConfig:
-    """docs/method.md §3. Defaults: the paper's and the authors' release (noise mode)."""
+    """docs/dpl.md §3. Defaults: the paper's and the authors' release (noise mode)."""
 
     enabled: bool = False
     importance: tuple[str, ...] = ("cls", "self", "cross")  # non-empty subset, or ("uniform",)
@@ -143,7 +143,7 @@ class LLMConfig:
 
 @dataclass(frozen=True)
 class TeacherConfig:
-    """The frozen branch (docs/method.md §1): what its text target is and whether its image
+    """The frozen branch (docs/dpl.md §1): what its text target is and whether its image
     tower carries the learnable branch's LoRA."""
 
     # "template": the dataset's hand-crafted template(s) (`templates`); "drople" / "llamp": the
@@ -163,7 +163,7 @@ class TeacherConfig:
 
 @dataclass(frozen=True)
 class LoRAConfig:
-    """LoRA on attention projections (docs/method.md §2). DPL: q and v of the second half of the
+    """LoRA on attention projections (docs/dpl.md §2). DPL: q and v of the second half of the
     vision tower (layers 6-11 of ViT-B/16); CLIP-LoRA: q, k, v of every layer of both towers."""
 
     rank: int = 0  # 0: off
@@ -186,7 +186,7 @@ class LoRAConfig:
 
 @dataclass(frozen=True)
 class LossConfig:
-    """Weights of the named loss terms (docs/method.md §5, §6). IWTD/MAG/RER weights live in theirs."""
+    """Weights of the named loss terms (docs/dpl.md §5, §6). IWTD/MAG/RER weights live in theirs."""
 
     ce: float = 1.0
     text_l1: float = 0.0  # L1(t^d, t^o), normalised features, mean
@@ -271,7 +271,7 @@ class MethodConfig:
     # the learnable branch (PromptSRC). Clean-view frozen features are a pure function of the image,
     # so they are cached per sample key across epochs.
     frozen_view: str = "same"
-    train_view: str = "clip"  # "clip" augmentation (docs/protocols.md §3) | "patch_randaugment" (docs/method.md §5)
+    train_view: str = "clip"  # "clip" augmentation (docs/protocols.md §3) | "patch_randaugment" (docs/dpl.md §5)
     # Frozen text features t^o: "dataset" (its hand-crafted template), "promptsrc" (PromptSRC's
     # 60 ImageNet templates), "openai_imagenet" (CLIP's 80).
     templates: str = "dataset"

@@ -1,7 +1,7 @@
 """Prompted text and vision forwards over open_clip's own blocks.
 
 The loops below reproduce `CLIP.encode_image` / `CLIP.encode_text` exactly when no prompts, LoRA or
-hooks are given (tests check this). They add: deep prompts (docs/method.md §2), LoRA on q/v, and a
+hooks are given (tests check this). They add: deep prompts (docs/dpl.md §2), LoRA on q/v, and a
 per-layer hook where IWTD and MAG act. Per-head attention maps are computed only in layers whose hook
 asks for them; every other layer, and every layer in eval, keeps open_clip's fused attention.
 
@@ -27,7 +27,7 @@ Span = tuple[int, list[torch.Tensor]]  # (first position, per-layer prompts plac
 
 @dataclass
 class TokenLayout:
-    """Which positions of a sequence play which role (docs/method.md §3), for one forward."""
+    """Which positions of a sequence play which role (docs/dpl.md §3), for one forward."""
 
     global_index: torch.Tensor  # [B] position of [CLS] (vision) or [EOT] (text)
     valid: torch.Tensor  # [B,S] bool: real tokens (text: up to and including [EOT])

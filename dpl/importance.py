@@ -1,4 +1,4 @@
-"""Token importance for IWTD (docs/method.md §3): S_self, S_cls, S_cross, their mean, the p mapping.
+"""Token importance for IWTD (docs/dpl.md §3): S_self, S_cls, S_cross, their mean, the p mapping.
 
 Every score is L1-normalised over each sample's content tokens (all valid tokens except the global
 one) and is zero elsewhere. Shapes: attention A [B,H,S,S] (post-softmax, masks included), MAG

@@ -1,4 +1,4 @@
-"""Layer settings that carry over between towers of different depths (docs/method.md §2).
+"""Layer settings that carry over between towers of different depths (docs/dpl.md §2).
 
 A depth (how many layers get prompts, IWTD) is an int (that many layers, at most the tower's) or a
 fraction of the tower in (0, 1]: 0.75 is 9 of ViT-B/16's 12 layers and 18 of ViT-L/14's 24. A layer

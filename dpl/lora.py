@@ -1,4 +1,4 @@
-"""LoRA on the attention projections of open_clip blocks (docs/method.md §2).
+"""LoRA on the attention projections of open_clip blocks (docs/dpl.md §2).
 
 open_clip packs q, k, v into one `in_proj_weight` [3D, D]; LoRA adds a low-rank delta to the
 chosen slices (and to `out_proj` for "o"). In training the deltas run as their own path (LoRA

@@ -1,4 +1,4 @@
-"""A training step's named, weighted loss terms from its features (docs/method.md §5, §6); the
+"""A training step's named, weighted loss terms from its features (docs/dpl.md §5, §6); the
 total is their sum. One function for a run trained alone and for each run of a fused step."""
 
 from __future__ import annotations

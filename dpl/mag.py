@@ -1,4 +1,4 @@
-"""Multimodal Alignment Guidance (docs/method.md §4): the bridge behind S_cross and the alignment loss.
+"""Multimodal Alignment Guidance (docs/dpl.md §4): the bridge behind S_cross and the alignment loss.
 
 M shared learnable tokens L [M,d] attend over each modality's layer tokens through a per-modality
 linear map W: att = softmax_j(τ <L_m, W X_j>) (no 1/sqrt(d)). The same attention aggregates

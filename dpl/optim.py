@@ -1,4 +1,4 @@
-"""The optimiser of a method's `OptimConfig` (docs/method.md §5, §6); its lr schedule is dpl/schedules.py."""
+"""The optimiser of a method's `OptimConfig` (docs/dpl.md §5, §6); its lr schedule is dpl/schedules.py."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Deep prompt parameters (docs/method.md §2) and MaPLe's text-to-vision coupling (§6)."""
+"""Deep prompt parameters (docs/dpl.md §2) and MaPLe's text-to-vision coupling (§6)."""
 
 from __future__ import annotations
 

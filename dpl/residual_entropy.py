@@ -1,4 +1,4 @@
-"""Residual Entropy Regularization (docs/method.md §4) and its λ schedule."""
+"""Residual Entropy Regularization (docs/dpl.md §4) and its λ schedule."""
 
 from __future__ import annotations
 

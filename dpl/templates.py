@@ -1,4 +1,4 @@
-"""Template sets for the frozen text features t^o (docs/method.md §1).
+"""Template sets for the frozen text features t^o (docs/dpl.md §1).
 
 - "dataset": the dataset's hand-crafted template (CoOp trainers/zsclip.py `CUSTOM_TEMPLATES`).
 - "promptsrc": the 60 ImageNet templates PromptSRC's teacher averages for every dataset

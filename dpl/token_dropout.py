@@ -1,4 +1,4 @@
-"""Importance Weighted Token Dropout (docs/method.md §3): who is dropped, and what dropping means.
+"""Importance Weighted Token Dropout (docs/dpl.md §3): who is dropped, and what dropping means.
 
 `IWTDHook` is the layer hook the prompted encoders call in training: it scores the layer's tokens
 (importance.py), maps scores to drop probabilities, draws a fresh selection per sample, layer and step,
@@ -66,7 +66,7 @@ def importance_drop_factor(
     width: int,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
-    """Scores -> importance -> p -> the drop factor, in one function (docs/method.md §3), so that on
+    """Scores -> importance -> p -> the drop factor, in one function (docs/dpl.md §3), so that on
     GPU torch.compile can fuse its few dozen small kernels per layer into a handful."""
     scores = {}
     if "cls" in names:

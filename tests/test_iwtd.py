@@ -1,4 +1,4 @@
-"""IWTD (docs/method.md §3): scores, the p mapping, selection rates, target masks, drop modes."""
+"""IWTD (docs/dpl.md §3): scores, the p mapping, selection rates, target masks, drop modes."""
 
 import open_clip
 import pytest

@@ -1,4 +1,4 @@
-"""RER, MAG and the λ schedule against small hand computations (docs/method.md §3, §4)."""
+"""RER, MAG and the λ schedule against small hand computations (docs/dpl.md §3, §4)."""
 
 import math
 

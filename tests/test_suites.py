@@ -36,7 +36,7 @@ def test_all15_covers_the_15_datasets_and_xd_dg_reuse_one_imagenet_job():
     assert len(sources) == 1  # one ImageNet training job serves xd and dg
     src = sources[0]
     assert src.train.dataset == "imagenet" and src.train.subsample == "all"
-    assert src.epochs == 5  # docs/method.md §5: ImageNet trains 5 epochs
+    assert src.epochs == 5  # docs/dpl.md §5: ImageNet trains 5 epochs
     evals = [j for j in s.jobs if j.source == src.id]
     assert sorted(e.evals[0].dataset for e in evals) == sorted(
         [

@@ -1,6 +1,6 @@
 """One Llama decoder layer that decodes learnable tokens against a cached prefix.
 
-The LLM prompt source (docs/method.md §7) runs only the LLM's *last* decoder layer at training
+The LLM prompt source (docs/dpl.md §7) runs only the LLM's *last* decoder layer at training
 time: the class descriptions went through the frozen LLM once (`dplbench llm cache`) and what is
 kept of them is that layer's keys and values, RoPE already applied. This module is a plain-PyTorch
 copy of that layer (RMSNorm, grouped-query attention with rotary positions, SwiGLU MLP) so that

@@ -1,5 +1,5 @@
 """The frozen text target t^o of the LLM-source methods (`teacher.text`), as each release's tool
-builds it from the LLM's description of each class (docs/method.md §7).
+builds it from the LLM's description of each class (docs/dpl.md §7).
 
 Both tools take the description the LLM wrote for the class under the FIRST of its templates, split
 it into spaCy noun chunks, encode one string per chunk with CLIP's text tower, L2-normalise each and

@@ -22,7 +22,7 @@ from dpl.config import (
 )
 from dpl.methods.registry import register
 
-# Zero-shot CLIP: the dataset's hand-crafted template(s), nothing trained (docs/method.md §6).
+# Zero-shot CLIP: the dataset's hand-crafted template(s), nothing trained (docs/dpl.md §6).
 register(
     "zsclip",
     MethodConfig(method="zsclip", prompts=PromptConfig(n_ctx_text=0, depth_text=0)),
@@ -31,7 +31,7 @@ register(
     trains=False,
 )
 
-# CoOp: 4 learnable context vectors at the text input, CE (docs/method.md §6).
+# CoOp: 4 learnable context vectors at the text input, CE (docs/dpl.md §6).
 register(
     "coop",
     MethodConfig(
@@ -39,7 +39,7 @@ register(
     ),
 )
 
-# CoCoOp: CoOp's context shifted per image by a meta-net on the image feature (docs/method.md §6).
+# CoCoOp: CoOp's context shifted per image by a meta-net on the image feature (docs/dpl.md §6).
 register(
     "cocoop",
     MethodConfig(
@@ -49,7 +49,7 @@ register(
     plugins=False,
 )
 
-# KgCoOp: CoOp + W·(1 − mean_c cos(t^d_c, t^o_c)) towards the hand-crafted prompt (docs/method.md
+# KgCoOp: CoOp + W·(1 − mean_c cos(t^d_c, t^o_c)) towards the hand-crafted prompt (docs/dpl.md
 # §6); W = 1 is KgCoOp/train.py's TRAINER.COOP.W default, its scripts use 8 (configs/methods/kgcoop.yaml).
 register(
     "kgcoop",
@@ -60,7 +60,7 @@ register(
     ),
 )
 
-# IVLP: independent deep text and vision prompts 4+4, depth 9/9, CE (docs/method.md §6).
+# IVLP: independent deep text and vision prompts 4+4, depth 9/9, CE (docs/dpl.md §6).
 register(
     "ivlp",
     MethodConfig(
@@ -70,7 +70,7 @@ register(
 )
 
 # MaPLe: 2 text context tokens per layer to depth 9; vision prompts are a learnable linear map
-# (text width -> vision width) of the text prompts of the same layer (docs/method.md §6).
+# (text width -> vision width) of the text prompts of the same layer (docs/dpl.md §6).
 register(
     "maple",
     MethodConfig(
@@ -109,7 +109,7 @@ def llamp_config(name: str, n_tokens: int, llm: str, recipe: str, **changes) -> 
     )
 
 
-# LLaMP (CVPR 2024), the base the DPL release forks (docs/method.md §7). launch.sh:
+# LLaMP (CVPR 2024), the base the DPL release forks (docs/dpl.md §7). launch.sh:
 # --num_llm_prompts 16; one augmented view feeds both branches (train_llamp.py: data = [img_1,
 # img_1, label]).
 register(
@@ -128,7 +128,7 @@ register(
 )
 
 # PromptSRC: IVLP 4+4 depth 9 with self-regulating constraints (25·L1 text, 10·L1 image, 1·KL
-# towards the frozen branch) and Gaussian prompt aggregation over epochs (docs/method.md §6).
+# towards the frozen branch) and Gaussian prompt aggregation over epochs (docs/dpl.md §6).
 register(
     "promptsrc",
     MethodConfig(
@@ -163,7 +163,7 @@ register(
     ),
 )
 
-# DPL, the default recipe (docs/method.md §5): IVLP base (text 4 ctx depth 9, vision 4 prompts
+# DPL, the default recipe (docs/dpl.md §5): IVLP base (text 4 ctx depth 9, vision 4 prompts
 # depth 6), LoRA r8 on q/v of vision layers 6..11, IWTD (noise mode) in the prompted layers, RER
 # with the annealed λ, MAG (weight 30), PromptSRC-style consistency (25 / 10 / 2.5). The frozen
 # branch sees the clean view; the learnable one a patch-wise RandAugment view. No LLM prompts

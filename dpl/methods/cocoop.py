@@ -1,5 +1,5 @@
 """CoCoOp: CoOp's context shifted per image by a meta-net on the image feature, so the text encoder
-runs per image over all classes (docs/method.md §6)."""
+runs per image over all classes (docs/dpl.md §6)."""
 
 import torch
 import torch.nn.functional as F

@@ -1,5 +1,5 @@
 """LLaMP (Zheng et al., CVPR 2024), the base the DPL release forks: LLM prompt tokens in CLIP's
-text tower, beside IVLP-style deep context, vision prompts and vision LoRA (docs/method.md §7).
+text tower, beside IVLP-style deep context, vision prompts and vision LoRA (docs/dpl.md §7).
 
 The text sequence of class c, of length S = L0 + P ("suffix" layout, DroPLe models/drople.py
 `encode_LLM_prompt`, prompt_type='suffix'); L0 is the longest tokenised "a photo of a {name}"

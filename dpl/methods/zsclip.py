@@ -1,4 +1,4 @@
-"""Zero-shot CLIP: the dataset's hand-crafted template(s), nothing trained (docs/method.md §6)."""
+"""Zero-shot CLIP: the dataset's hand-crafted template(s), nothing trained (docs/dpl.md §6)."""
 
 import torch
 

@@ -1,4 +1,4 @@
-"""Image pipelines of docs/protocols.md §3 and docs/method.md §5, with the image size as a parameter.
+"""Image pipelines of docs/protocols.md §3 and docs/dpl.md §5, with the image size as a parameter.
 
 - `clip_train`: random resized crop (scale 0.08-1, bicubic), horizontal flip, CLIP mean/std.
 - `clip_test` (= the clean view): resize the shorter side (bicubic), centre crop, CLIP mean/std.
@@ -201,7 +201,7 @@ TRAIN_VIEWS = ("clip", "patch_randaugment", "test")
 class ViewConfig:
     image_size: int = 224  # output side (224 for CLIP ViT-B/16; tests use 32)
     train_view: str = (
-        "clip"  # "clip" (docs/protocols.md §3) | "patch_randaugment" (docs/method.md §5) | "test"
+        "clip"  # "clip" (docs/protocols.md §3) | "patch_randaugment" (docs/dpl.md §5) | "test"
     )
     with_clean: bool = False  # also return the clean resize + centre-crop view (frozen branch)
     patch_size: int = 16  # patch_randaugment: patch side

@@ -1,6 +1,6 @@
 """`dplbench ablate NAME`: the paper's ablations, declared in configs/ablations/NAME.yaml.
 
-    description: IWTD importance scores (docs/method.md §3)
+    description: IWTD importance scores (docs/dpl.md §3)
     suite: base2novel            # the jobs of each variant: this suite's datasets, seeds, shots
     method: dpl                  # default method of the variants
     overrides: {}                # applied to every variant (optional)

@@ -14,7 +14,7 @@ A job runs in its trial's own process (a plain trial: single-worker jobs) or as 
 by Tune, a DDP worker group by Train (`FailureConfig(max_failures)`), and `--resume` continues each
 job's run whose newest checkpoint is the latest (`ResultsRoot.resume_run`).
 
-Why Tune: it is Ray's supported way to run many Train runs at once (docs/operating.md §5), with
+Why Tune: it is Ray's supported way to run many Train runs at once (docs/cluster.md §4), with
 per-trial failure isolation and callbacks for the live table. Tune does not count the Train
 workers' resources, so `concurrency` bounds the trials by what their workers need, and each trial
 itself holds only a token of memory.
@@ -47,7 +47,7 @@ log = logging.getLogger(__name__)
 # empty request, and a CPU sliver per trial would keep whole workers off a node).
 TRIAL_RESOURCES = {"memory": 2**20}
 # Train's controller retries a worker group that cannot start forever unless limited
-# (docs/operating.md §5).
+# (docs/cluster.md §4).
 CONTROLLER_FAILURE_LIMIT = 1
 
 

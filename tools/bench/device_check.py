@@ -1,4 +1,4 @@
-"""The GPU check of the throughput work, as one script for a lent GPU machine (docs/operating.md §9).
+"""The GPU check of the throughput work, as one script for a lent GPU machine (docs/benchmarks.md §1).
 
 1. `bench_models` on ViT-B-16 (random init, bf16): train step at batch 4 of ivlp, dpl (cached and
    not) and dpl with its step under torch.compile(mode="reduce-overhead"); eval throughput at
