@@ -271,7 +271,9 @@ class MethodConfig:
     # the learnable branch (PromptSRC). Clean-view frozen features are a pure function of the image,
     # so they are cached per sample key across epochs.
     frozen_view: str = "same"
-    train_view: str = "clip"  # "clip" augmentation (docs/protocols.md §3) | "patch_randaugment" (docs/dpl.md §5)
+    train_view: str = (
+        "clip"  # "clip" augmentation (docs/protocols.md §3) | "patch_randaugment" (docs/dpl.md §5)
+    )
     # Frozen text features t^o: "dataset" (its hand-crafted template), "promptsrc" (PromptSRC's
     # 60 ImageNet templates), "openai_imagenet" (CLIP's 80).
     templates: str = "dataset"

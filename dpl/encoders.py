@@ -5,6 +5,9 @@ hooks are given (tests check this). They add: deep prompts (docs/dpl.md §2), Lo
 per-layer hook where IWTD and MAG act. Per-head attention maps are computed only in layers whose hook
 asks for them; every other layer, and every layer in eval, keeps open_clip's fused attention.
 
+Rows are member-major (dpl/members.py): a forward of K members runs their K·N sequences through
+each frozen block at once; each member's rows carry its own prompts, LoRA and hook values.
+
 Text runs on sequences truncated to the longest [EOT] + 1 of the class list: the mask is causal, so
 later (padding) positions cannot change any token up to [EOT], and dropping them saves ~4x compute.
 """
@@ -20,6 +23,7 @@ from open_clip.transformer import ResidualAttentionBlock
 from torch import nn
 
 from dpl.lora import AttentionLoRA
+from dpl.members import Streams, by_member, rows_of
 
 Modality = str  # "vision" | "text"
 Span = tuple[int, list[torch.Tensor]]  # (first position, per-layer prompts placed there)
@@ -70,18 +74,20 @@ def _attention(
     attn_mask: torch.Tensor | None,
     lora: AttentionLoRA | None,
     need_weights: bool,
+    streams: Streams | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Self-attention with the block's weights, optionally LoRA'd and returning per-head maps."""
+    """Self-attention with the block's weights, optionally LoRA'd (each member's rows with its
+    own) and returning per-head maps."""
     B, S, D = h.shape
     H = mha.num_heads
     merged = lora is not None and not lora.training
     if merged:
-        qkv = F.linear(h, lora.merged(mha.in_proj_weight), mha.in_proj_bias)
+        qkv = _member_linear(h, lora.merged(mha.in_proj_weight), mha.in_proj_bias)
     else:
         qkv = F.linear(h, mha.in_proj_weight, mha.in_proj_bias)  # [B,S,3D]
     q, k, v = qkv.chunk(3, dim=-1)
     if lora is not None and lora.training:
-        d = lora.delta(h)
+        d = lora.delta(h, streams)
         q, k, v = q + d.get("q", 0), k + d.get("k", 0), v + d.get("v", 0)
     q, k, v = (t.reshape(B, S, H, D // H).transpose(1, 2) for t in (q, k, v))  # [B,H,S,hd]
     mask = None
@@ -99,11 +105,23 @@ def _attention(
             attn = scores.float().softmax(dim=-1)
     out = out.transpose(1, 2).reshape(B, S, D)
     if merged:
-        return F.linear(out, lora.merged_out(mha.out_proj.weight), mha.out_proj.bias), attn
+        return _member_linear(out, lora.merged_out(mha.out_proj.weight), mha.out_proj.bias), attn
     proj = F.linear(out, mha.out_proj.weight, mha.out_proj.bias)
-    if lora is not None and (d_o := lora.delta_out(out)) is not None:
+    if lora is not None and (d_o := lora.delta_out(out, streams)) is not None:
         proj = proj + d_o
     return proj, attn
+
+
+def _member_linear(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """x [K·N,S,Din] through each member's own weight w [K,Dout,Din] (and the shared bias)."""
+    if w.shape[0] == 1:
+        return F.linear(x, w[0], bias)
+    xk = by_member(x, w.shape[0])  # [K,N,S,Din]
+    flat = xk.reshape(w.shape[0], -1, x.shape[-1])
+    y = torch.bmm(flat, w.transpose(1, 2).to(x.dtype))
+    if bias is not None:
+        y = y + bias.to(y.dtype)
+    return rows_of(y.reshape(*xk.shape[:-1], -1))
 
 
 def block_forward(
@@ -112,6 +130,7 @@ def block_forward(
     attn_mask: torch.Tensor | None = None,
     lora: AttentionLoRA | None = None,
     need_weights: bool = False,
+    streams: Streams | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """One open_clip residual block; x [B,S,D] batch-first. Returns (x, per-head attention or None)."""
     h = blk.ln_1(x)
@@ -119,7 +138,7 @@ def block_forward(
     if lora is None and not need_weights and not per_sequence:
         a, attn = blk.attention(q_x=h, attn_mask=attn_mask), None  # open_clip's fused path
     else:
-        a, attn = _attention(blk.attn, h, attn_mask, lora, need_weights)
+        a, attn = _attention(blk.attn, h, attn_mask, lora, need_weights, streams)
     x = x + blk.ls_1(a)
     x = x + blk.ls_2(blk.mlp(blk.ln_2(x)))
     return x, attn
@@ -148,6 +167,7 @@ def _run_blocks(
     hook: LayerHook | None,
     modality: Modality,
     layout: TokenLayout | None,
+    streams: Streams | None = None,
 ) -> torch.Tensor:
     """Blocks with deep prompts replaced at layers 1..len(prompts)-1 of each span (layer 0's are
     already in x)."""
@@ -156,7 +176,7 @@ def _run_blocks(
             if 0 < i < len(prompts):
                 x = _place(x, start, prompts[i])
         need = hook is not None and hook.wants_attention(modality, i)
-        x, attn = block_forward(blk, x, attn_mask, lora.get(i), need)
+        x, attn = block_forward(blk, x, attn_mask, lora.get(i), need, streams)
         if hook is not None:
             x = hook(x, attn, modality, i, layout)
     return x
@@ -179,13 +199,18 @@ class VisionEncoder(nn.Module):
         prompts: list[torch.Tensor] | None = None,
         hook: LayerHook | None = None,
         adapters: bool = True,
-        lora: dict | None = None,
+        streams: Streams | None = None,
+        members: int = 1,
     ) -> torch.Tensor:
-        """images [B,3,H,W] -> features [B,E] (not normalised). adapters=False runs the original
-        tower (no LoRA), as the frozen branch must whatever LoRA has learnt; `lora` replaces the
-        tower's own LoRA per layer (several runs' at once, dpl/fused.py)."""
+        """images [B,3,H,W] -> features [members·B,E] (not normalised): each image once through
+        the patch embedding, then through the blocks once per member, each member's rows with
+        its own prompts ([n,D] shared, or [members·B,n,D] per row) and LoRA. adapters=False runs
+        the original tower (no LoRA), as the frozen branch must whatever LoRA has learnt;
+        `streams`: the members' draws for LoRA dropout in training."""
         visual = self._visual[0]
         x = visual._embeds(images)  # [B,1+N,D], ln_pre applied
+        if members > 1:
+            x = x.repeat(members, 1, 1)  # [K·B,1+N,D]: the members' copies of the batch
         n_seq = x.shape[1]
         prompts = prompts or []
         if prompts:
@@ -195,11 +220,11 @@ class VisionEncoder(nn.Module):
             p = p.expand(x.shape[0], -1, -1) if p.dim() == 2 else p
             x = torch.cat([x, visual.ln_pre(p.to(x.dtype))], 1)
         layout = self.layout(x.shape[0], x.shape[1], x.device) if hook is not None else None
-        if lora is None:
-            lora = {int(k): v for k, v in self.lora.items()} if adapters else {}
+        lora = {int(k): v for k, v in self.lora.items()} if adapters else {}
         x = _run_blocks(
-            visual.transformer.resblocks, x, None, [(n_seq, prompts)], lora, hook, "vision", layout
-        )
+            visual.transformer.resblocks, x, None, [(n_seq, prompts)], lora, hook, "vision",
+            layout, streams,
+        )  # fmt: skip
         pooled, _ = visual._pool(x[:, :n_seq])
         return pooled @ visual.proj if visual.proj is not None else pooled
 
@@ -278,12 +303,11 @@ class TextEncoder(nn.Module):
         call: TextCall,
         hook: LayerHook | None = None,
         adapters: bool = True,
-        lora: dict | None = None,
+        streams: Streams | None = None,
     ) -> torch.Tensor:
-        """Features [N,E] (not normalised) of a built pass; `lora` replaces the tower's own LoRA
-        per layer (several runs' at once, dpl/fused.py)."""
+        """Features [N,E] (not normalised) of a built pass."""
         return self.encode(
-            call.x, call.mask, call.spans, call.pool, hook, call.layout, adapters, lora
+            call.x, call.mask, call.spans, call.pool, hook, call.layout, adapters, streams
         )
 
     def encode(
@@ -295,14 +319,15 @@ class TextEncoder(nn.Module):
         hook: LayerHook | None = None,
         layout: TokenLayout | None = None,
         adapters: bool = True,
-        lora: dict | None = None,
+        streams: Streams | None = None,
     ) -> torch.Tensor:
         """The tower over a sequence that is already embedded (positions added): x [C,S,D],
         attn_mask [S,S] or per-sequence [C,S,S] (additive), pooled at pool_index [C]."""
         clip = self.clip[0]
-        if lora is None:
-            lora = {int(k): v for k, v in self.lora.items()} if adapters else {}
-        x = _run_blocks(clip.transformer.resblocks, x, attn_mask, spans, lora, hook, "text", layout)
+        lora = {int(k): v for k, v in self.lora.items()} if adapters else {}
+        x = _run_blocks(
+            clip.transformer.resblocks, x, attn_mask, spans, lora, hook, "text", layout, streams
+        )
         x = clip.ln_final(x)
         x = x[torch.arange(x.shape[0], device=x.device), pool_index]
         proj = clip.text_projection

@@ -73,13 +73,14 @@ class ImportanceProbe:
             "self": imp.self_score(attn, content),
         }
         if self.mag is not None:
-            mag_attn, _ = self.mag.attend(x, modality, layout.valid)
+            mag_attn = self.mag.attend(x, modality, layout.valid)
             scores["cross"] = imp.cross_score(mag_attn.float(), content)
         # A score the model cannot compute (S_cross without a bridge) is left out, and said so
         # in `used`.
         used, importance = imp.importance(self.importance, scores, content)
         p = imp.drop_probability(importance, content, self.p_min, self.p_max)
-        mask = select_tokens(p, layout.target, self.generator)
+        u = torch.rand(p.shape, device=p.device, generator=self.generator)
+        mask = select_tokens(p, layout.target, u)
         self.maps.append(LayerMaps(modality, layer, scores, importance, used, p, mask, layout))
         return x
 

@@ -63,13 +63,21 @@ def importance(
 
 
 def drop_probability(
-    importance: torch.Tensor, content: torch.Tensor, p_min: float, p_max: float
+    importance: torch.Tensor,
+    content: torch.Tensor,
+    p_min: torch.Tensor | float,
+    p_max: torch.Tensor | float,
+    p_span: torch.Tensor | float | None = None,
 ) -> torch.Tensor:
     """p_j = p_max − ŝ_j (p_max − p_min), ŝ the per-sample min-max scaled importance over content
-    tokens (ŝ = 0 where max = min). The most important token gets p_min. Zero off content."""
+    tokens (ŝ = 0 where max = min). The most important token gets p_min. Zero off content. Rates
+    are one value or one per sample ([B,1]); `p_span` is p_max − p_min when computed apart (on
+    the host in double, as for a single value)."""
+    if p_span is None:
+        p_span = p_max - p_min
     lo = importance.masked_fill(~content, float("inf")).amin(-1, keepdim=True)
     hi = importance.masked_fill(~content, float("-inf")).amax(-1, keepdim=True)
     span = hi - lo
     s_hat = torch.where(span > 0, (importance - lo) / span.clamp_min(1e-12), 0.0)
-    p = p_max - s_hat * (p_max - p_min)
+    p = p_max - s_hat * p_span
     return p.masked_fill(~content, 0.0)

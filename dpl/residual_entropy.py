@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
 
@@ -14,9 +16,16 @@ def rer_lambda(epoch: int, epochs: int, lambda0: float = 0.1, fixed: bool = Fals
 
 
 def entropy(logits: torch.Tensor) -> torch.Tensor:
-    """H(p) = −Σ_y p log(p + 1e-5) over classes, mean over the batch."""
+    """H(p) = −Σ_y p log(p + 1e-5) over classes, mean over the batch: logits [K,B,C] -> [K]."""
     p = logits.float().softmax(-1)
-    return -(p * torch.log(p + 1e-5)).sum(-1).mean()
+    return -(p * torch.log(p + 1e-5)).sum(-1).mean(-1)
+
+
+def _per_member(values: Sequence[float], like: torch.Tensor) -> torch.Tensor | float:
+    """One value per member as [K,1,1] (one member: the Python value, as a scalar op takes it)."""
+    if len(values) == 1:
+        return values[0]
+    return torch.tensor(list(values), dtype=torch.float32, device=like.device).view(-1, 1, 1)
 
 
 def residual_entropies(
@@ -24,14 +33,17 @@ def residual_entropies(
     f_o: torch.Tensor,
     t_d: torch.Tensor,
     t_o: torch.Tensor,
-    lam: float,
-    logit_scale: torch.Tensor | float,
+    lam: Sequence[float],
+    logit_scale: torch.Tensor,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(H_t, H_v) for learnable/frozen image features [B,E] and class text features [C,E].
+    """(H_t, H_v) per member [K] for learnable/frozen image features [K,B,E], learnable class
+    text features [K,C,E], frozen ones [C,E], each member's λ and logit scale [K].
 
     Residuals z = (x^d − λ x^o)/(1−λ) of the normalised features (not re-normalised); text residuals
     are scored by frozen image features, image residuals against frozen text features."""
     f_d, f_o, t_d, t_o = (F.normalize(x.float(), dim=-1) for x in (f_d, f_o, t_d, t_o))
-    z_t = (t_d - lam * t_o) / (1 - lam)  # [C,E]
-    z_v = (f_d - lam * f_o) / (1 - lam)  # [B,E]
-    return entropy(logit_scale * f_o @ z_t.T), entropy(logit_scale * z_v @ t_o.T)
+    lam_k, keep = _per_member(lam, f_d), _per_member([1 - v for v in lam], f_d)
+    z_t = (t_d - lam_k * t_o) / keep  # [K,C,E]
+    z_v = (f_d - lam_k * f_o) / keep  # [K,B,E]
+    s = logit_scale.view(-1, 1, 1)
+    return entropy(s * f_o @ z_t.transpose(1, 2)), entropy(s * z_v @ t_o.T)

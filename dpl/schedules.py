@@ -13,14 +13,13 @@
   stepped after every optimiser step, no warm-up: step t runs at
   min_lr + (lr - min_lr) * 1/2 (1 + cos(pi t / iterations)).
 
-All give the lr of every optimiser step; `set_lr` writes them into the optimiser's groups.
+All give the lr of every optimiser step; dpl/optim.py `MemberOptimizer.set_lr` writes each
+member's.
 """
 
 from __future__ import annotations
 
 import math
-
-import torch
 
 from dpl.config import OptimConfig
 
@@ -71,15 +70,3 @@ def group_lr(
         cos = 0.5 * (1 + math.cos(math.pi * t / cfg.iterations))
         return cfg.min_lr + (base - cfg.min_lr) * cos
     raise ValueError(f"optim.schedule={cfg.schedule!r}: choose one of {SCHEDULES}")
-
-
-def set_lr(
-    optimizer: torch.optim.Optimizer,
-    cfg: OptimConfig,
-    epoch: int,
-    step: int = 0,
-    steps_per_epoch: int = 1,
-) -> None:
-    """Write every group's lr for the coming optimiser step."""
-    for g in optimizer.param_groups:
-        g["lr"] = group_lr(cfg, g.get("name", "prompts"), epoch, step, steps_per_epoch)

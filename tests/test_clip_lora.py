@@ -51,8 +51,8 @@ def test_out_projection_lora_merges_too():
         lora.b.normal_()
     out = torch.randn(2, 5, 16)
     w = torch.randn(16, 16)
-    merged = F.linear(out, lora.merged_out(w))
-    torch.testing.assert_close(merged, F.linear(out, w) + lora.delta_out(out))
+    merged = F.linear(out, lora.merged_out(w)[0])  # [K=1, D, D]: one member's
+    torch.testing.assert_close(merged, F.linear(out, w) + lora.delta_out(out, None))
 
 
 def test_cosine_iterations_schedule_is_the_release_cosine_annealing():

@@ -77,7 +77,7 @@ def test_recorded_maps_are_the_importance_functions_of_open_clips_attention():
         h.remove()
     h_txt, ht = _ln1_inputs(txt_blocks)
     cs = model.classes
-    model.text(cs.embedded, cs.eot, model._text_prompt_list(), 1, rec)
+    model.text(cs.embedded, cs.eot, [p[0] for p in model._text_prompt_list()], 1, rec)
     for h in ht:
         h.remove()
     L = cs.embedded.shape[1]
@@ -92,7 +92,7 @@ def test_recorded_maps_are_the_importance_functions_of_open_clips_attention():
         expect = {
             "cls": imp.cls_score(attn, layout.global_index, content),
             "self": imp.self_score(attn, content),
-            "cross": imp.cross_score(model.mag.attend(x, m.modality, layout.valid)[0], content),
+            "cross": imp.cross_score(model.mag.attend(x, m.modality, layout.valid), content),
         }
         assert set(m.scores) == set(expect) and m.used == cfg.importance
         for k, v in expect.items():

@@ -1,7 +1,7 @@
-"""Fused runs (dpl/fused.py, plan/fusion.py, run/fused_loop.py): K jobs trained as one batched model
-train as their solo runs do, each with its own gradients, failures and results."""
+"""Fused runs (plan/fusion.py, run/train_loop.py over dpl/members.py): K jobs trained as one model
+of members train as their solo runs do, each with its own gradients, failures, resume point and
+results. The model-level equality of every method is tests/test_members.py."""
 
-import copy
 import dataclasses
 import json
 
@@ -9,7 +9,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from dpl.fused import FusedRuns
+from dpl.members import Streams
 from dpl.methods import build_method, method_config
 from dplbench.cli import app
 from dplbench.plan.fusion import FusedGroup, fused_groups
@@ -21,109 +21,27 @@ from dplbench.run.driver import run_plan
 from dplbench.run.prepare import ensure_synthetic
 from dplbench.run.settings import ExecOptions, RunSettings
 from dplbench.run.worker import frozen_clip
-from tests.conftest import llm_overrides, tiny
+from tests.conftest import tiny
 
-FUSABLE = ("coop", "cocoop", "kgcoop", "ivlp", "maple", "promptsrc", "clip_lora", "dpl", "llamp",
-           "dpl-release")  # fmt: skip
 NAMES = ["dog", "cat", "red car", "sunflower"]
 
 
-def _batch(seed: int, n: int = 4) -> dict:
-    g = torch.Generator().manual_seed(seed)
-    image = torch.randn(n, 3, 32, 32, generator=g)
-    return {
-        "image": image,
-        "clean": image + 0.1,
-        "label": torch.randint(len(NAMES), (n,), generator=g),
-        "key": [f"s{seed}-{i}" for i in range(n)],
-    }
-
-
-def _members(method: str, changes: list[dict]) -> tuple[list, list]:
-    """Per config change: the solo model and a copy for fusing, built as a job builds them (seed
-    i+1), on one frozen CLIP."""
-    solos, fused = [], []
-    for i, change in enumerate(changes):
-        cfg = method_config(method, tiny({**llm_overrides(method), **change}))
-        clip = frozen_clip(cfg.backbone)
-        torch.manual_seed(i + 1)
-        solo = build_method(cfg, clip)
-        solo.set_classes(NAMES)
-        twin = build_method(cfg, clip)
-        twin.load_trainable_state(solo.trainable_state())
-        twin.set_classes(NAMES)
-        solos.append(solo.train())
-        fused.append(twin.train())
-    return solos, fused
-
-
-def _train_solo(model, seed: int, steps: int) -> list[float]:
-    torch.manual_seed(seed)
-    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.05)
-    losses = []
-    for step in range(steps):
-        loss = sum(model.losses(_batch(seed * 100 + step), step, steps).values())
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(float(loss.detach()))
-    return losses
-
-
-def _train_fused(models, seeds: list[int], steps: int) -> list[list[float]]:
-    runs = FusedRuns(models, seeds, torch.device("cpu"))
-    opts = [
-        torch.optim.SGD([p for p in m.parameters() if p.requires_grad], lr=0.05) for m in models
-    ]
-    out = [[] for _ in models]
-    for step in range(steps):
-        terms = runs.losses([_batch(s * 100 + step) for s in seeds], step, [steps] * len(seeds))
-        losses = [sum(t.values()) for t in terms]
-        for o in opts:
-            o.zero_grad()
-        sum(losses).backward()
-        for o, loss, record in zip(opts, losses, out):
-            o.step()
-            record.append(float(loss.detach()))
-    return out
-
-
-def _close(solos, fused, solo_losses, fused_losses) -> None:
-    for a, b in zip(solo_losses, fused_losses):
-        assert b == pytest.approx(a, rel=1e-4)
-    for s, f in zip(solos, fused):
-        for (name, p), (_, q) in zip(s.named_parameters(), f.named_parameters()):
-            if p.requires_grad:
-                assert torch.allclose(p, q, rtol=1e-4, atol=1e-6), name
-
-
-@pytest.mark.parametrize("method", FUSABLE)
-def test_three_seeds_fused_train_as_they_do_alone(method):
-    solos, fused = _members(method, [{}, {}, {}])
-    seeds = [1000, 2000, 3000]
-    solo_losses = [_train_solo(m, s, 3) for m, s in zip(solos, seeds)]
-    _close(solos, fused, solo_losses, _train_fused(fused, seeds, 3))
-
-
-def test_a_group_that_differs_in_lr_and_p_max_trains_as_alone():
-    changes = [{"iwtd": {"p_max": p}, "optim": {"lr": lr}} for p, lr in ((0.3, 1e-3), (0.6, 5e-3))]
-    solos, fused = _members("dpl", changes)
-    assert [m.cfg.iwtd.p_max for m in fused] == [0.3, 0.6]
-    seeds = [11, 22]
-    solo_losses = [_train_solo(m, s, 3) for m, s in zip(solos, seeds)]
-    _close(solos, fused, solo_losses, _train_fused(fused, seeds, 3))
-
-
-def test_a_loss_term_of_one_run_moves_only_that_runs_parameters():
-    _, fused = _members("dpl", [{}, {}, {}])
-    runs = FusedRuns(fused, [1, 2, 3], torch.device("cpu"))
-    terms = runs.losses([_batch(s) for s in (1, 2, 3)], 0, [1, 1, 1])
-    terms[1]["ce"].backward()
-    for k, model in enumerate(fused):
-        grads = [p.grad for p in model.parameters() if p.requires_grad]
-        moved = any(g is not None and bool(g.abs().sum() > 0) for g in grads)
-        assert moved == (k == 1), k
-    assert all(p.grad is None for p in fused[0].clip.parameters())  # the frozen CLIP is frozen
+def test_a_loss_term_of_one_member_moves_only_that_members_parameters():
+    cfg = method_config("dpl", tiny())
+    model = build_method([cfg] * 3, frozen_clip(cfg.backbone),
+                         [torch.Generator().manual_seed(s) for s in (1, 2, 3)])  # fmt: skip
+    model.set_classes(NAMES)
+    g = torch.Generator().manual_seed(0)
+    image = torch.randn(12, 3, 32, 32, generator=g)
+    batch = {"image": image, "clean": image, "label": torch.randint(4, (12,), generator=g),
+             "key": [f"k{i}" for i in range(12)]}  # fmt: skip
+    terms = model.train().member_losses(batch, 0, 1, Streams.seeded([1, 2, 3], image.device))
+    terms.values[1].sum().backward()
+    for name, p in model.named_parameters():
+        if p.requires_grad and p.grad is not None:
+            moved = [bool(p.grad[k].abs().sum() > 0) for k in range(3)]
+            assert moved[0] is False and moved[2] is False, name
+    assert all(p.grad is None for p in model.clip.parameters())  # the frozen CLIP is frozen
 
 
 def test_the_planner_groups_what_shares_shapes_and_says_why_the_rest_is_solo():
@@ -169,10 +87,13 @@ def shards(tmp_path_factory):
     return root
 
 
-def _run(shards, results, jobs, fuse: int):
-    settings = RunSettings.local(str(shards), str(results), loader_workers=0)
+def _run(shards, results, jobs, fuse: int, fail_job: str | None = None, resume: bool = False):
+    settings = RunSettings.local(
+        str(shards), str(results), loader_workers=0, fail_job=fail_job, resume=resume
+    )
     suite = Plan("smoke", tuple(jobs))
-    return run_plan(suite, settings, ExecOptions.local(use_ray=False, fuse=fuse))
+    opts = ExecOptions.local(use_ray=False, fuse=fuse, resume=resume)
+    return run_plan(suite, settings, opts)
 
 
 def _rows(results) -> dict:
@@ -232,10 +153,23 @@ def test_fused_smoke_run_writes_the_rows_of_the_solo_run_even_after_a_kill(tmp_p
     assert (tmp_path / "fused" / "logs" / ".killed").exists()  # the kill happened
 
 
-def test_copy_keeps_the_frozen_clip_shared():
-    """Members built for fusing share one frozen CLIP object (what FusedRuns requires)."""
-    _, fused = _members("coop", [{}, {}])
-    assert fused[0].clip is fused[1].clip
-    with pytest.raises(ValueError, match="one shared frozen CLIP"):
-        other = copy.deepcopy(fused[1])
-        FusedRuns([fused[0], other], [1, 2], torch.device("cpu"))
+def test_a_group_resumes_its_members_from_different_epochs(tmp_path, shards):
+    """Two members stopped at different epochs (a at its epoch 2, b at its epoch 1) resume as one
+    group, each from its own checkpoint: b trains alone while a waits, then both; the rows and
+    every epoch's loss are the uninterrupted solo runs'."""
+    sel = {"methods": ("dpl",), "seeds": (1, 2), "overrides": {"optim": {"epochs": 3}}}
+    a, b = load_suite("smoke", sel).jobs
+    broken = _run(shards, tmp_path / "r", [a, b], 2, fail_job=f"{a.id}@2,{b.id}@1")
+    assert [o.status for o in broken.outcomes] == ["failed", "failed"]
+    resumed = _run(shards, tmp_path / "r", [a, b], 2, resume=True)
+    assert [o.status for o in resumed.outcomes] == ["done", "done"]
+    assert [u.unit.kind for u in resumed.units] == ["group"]
+    _run(shards, tmp_path / "clean", [a, b], 1)
+    got, want = _rows(tmp_path / "r"), _rows(tmp_path / "clean")
+    assert set(got) == set(want) and all(got[k]["correct"] == want[k]["correct"] for k in want)
+    rows = store.query(ResultsRoot(tmp_path / "r"),
+                       "SELECT job_id, epoch, loss FROM epochs").to_pylist()  # fmt: skip
+    by_epoch = {(r["job_id"], r["epoch"]): r["loss"] for r in rows}
+    assert len(rows) == len(by_epoch) == 6  # every epoch of both once, across the two runs
+    clean = _epochs(tmp_path / "clean")
+    assert all(by_epoch[k] == pytest.approx(clean[k], rel=1e-5) for k in clean)

@@ -8,6 +8,7 @@ import dpl.encoders as encoders
 from dpl import importance as imp
 from dpl.encoders import TextEncoder, VisionEncoder
 from dpl.mag import MAGBridge, MAGConfig
+from dpl.members import Streams
 from dpl.methods import build_method, method_config
 from dpl.token_dropout import IWTDConfig, IWTDHook, drop_factor, select_tokens
 from tests.conftest import tiny
@@ -35,7 +36,7 @@ def test_scores_sum_to_one_over_content_and_skip_global():
     lay = _vision_layout(B, S)
     attn = _attention(B, S=S)
     mag = MAGBridge(16, 16, MAGConfig(tokens=5, dim=8))
-    mag_attn, _ = mag.attend(torch.randn(B, S, 16), "vision", lay.valid)
+    mag_attn = mag.attend(torch.randn(B, S, 16), "vision", lay.valid)
     for s in (
         imp.self_score(attn, lay.content),
         imp.cls_score(attn, lay.global_index, lay.content),
@@ -89,16 +90,19 @@ def test_selection_rate_matches_p():
     g = torch.Generator().manual_seed(0)
     p = torch.tensor([[0.0, 0.1, 0.25, 0.5, 0.8]]).expand(20000, -1)
     target = torch.ones_like(p, dtype=torch.bool)
-    rate = select_tokens(p, target, g).float().mean(0)
+    rate = select_tokens(p, target, torch.rand(p.shape, generator=g)).float().mean(0)
     torch.testing.assert_close(rate, p[0], atol=0.015, rtol=0)
     # Non-target tokens are never selected, whatever their p.
     target[:, 2] = False
-    assert not select_tokens(p, target, g)[:, 2].any()
+    assert not select_tokens(p, target, torch.rand(p.shape, generator=g))[:, 2].any()
 
 
 def drop_tokens(x, p, target, mode, sigma=0.03, generator=None):
-    """What the IWTD hook does to a layer's output: x times the drop factor."""
-    return x * drop_factor(p, target, mode, sigma, x.shape[-1], generator)
+    """What the IWTD hook does to a layer's output: x times the drop factor, its draws (u, then
+    ε in noise mode) from `generator` as the hook draws them from a member's stream."""
+    u = torch.rand(p.shape, generator=generator)
+    eps = torch.randn(x.shape, generator=generator) if mode == "noise" else None
+    return x * drop_factor(p, target, mode, sigma, u, eps)
 
 
 def test_noise_mode_is_multiplicative_with_mean_one_and_sigma():
@@ -120,7 +124,7 @@ def test_zero_mode_zeroes_and_rescales():
     p = torch.tensor([[0.0, 0.5, 0.5, 0.2, 0.2, 0.4]])
     target = torch.tensor([[False, True, True, True, True, False]])
     out = drop_tokens(x, p, target, "zero", generator=g)
-    sel = select_tokens(p, target, torch.Generator().manual_seed(0))
+    sel = select_tokens(p, target, torch.rand(p.shape, generator=torch.Generator().manual_seed(0)))
     for j in range(6):
         if sel[0, j]:
             assert (out[0, j] == 0).all()
@@ -140,7 +144,7 @@ def test_only_target_text_tokens_change():
         enabled=True, importance=("cls", "self", "cross"), p_min=0.9, p_max=0.95, drop_mode="zero"
     )
     mag = MAGBridge(16, 16, MAGConfig(tokens=4, dim=8))
-    hook = IWTDHook(cfg, {"text": 1}, mag)
+    hook = IWTDHook([cfg], {"text": 1}, mag)
     x = torch.randn(3, 12, 16)
     causal = torch.full((12, 12), float("-inf")).triu(1)
     out = hook(x, _attention(3, S=12, mask=causal), "text", 0, lay)
@@ -161,9 +165,9 @@ def test_eval_is_deterministic_without_attention_maps_and_equals_iwtd_off(monkey
     calls = []
     real = encoders._attention
 
-    def spy(mha, h, mask, lora, need_weights):
+    def spy(mha, h, mask, lora, need_weights, streams=None):
         calls.append(need_weights)
-        return real(mha, h, mask, lora, need_weights)
+        return real(mha, h, mask, lora, need_weights, streams)
 
     monkeypatch.setattr(encoders, "_attention", spy)
     torch.manual_seed(0)
@@ -192,10 +196,11 @@ def test_training_forward_perturbs_only_in_training():
     model = _dpl()
     images = torch.randn(2, 3, 32, 32)
     model.train()
-    g1, g2 = torch.Generator().manual_seed(1), torch.Generator().manual_seed(2)
-    hook1, hook2 = model._hook(g1), model._hook(g2)
-    f1 = model.image_features(images, hook1)
-    f2 = model.image_features(images, hook2)
+    s1, s2 = Streams.seeded([1], images.device), Streams.seeded([2], images.device)
+    labels = torch.tensor([0, 1])
+    hook1, hook2 = model._hook(s1, labels), model._hook(s2, labels)
+    f1 = model.image_features(images, hook1, s1)
+    f2 = model.image_features(images, hook2, s2)
     assert not torch.allclose(f1, f2)  # fresh draws differ
     assert len(hook1.captured["vision"]) == model.mag_layers
 

@@ -128,7 +128,7 @@ def test_trainable_set_is_exactly_the_release_one_and_the_llm_stays_frozen(name)
         expected.add("mag")
     assert rest == expected
     assert all(".lora." in n for n in trainable if n.startswith("vision."))
-    assert model.llm.tokens.shape[0] == (16 if name == "llamp" else 24)
+    assert model.llm.n_tokens == (16 if name == "llamp" else 24)
 
     frozen = {n: p.detach().clone() for n, p in model.llm.named_parameters() if not p.requires_grad}
     assert {n.split(".")[1] for n in frozen} == {"self_attn", "mlp"}
@@ -174,7 +174,7 @@ def test_evaluation_averages_template_probabilities():
         model.classes.knowledge = full
         model._eval_text = None
         f = torch.nn.functional.normalize(model.image_features(images), dim=-1)
-        texts = model.template_text_features()  # [T,C,E]
+        texts = model.template_text_features()[:, 0]  # [T,C,E]: the one member's
         by_hand = torch.stack([(f @ t.T).softmax(-1) for t in texts]).mean(0)  # temperature 1
     torch.testing.assert_close(averaged, by_hand)
     torch.testing.assert_close(torch.stack(per_template).mean(0), by_hand)
@@ -201,8 +201,8 @@ def test_suffix_layout_names_never_see_llm_tokens_and_pads_are_masked():
     model = _model("llamp").eval()
     cs = model.classes
     P, l0 = model.llm.n_tokens, cs.embedded.shape[1]
-    ctx = model._text_prompt_list()
-    llm = model.llm(cs.knowledge, 0)
+    ctx = model._text_prompt_list()  # [K=1,n,D] per layer
+    llm = model.llm(cs.knowledge, [0])
     x, mask, layout = model._sequence(cs, ctx[0], llm[0], True)
     assert x.shape[1] == l0 + P
     # targets: SOT, 4 ctx, the P LLM tokens (DroPLe's token_importance), per class
@@ -212,7 +212,7 @@ def test_suffix_layout_names_never_see_llm_tokens_and_pads_are_masked():
     def run(llm_layers, x):
         rec = _Record()
         pool = torch.full((x.shape[0],), x.shape[1] - 1)
-        spans = [(1, ctx), (l0 - 1, llm_layers)]
+        spans = [(1, [p[0] for p in ctx]), (l0 - 1, llm_layers)]
         with torch.no_grad():
             f = model.text.encode(x, mask, spans, pool, rec, layout)
         return f, rec.out

@@ -37,16 +37,24 @@ def test_residual_entropy_hand_computed():
     z_v = [(a - lam * b) / (1 - lam) for a, b in zip(f_d, f_o)]
     p_t = _softmax([s * sum(a * b for a, b in zip(f_o, z)) for z in z_t])
     p_v = _softmax([s * sum(a * b for a, b in zip(z_v, t)) for t in t_o])
-    h_t, h_v = residual_entropies(
-        torch.tensor([f_d]), torch.tensor([f_o]), torch.tensor(t_d), torch.tensor(t_o), lam, s
-    )
+    one = torch.tensor([s])  # one member: its features [1,B,E] / [1,C,E], its λ and scale
+
+    def entropies(lams, scale):
+        k = len(lams)
+        return residual_entropies(
+            torch.tensor([[f_d]] * k), torch.tensor([[f_o]] * k), torch.tensor([t_d] * k),
+            torch.tensor(t_o), lams, scale,
+        )  # fmt: skip
+
+    h_t, h_v = entropies([lam], one)
     assert h_t.item() == pytest.approx(_h(p_t), abs=1e-6)
     assert h_v.item() == pytest.approx(_h(p_v), abs=1e-6)
     # λ = 0: the residual is the learnable feature itself.
-    h_t0, _ = residual_entropies(
-        torch.tensor([f_d]), torch.tensor([f_o]), torch.tensor(t_d), torch.tensor(t_o), 0.0, s
-    )
+    h_t0, _ = entropies([0.0], one)
     assert h_t0.item() == pytest.approx(_h(_softmax([0.0, 2.0])), abs=1e-6)
+    # two members at once, each with its own λ and scale: each its own entropies
+    h_t2, h_v2 = entropies([lam, 0.0], torch.tensor([s, s]))
+    assert h_t2.tolist() == pytest.approx([h_t.item(), h_t0.item()], abs=1e-6)
 
 
 def test_entropy_of_uniform_is_log_c():
@@ -58,11 +66,15 @@ def test_entropy_of_uniform_is_log_c():
 def test_mag_alignment_loss_hand_computed():
     # Layer 1: orthogonal v and t -> m = (v+t)/2, <v,m> = <t,m> = 0.5 -> 0.5·(0.5+0.5) = 0.5
     # Layer 2: identical -> 0. Mean over layers = 0.25. Class 1 is the label; class 0 is a decoy.
+    # The text aggregates come as the hook captures them: each sample's label class's.
     v1 = torch.tensor([[[1.0, 0.0]]])  # [B=1, M=1, d=2]
-    t1 = torch.tensor([[[5.0, 5.0]], [[0.0, 3.0]]])  # [C=2, M=1, d=2]
+    t1 = torch.tensor([[[0.0, 3.0]]])  # its label class's aggregate, [B=1, M=1, d=2]
     v2 = torch.tensor([[[0.0, 2.0]]])
-    t2 = torch.tensor([[[1.0, 0.0]], [[0.0, 1.0]]])
-    loss = alignment_loss([v1, v2], [t1, t2], torch.tensor([1]))
+    t2 = torch.tensor([[[0.0, 1.0]]])
+    loss = alignment_loss([v1, v2], [t1, t2], 1)
     assert loss.item() == pytest.approx(0.25, abs=1e-6)
+    # two members (member-major rows): each its own mean
+    both = alignment_loss([torch.cat([v1, v2])] * 2, [torch.cat([t1, t2])] * 2, 2)
+    assert both.tolist() == pytest.approx([0.5, 0.0], abs=1e-6)
     with pytest.raises(ValueError):
-        alignment_loss([v1], [], torch.tensor([1]))
+        alignment_loss([v1], [], 1)

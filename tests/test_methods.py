@@ -191,9 +191,11 @@ def test_gpa_averages_prompts_with_gaussian_weights():
 
 
 def test_param_groups():
+    from dpl.optim import build_optimizer
+
     model = _model("dpl", optim={"lr": 2e-4, "lr_lora": 2e-5})
-    groups = {g["name"]: g["lr"] for g in model.param_groups()}
-    assert groups == {"prompts": 2e-4, "lora": 2e-5}
+    assert [g["name"] for g in model.param_groups()] == ["prompts", "lora"]
+    assert build_optimizer(model).lrs == {"prompts": [2e-4], "lora": [2e-5]}
     lora = next(g for g in model.param_groups() if g["name"] == "lora")["params"]
     assert {id(p) for p in lora} == {id(p) for p in model.vision.lora.parameters()}
 

@@ -125,13 +125,14 @@ def test_mag_attends_over_every_text_position_or_only_the_valid_ones():
     valid = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]], dtype=torch.bool)  # the first: 2 pads
     for tokens in ("all", "valid"):
         bridge = MAGBridge(8, 8, MAGConfig(enabled=True, tokens=3, dim=4, text_tokens=tokens))
-        attn, z = bridge.attend(x, "text", valid)
-        logits = torch.einsum("md,bsd->bms", bridge.tokens, bridge.proj["text"](x))  # τ = 1
+        attn = bridge.attend(x, "text", valid)
+        z = bridge.proj["text"](x.reshape(1, -1, 8)).view(2, 5, -1)  # one member's W x + b
+        logits = torch.einsum("md,bsd->bms", bridge.tokens[0], z)  # τ = 1
         if tokens == "valid":
             logits = logits.masked_fill(~valid[:, None, :], float("-inf"))
         torch.testing.assert_close(attn, logits.softmax(-1))
         assert (attn[0, :, 3:] > 0).all() == (tokens == "all")  # padding attended or not
-        vision, _ = bridge.attend(x, "vision", torch.ones(2, 5, dtype=torch.bool))
+        vision = bridge.attend(x, "vision", torch.ones(2, 5, dtype=torch.bool))
         assert vision.shape == (2, 3, 5)
     assert method_config("dpl-release", {}).mag.text_tokens == "all"  # DroPLe masks nothing
 

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from dpl.config import OptimConfig
-from dpl.schedules import group_lr, set_lr
+from dpl.optim import MemberOptimizer
+from dpl.schedules import group_lr
 
 
 def dassl_reference(base: float, epochs: int, warmup_lr: float = 1e-5) -> list[float]:
@@ -77,14 +78,17 @@ def test_dpl_release_schedule_matches_the_release(epochs, batches):
         assert ours[-2] == pytest.approx(2e-4 * 0.5 * (1 + math.cos(math.pi * 4 / 20)))
 
 
-def test_set_lr_writes_each_group():
-    cfg = OptimConfig(name="adamw", lr=2e-4, lr_lora=2e-5, epochs=20, schedule="dpl_release")
-    a, b = torch.nn.Parameter(torch.zeros(1)), torch.nn.Parameter(torch.zeros(1))
-    opt = torch.optim.AdamW(
-        [{"params": [a], "lr": 1.0, "name": "prompts"}, {"params": [b], "lr": 1.0, "name": "lora"}]
-    )
-    set_lr(opt, cfg, 3, 0, 10)
-    assert [g["lr"] for g in opt.param_groups] == [
-        group_lr(cfg, "prompts", 3),
-        group_lr(cfg, "lora", 3),
-    ]
+def test_set_lr_writes_each_members_rate_of_each_group():
+    """Each member's rate from its own recipe, at its own step of its epoch."""
+    one = OptimConfig(name="adamw", lr=2e-4, lr_lora=2e-5, epochs=20, schedule="dpl_release")
+    two = OptimConfig(name="adamw", lr=5e-4, lr_lora=1e-5, epochs=20, schedule="dpl_release")
+    a, b = torch.nn.Parameter(torch.zeros(2, 1)), torch.nn.Parameter(torch.zeros(2, 1))
+    groups = [{"params": [a], "name": "prompts"}, {"params": [b], "name": "lora"}]
+    opt = MemberOptimizer(groups, [one, two])
+    opt.set_lr(0, [0, 5], 10)
+    assert opt.lrs == {
+        "prompts": [group_lr(one, "prompts", 0, 0, 10), group_lr(two, "prompts", 0, 5, 10)],
+        "lora": [group_lr(one, "lora", 0, 0, 10), group_lr(two, "lora", 0, 5, 10)],
+    }
+    assert opt.lrs["prompts"][0] != opt.lrs["prompts"][1]
+    assert opt.lr(1) == opt.lrs["prompts"][1]

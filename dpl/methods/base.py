@@ -1,17 +1,18 @@
 """`PromptedCLIP`: frozen CLIP + learnable prompts, with DPL's pieces as switchable plug-ins.
 
-Every method is this module (or a short subclass) built from a `MethodConfig`. The harness sees one
-interface: `set_classes`, `logits`, `losses` (named, weighted terms; the total is their sum),
-`trainable_state` / `load_trainable_state`, `param_groups`, `on_epoch_end`.
+Every method is this module (or a short subclass) built from a `MethodConfig`, for K members at
+once (dpl/members.py): a run trained alone is K = 1, a fused group of K runs that differ in seed
+or shape-neutral values is one model whose every trainable tensor has a member axis. The harness
+sees one interface: `set_classes`, `member_losses` (a [K, terms] tensor), `member_logits`, each
+member's state (dpl/methods/state.py), `param_groups`, `on_epoch_end`; and for one member the
+familiar `losses` (named terms) and `logits`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
-import math
-import weakref
-from dataclasses import dataclass
+from collections.abc import Sequence
 
 import open_clip
 import torch
@@ -21,44 +22,57 @@ from torch import nn
 from dpl.backbone import load_clip
 from dpl.config import MethodConfig
 from dpl.encoders import TextCall, TextEncoder, VisionEncoder
-from dpl.fused import fused_losses
 from dpl.layers import resolve_depth, resolve_layers
 from dpl.lora import AttentionLoRA
-from dpl.losses import loss_terms
+from dpl.losses import Terms, loss_terms
 from dpl.mag import MAGBridge
+from dpl.members import Gen, Streams, member_parameter
+from dpl.methods.classes import ClassLists, ClassSet
+from dpl.methods.state import MemberState
 from dpl.prompts import CoupledPrompts, DeepPrompts
-from dpl.templates import RAW_MEAN_SETS, template_set
 from dpl.token_dropout import IWTDHook
 
 log = logging.getLogger(__name__)
-# A per-process cache: frozen text features per frozen CLIP object (PromptedCLIP._frozen_text).
-_FROZEN_TEXT: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-@dataclass
-class ClassSet:
-    """Everything constant about one class list: prompt tokens and frozen text features."""
-
-    names: tuple[str, ...]
-    embedded: torch.Tensor  # [C,L,D] frozen token embeddings of "<ctx words> <name>."
-    eot: torch.Tensor  # [C]
-    frozen_text: torch.Tensor  # [C,E] t^o, normalised template mean
-    # Whether `embedded` already holds the position embeddings (the LLaMP suffix layout's does)
-    with_positions = False
+def member_rows(prompts: list[torch.Tensor], rows: int) -> list[torch.Tensor]:
+    """Per-layer member prompts [K,n,D] as the encoders take them: [n,D] for one member (shared
+    by its rows), else [K·rows,n,D] (each member's rows with its own)."""
+    if not prompts or prompts[0].shape[0] == 1:
+        return [p[0] for p in prompts]
+    return [p[:, None].expand(-1, rows, -1, -1).flatten(0, 1) for p in prompts]
 
 
-class PromptedCLIP(nn.Module):
-    def __init__(self, cfg: MethodConfig, clip: open_clip.CLIP | None = None) -> None:
+def _overrides(model: nn.Module, name: str) -> bool:
+    """Whether the model's class overrides `name` of PromptedCLIP's one-member API (a method
+    written for one member: it keeps working alone, and cannot train fused)."""
+    return getattr(type(model), name) is not getattr(PromptedCLIP, name)
+
+
+class PromptedCLIP(ClassLists, MemberState, nn.Module):
+    def __init__(
+        self,
+        cfg: MethodConfig | Sequence[MethodConfig],
+        clip: open_clip.CLIP | None = None,
+        gens: Sequence[Gen] | None = None,
+    ) -> None:
+        """cfg: the members' configs (one: a run alone), equal in everything that fixes a shape;
+        gens: each member's generator for its initial values (None: the global stream, as a run
+        seeded with torch.manual_seed draws)."""
         super().__init__()
-        self.cfg = cfg
+        self.cfgs = (cfg,) if isinstance(cfg, MethodConfig) else tuple(cfg)
+        self.cfg = cfg = self.cfgs[0]
+        gens = tuple(gens) if gens is not None else (None,) * len(self.cfgs)
+        if len(gens) != len(self.cfgs):
+            raise ValueError(f"{len(self.cfgs)} members need {len(self.cfgs)} generators")
         self.clip = clip if clip is not None else load_clip(cfg.backbone)
         self.tokenizer = open_clip.get_tokenizer(cfg.backbone.model)
         n_vis = len(self.clip.visual.transformer.resblocks)
         n_text = len(self.clip.transformer.resblocks)
-        self.text = TextEncoder(self.clip, self._lora("text", self.clip.transformer.width, n_text))
-        self.vision = VisionEncoder(
-            self.clip.visual, self._lora("vision", self.clip.visual.transformer.width, n_vis)
-        )
+        text_lora = self._lora("text", self.clip.transformer.width, n_text, gens)
+        self.text = TextEncoder(self.clip, text_lora)
+        vision_lora = self._lora("vision", self.clip.visual.transformer.width, n_vis, gens)
+        self.vision = VisionEncoder(self.clip.visual, vision_lora)
 
         pc = cfg.prompts
         self.depth_text = resolve_depth(pc.depth_text, n_text) if pc.n_ctx_text else 0
@@ -66,11 +80,12 @@ class PromptedCLIP(nn.Module):
         self.prompt_prefix, first = self._context_words(pc.n_ctx_text, pc.ctx_init)
         self.text_prompts = (
             DeepPrompts(
-                pc.n_ctx_text, self.text.width, self.depth_text, first, pc.init_std, pc.init
+                pc.n_ctx_text, self.text.width, self.depth_text, first, pc.init_std, pc.init,
+                gens=gens,
             )
             if self.depth_text
             else None
-        )
+        )  # fmt: skip
         self.vision_prompts: nn.Module | None = None
         if self.depth_vision and pc.coupling == "maple":
             if pc.n_ctx_vision != pc.n_ctx_text or self.depth_vision > self.depth_text:
@@ -79,14 +94,14 @@ class PromptedCLIP(nn.Module):
                     "depth_vision <= depth_text"
                 )
             self.vision_prompts = CoupledPrompts(
-                self.text.width, self.vision.width, self.depth_vision
+                self.text.width, self.vision.width, self.depth_vision, gens
             )
         elif self.depth_vision:
             # The releases that draw U(±1/√fan_in) draw all visual prompts as one
             # [depth, n, width] tensor: fan_in = n·width.
             self.vision_prompts = DeepPrompts(
                 pc.n_ctx_vision, self.vision.width, self.depth_vision, None, pc.init_std,
-                pc.init, pc.n_ctx_vision * self.vision.width,
+                pc.init, pc.n_ctx_vision * self.vision.width, gens,
             )  # fmt: skip
 
         if cfg.teacher.text != "template" and not hasattr(self, "_teacher_text"):
@@ -111,11 +126,17 @@ class PromptedCLIP(nn.Module):
         if cfg.mag.enabled and self.mag_layers == 0:
             raise ValueError("mag.enabled needs IWTD layers in both encoders (text and vision)")
         needs_bridge = cfg.mag.enabled or (iw.enabled and iw.needs_cross)
-        self.mag = MAGBridge(self.vision.width, self.text.width, cfg.mag) if needs_bridge else None
+        self.mag = (
+            MAGBridge(self.vision.width, self.text.width, cfg.mag, gens) if needs_bridge else None
+        )
 
         ls = cfg.logit_scale
         self.logit_scale_log = (
-            nn.Parameter(torch.tensor(ls.init_log, device=self.clip.logit_scale.device))
+            member_parameter(
+                torch.tensor(
+                    [c.logit_scale.init_log for c in self.cfgs], device=self.clip.logit_scale.device
+                )
+            )
             if ls.learnable
             else None
         )
@@ -126,14 +147,18 @@ class PromptedCLIP(nn.Module):
         self._frozen_images: dict[str, torch.Tensor] = {}
         self._gpa_sum: dict[str, torch.Tensor] = {}
 
+    @property
+    def members(self) -> int:
+        return len(self.cfgs)
+
     # --- construction helpers ---------------------------------------------------------------
 
-    def _lora(self, encoder: str, width: int, layers: int) -> dict[int, AttentionLoRA]:
+    def _lora(self, encoder: str, width: int, layers: int, gens) -> dict[int, AttentionLoRA]:
         lc = self.cfg.lora
         if lc.rank <= 0 or encoder not in lc.encoders:
             return {}
         return {
-            i: AttentionLoRA(width, lc.rank, lc.alpha, lc.dropout, lc.targets, lc.scaling)
+            i: AttentionLoRA(width, lc.rank, lc.alpha, lc.dropout, lc.targets, lc.scaling, gens)
             for i in resolve_layers(lc.layers, layers)
         }
 
@@ -152,58 +177,6 @@ class PromptedCLIP(nn.Module):
                     emb = self.clip.token_embedding(ids[None])[0, 1 : 1 + n_ctx]
                 return ctx_init, emb
         return " ".join(["X"] * n_ctx), None
-
-    # --- classes and cached text --------------------------------------------------------------
-
-    def set_classes(
-        self,
-        classnames: list[str],
-        dataset_template: str = "a photo of a {}.",
-        dataset: str | None = None,
-    ) -> None:
-        """Select the class list; its frozen text features are computed once and cached. The
-        dataset's name matters only to methods with per-dataset knowledge (the LLM source)."""
-        names = tuple(n.replace("_", " ") for n in classnames)
-        templates = template_set(self.cfg.templates, self.cfg.dataset_template or dataset_template)
-        key = (names, templates, dataset)
-        if key not in self._classes:
-            self._classes[key] = self._build_class_set(names, templates, dataset)
-        self._current = key
-        self._eval_text = None
-
-    @property
-    def classes(self) -> ClassSet:
-        if self._current is None:
-            raise RuntimeError("call set_classes(classnames, template) before using the model")
-        return self._classes[self._current]
-
-    @torch.no_grad()
-    def _build_class_set(
-        self, names: tuple[str, ...], templates: tuple[str, ...], dataset: str | None = None
-    ) -> ClassSet:
-        device = self.clip.logit_scale.device
-        ids = self.tokenizer([f"{self.prompt_prefix} {n}." for n in names]).to(device)
-        embedded, eot = self.text.embed(ids)
-        return ClassSet(names, embedded, eot, self._frozen_text(names, templates).to(device))
-
-    @torch.no_grad()
-    def _frozen_text(self, names: tuple[str, ...], templates: tuple[str, ...]) -> torch.Tensor:
-        """t^o: the original text tower (no prompts, no hooks), mean over the template set. A
-        pure function of the frozen CLIP: cached per CLIP object, so jobs that share a frozen
-        backbone in one process (reused trial actors) encode a class list once."""
-        raw_mean = self.cfg.templates in RAW_MEAN_SETS
-        key = (names, templates, raw_mean)
-        cache = _FROZEN_TEXT.setdefault(self.clip, {})
-        if key not in cache:
-            device = self.clip.logit_scale.device
-            feats = []
-            for tpl in templates:
-                t_ids = self.tokenizer([tpl.format(n) for n in names]).to(device)
-                e, p = self.text.embed(t_ids)
-                f = self.text(e, p, adapters=False).float()
-                feats.append(f if raw_mean else F.normalize(f, dim=-1))
-            cache[key] = F.normalize(torch.stack(feats).mean(0), dim=-1)
-        return cache[key]
 
     def _apply(self, fn, recurse=True):  # .to()/.cuda()/.half(): cached tensors follow
         out = super()._apply(fn, recurse)
@@ -227,15 +200,17 @@ class PromptedCLIP(nn.Module):
 
     @property
     def logit_scale(self) -> torch.Tensor:
+        """Each member's logit scale [K]."""
         if self.logit_scale_log is not None:
             # DroPLe clamps the parameter's value in place before each forward, then takes exp
             # with its full gradient (a clamp in the graph would freeze it at the bound).
             with torch.no_grad():
                 self.logit_scale_log.clamp_(0.0, self.cfg.logit_scale.max_log)
             return self.logit_scale_log.exp()
-        return self.clip.logit_scale.exp().clamp(max=100.0)
+        return self.clip.logit_scale.exp().clamp(max=100.0).expand(self.members)
 
     def _text_prompt_list(self) -> list[torch.Tensor]:
+        """Per layer [K,n,D]."""
         return self.text_prompts() if self.text_prompts is not None else []
 
     def _vision_prompt_list(self, text_prompts: list[torch.Tensor]) -> list[torch.Tensor]:
@@ -245,17 +220,23 @@ class PromptedCLIP(nn.Module):
             return self.vision_prompts(text_prompts[: self.depth_vision])
         return self.vision_prompts()
 
-    def text_call(self, hook: IWTDHook | None = None) -> TextCall:
-        """The text tower's pass of `text_features(hook)`, built but not run (a fused step runs
-        the passes of several runs at once, dpl/fused.py)."""
+    def text_call(self, hook: IWTDHook | None = None, streams: Streams | None = None) -> TextCall:
+        """The text tower's pass over the members' class sequences (member-major, K·C rows),
+        built but not run."""
         cs = self.classes
         if cs.with_positions:  # TextEncoder.call adds them: they would count twice
             raise TypeError(f"{type(self).__name__}: its class set has positions added already")
-        return self.text.call(cs.embedded, cs.eot, self._text_prompt_list(), 1, hook is not None)
+        k, c = self.members, cs.embedded.shape[0]
+        embedded = cs.embedded if k == 1 else cs.embedded.repeat(k, 1, 1)
+        eot = cs.eot if k == 1 else cs.eot.repeat(k)
+        prompts = member_rows(self._text_prompt_list(), c)
+        return self.text.call(embedded, eot, prompts, 1, hook is not None)
 
-    def text_features(self, hook: IWTDHook | None = None) -> torch.Tensor:
-        """Learnable-branch class text features t^d [C,E] (not normalised)."""
-        return self.text.run(self.text_call(hook), hook)
+    def text_features(
+        self, hook: IWTDHook | None = None, streams: Streams | None = None
+    ) -> torch.Tensor:
+        """Learnable-branch class text features t^d [K·C,E] (not normalised)."""
+        return self.text.run(self.text_call(hook, streams), hook, streams=streams)
 
     def prompted_text_features(self, hook=None) -> torch.Tensor:
         """The prompted text tower over the current class list, deterministically (analyses call
@@ -263,16 +244,25 @@ class PromptedCLIP(nn.Module):
         return PromptedCLIP.text_features(self, hook)
 
     def vision_prompt_list(self) -> list[torch.Tensor]:
-        """The vision tower's deep prompts per layer ([n,D] each)."""
+        """The vision tower's deep prompts per layer ([K,n,D] each)."""
         return self._vision_prompt_list(self._text_prompt_list())
 
-    def image_features(self, images: torch.Tensor, hook: IWTDHook | None = None) -> torch.Tensor:
-        """Learnable-branch image features f^d [B,E] (not normalised)."""
-        return self.vision(images, self.vision_prompt_list(), hook)
+    def image_features(
+        self,
+        images: torch.Tensor,
+        hook: IWTDHook | None = None,
+        streams: Streams | None = None,
+        shared: bool = False,
+    ) -> torch.Tensor:
+        """Learnable-branch image features f^d [K·B,E] (not normalised): images [K·B,3,H,W],
+        each member's batch, or (`shared`) one batch [B,...] every member sees."""
+        k = self.members if shared else 1
+        rows = images.shape[0] * k // self.members
+        prompts = member_rows(self.vision_prompt_list(), rows)
+        return self.vision(images, prompts, hook, streams=streams, members=k)
 
     def needs_frozen_images(self) -> bool:
-        w = self.cfg.loss
-        return bool(w.image_l1 or w.kl or self.cfg.rer.enabled)
+        return any(bool(c.loss.image_l1 or c.loss.kl or c.rer.enabled) for c in self.cfgs)
 
     def frozen_view(self, batch: dict) -> torch.Tensor:
         """The images the frozen branch sees: the clean view, or the learnable branch's."""
@@ -281,12 +271,15 @@ class PromptedCLIP(nn.Module):
 
     @torch.no_grad()
     def frozen_image_features(
-        self, images: torch.Tensor, keys: list[str] | None = None
+        self,
+        images: torch.Tensor,
+        keys: list[str] | None = None,
+        streams: Streams | None = None,
     ) -> torch.Tensor:
-        """f^o [B,E] normalised: the image tower without prompts or hooks, and without LoRA unless
-        teacher.adapters is "release" (then with the current LoRA, its dropout active in training,
-        as the releases run their teacher). Cached per sample key when it is a fixed function of
-        the image: the original tower on the clean view."""
+        """f^o [K·B,E] normalised: the image tower without prompts or hooks, and without LoRA
+        unless teacher.adapters is "release" (then with each member's current LoRA, its dropout
+        active in training, as the releases run their teacher). Cached per sample key when it is
+        a fixed function of the image: the original tower on the clean view."""
         adapted = self.cfg.teacher.adapters == "release"
         cacheable = (
             keys is not None
@@ -295,7 +288,8 @@ class PromptedCLIP(nn.Module):
             and (self.cfg.frozen_view == "clean")
         )
         if not cacheable:
-            return F.normalize(self.vision(images, adapters=adapted).float(), dim=-1)
+            feats = self.vision(images, adapters=adapted, streams=streams if adapted else None)
+            return F.normalize(feats.float(), dim=-1)
         missing = [i for i, k in enumerate(keys) if k not in self._frozen_images]
         if missing:
             feats = F.normalize(self.vision(images[missing], adapters=False).float(), dim=-1)
@@ -303,20 +297,42 @@ class PromptedCLIP(nn.Module):
                 self._frozen_images[keys[i]] = f
         return torch.stack([self._frozen_images[k] for k in keys])
 
-    def logits(self, images: torch.Tensor) -> torch.Tensor:
-        """Class logits [B,C] for the current class list, in fp32 (features may be bf16: an
-        argmax over bf16 logits ties and flips classes). In eval, text features are computed once
-        per class list and reused across batches."""
+    def eval_text(self) -> torch.Tensor:
+        """The members' class text features for evaluation [K,C,E], normalised, once per class
+        list."""
+        if self._eval_text is None:
+            with torch.no_grad():
+                t = F.normalize(self.text_features().float(), dim=-1)
+                self._eval_text = t.view(self.members, -1, t.shape[-1])
+        return self._eval_text
+
+    def member_logits(self, images: torch.Tensor) -> torch.Tensor:
+        """Every member's class logits [K,B,C] for one batch of images [B,...], in fp32
+        (features may be bf16: an argmax over bf16 logits ties and flips classes)."""
+        if self.members == 1 and _overrides(self, "logits"):  # a subclass of one member's API
+            return self.logits(images)[None]
+        return self._logits(images)
+
+    def _logits(self, images: torch.Tensor) -> torch.Tensor:
         if self.training:
             t = F.normalize(self.text_features().float(), dim=-1)
+            t = t.view(self.members, -1, t.shape[-1])
         else:
-            if self._eval_text is None:
-                with torch.no_grad():
-                    self._eval_text = F.normalize(self.text_features().float(), dim=-1)
-            t = self._eval_text
-        f = F.normalize(self.image_features(images).float(), dim=-1)
+            t = self.eval_text()
+        f = F.normalize(self.image_features(images, shared=True).float(), dim=-1)
+        f = f.view(self.members, -1, f.shape[-1])
+        scale = self.logit_scale.float()
         with torch.autocast(f.device.type, enabled=False):  # the matmul in fp32 under autocast
-            return self.logit_scale.float() * f @ t.T
+            if self.members == 1:
+                return (scale[0] * f[0] @ t[0].T)[None]
+            return scale.view(-1, 1, 1) * f @ t.transpose(1, 2)
+
+    def logits(self, images: torch.Tensor) -> torch.Tensor:
+        """Class logits [B,C] of a run alone (one member)."""
+        self._one("logits")
+        if _overrides(self, "logits"):  # reached through super() from a subclass's own logits
+            return self._logits(images)[0]
+        return self.member_logits(images)[0]
 
     forward = logits
 
@@ -326,16 +342,44 @@ class PromptedCLIP(nn.Module):
     def trainable(self) -> bool:
         return any(p.requires_grad for p in self.parameters())
 
-    def _hook(self, generator: torch.Generator | None) -> IWTDHook | None:
+    def _hook(self, streams: Streams | None, labels: torch.Tensor) -> IWTDHook | None:
         if not (self.cfg.iwtd.enabled or self.cfg.mag.enabled):
             return None
+        k = self.members
+        c = self.classes.embedded.shape[0]
+        # The MAG loss reads each sample's label class of the text side: only those rows.
+        rows = (torch.arange(k, device=labels.device)[:, None] * c + labels.view(k, -1)).flatten()
         return IWTDHook(
-            self.cfg.iwtd,
+            [m.iwtd for m in self.cfgs],
             self.iwtd_layers,
             self.mag,
             self.mag_layers if self.cfg.mag.enabled else 0,
-            generator,
+            streams,
+            {"text": rows},
         )
+
+    def member_losses(
+        self, batch: dict, epoch: int = 0, epochs: int = 1, streams: Streams | None = None
+    ) -> Terms:
+        """The members' named, weighted loss terms of one training step (dpl/losses.py).
+
+        batch: member-major rows: image [K·B,3,H,W], label [K·B]; clean [K·B,3,H,W] and key
+        (list) when the frozen branch sees the clean view. streams: the members' draws."""
+        streams = streams if streams is not None else Streams.global_(self.members)
+        if self.members == 1 and _overrides(self, "losses"):  # a subclass of one member's API
+            terms = self.losses(batch, epoch, epochs, streams.on(batch["label"].device)[0])
+            names = tuple(terms)
+            return Terms(names, torch.stack([terms[n] for n in names])[None], [names])
+        return self._member_losses(batch, epoch, epochs, streams)
+
+    def _member_losses(self, batch: dict, epoch: int, epochs: int, streams: Streams) -> Terms:
+        hook = self._hook(streams, batch["label"])
+        t_d = self.text_features(hook, streams)  # [K·C,E]
+        f_d = self.image_features(batch["image"], hook, streams)  # [K·B,E]
+        f_o = None
+        if self.needs_frozen_images():
+            f_o = self.frozen_image_features(self.frozen_view(batch), batch.get("key"), streams)
+        return loss_terms(self, batch, t_d, f_d, f_o, hook, epoch, epochs)
 
     def losses(
         self,
@@ -344,77 +388,19 @@ class PromptedCLIP(nn.Module):
         epochs: int = 1,
         generator: torch.Generator | None = None,
     ) -> dict[str, torch.Tensor]:
-        """Named, weighted loss terms of one training step; the total is their sum
-        (dpl/losses.py).
-
-        batch: image [B,3,H,W], label [B]; clean [B,3,H,W] and key (list) when the frozen branch
-        sees the clean view."""
-        hook = self._hook(generator)
-        t_d = self.text_features(hook)  # [C,E]
-        f_d = self.image_features(batch["image"], hook)  # [B,E]
-        f_o = None
-        if self.needs_frozen_images():
-            f_o = self.frozen_image_features(self.frozen_view(batch), batch.get("key"))
-        return loss_terms(self, batch, t_d, f_d, f_o, hook, epoch, epochs)
-
-    @classmethod
-    def fused_losses(cls, runs, batches, epoch, epochs) -> list[dict[str, torch.Tensor] | None]:
-        """The losses of several runs of this method in one pass through the frozen towers
-        (dpl/fused.py); `runs` is a FusedRuns of models of this class."""
-        return fused_losses(runs, batches, epoch, epochs)
-
-    # --- state --------------------------------------------------------------------------------
-
-    def trainable_state(self) -> dict[str, torch.Tensor]:
-        """Only what training changes: prompts, LoRA, MAG, meta-nets (+ GPA running sums)."""
-        state = {n: p.detach().clone() for n, p in self.named_parameters() if p.requires_grad}
-        state.update({f"_gpa.{n}": t.clone() for n, t in self._gpa_sum.items()})
-        return state
-
-    def load_trainable_state(self, state: dict[str, torch.Tensor]) -> None:
-        params = {n: p for n, p in self.named_parameters() if p.requires_grad}
-        gpa = {k[len("_gpa.") :]: v for k, v in state.items() if k.startswith("_gpa.")}
-        own = {k: v for k, v in state.items() if not k.startswith("_gpa.")}
-        if set(own) != set(params):
-            missing, extra = sorted(set(params) - set(own)), sorted(set(own) - set(params))
-            raise ValueError(
-                f"trainable state does not fit {self.cfg.method}: missing {missing[:5]}, "
-                f"unexpected {extra[:5]}"
-            )
-        with torch.no_grad():
-            for n, p in params.items():
-                p.copy_(own[n])
-        self._gpa_sum = {n: t.to(params[n].device) for n, t in gpa.items()}
-        self._eval_text = None
+        """A run alone's named, weighted loss terms (the total is their sum); its draws from
+        `generator` (None: torch's global stream)."""
+        self._one("losses")
+        streams = Streams([generator])
+        if _overrides(self, "losses"):  # reached through super() from a subclass's own losses
+            return self._member_losses(batch, epoch, epochs, streams).member(0)
+        return self.member_losses(batch, epoch, epochs, streams).member(0)
 
     def param_groups(self) -> list[dict]:
         lora, rest = [], []
         for n, p in self.named_parameters():
             if p.requires_grad:
                 (lora if n.startswith(("vision.lora.", "text.lora.")) else rest).append(p)
-        groups = [{"params": rest, "lr": self.cfg.optim.lr, "name": "prompts"}]
-        if lora:
-            groups.append({"params": lora, "lr": self.cfg.optim.lr_lora, "name": "lora"})
+        groups = [{"params": rest, "name": "prompts"}, {"params": lora, "name": "lora"}]
         # CLIP-LoRA trains LoRA alone: no empty prompt group (whose lr the epochs table would show)
         return [g for g in groups if g["params"]]
-
-    def on_epoch_end(self, epoch: int, epochs: int) -> None:
-        """PromptSRC's Gaussian prompt aggregation (GPA): accumulate this epoch's prompts with a
-        Gaussian weight over epochs; after the last epoch the prompts become the weighted mean."""
-        g = self.cfg.gpa
-        if not g.enabled:
-            return
-        weights = [math.exp(-0.5 * ((e - g.mean) / g.std) ** 2) for e in range(1, epochs + 1)]
-        total = sum(weights)
-        # Underflow for runs far shorter than the mean: put all weight on the last epoch.
-        w = weights[epoch] / total if total > 0 else float(epoch == epochs - 1)
-        params = {n: p for n, p in self.named_parameters() if p.requires_grad}
-        for n, p in params.items():
-            acc = self._gpa_sum.get(n)
-            self._gpa_sum[n] = (0 if acc is None else acc) + w * p.detach().float()
-        if epoch == epochs - 1:
-            with torch.no_grad():
-                for n, p in params.items():
-                    p.copy_(self._gpa_sum[n].to(p.dtype))
-            self._gpa_sum = {}
-            self._eval_text = None

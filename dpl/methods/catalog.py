@@ -3,7 +3,8 @@ and the module class that builds it, registered in the field's chronological ord
 reports list methods in). Torch-free: a model module is imported only when a model is built.
 
 Each method's training recipe (optimiser, epochs, batch, per protocol, dataset and shot count) is
-its YAML in dplbench/configs/methods/, every value citing the release file it comes from.
+its YAML in dplbench/configs/methods/, every value citing the release file it comes from. Every
+built-in that trains is built over the member axis (dpl/members.py), so its jobs may train fused.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ register(
     MethodConfig(
         method="coop", prompts=PromptConfig(n_ctx_text=4, depth_text=1, ctx_init="a photo of a")
     ),
+    fusable=True,
 )
 
 # CoCoOp: CoOp's context shifted per image by a meta-net on the image feature (docs/dpl.md §6).
@@ -47,6 +49,7 @@ register(
     ),
     "dpl.methods.cocoop:CoCoOp",
     plugins=False,
+    fusable=True,
 )
 
 # KgCoOp: CoOp + W·(1 − mean_c cos(t^d_c, t^o_c)) towards the hand-crafted prompt (docs/dpl.md
@@ -58,6 +61,7 @@ register(
         prompts=PromptConfig(n_ctx_text=4, depth_text=1, ctx_init="a photo of a"),
         loss=LossConfig(kg_cos=1.0),
     ),
+    fusable=True,
 )
 
 # IVLP: independent deep text and vision prompts 4+4, depth 9/9, CE (docs/dpl.md §6).
@@ -67,6 +71,7 @@ register(
         method="ivlp",
         prompts=PromptConfig(n_ctx_text=4, depth_text=0.75, n_ctx_vision=4, depth_vision=0.75),
     ),
+    fusable=True,
 )
 
 # MaPLe: 2 text context tokens per layer to depth 9; vision prompts are a learnable linear map
@@ -84,6 +89,7 @@ register(
             coupling="maple",
         ),
     ),
+    fusable=True,
 )
 
 
@@ -125,6 +131,7 @@ register(
     ),
     "dpl.methods.llamp:LlampCLIP",
     uses_llm=True,
+    fusable=True,
 )
 
 # PromptSRC: IVLP 4+4 depth 9 with self-regulating constraints (25·L1 text, 10·L1 image, 1·KL
@@ -138,6 +145,7 @@ register(
         gpa=GPAConfig(enabled=True, mean=15.0, std=1.0),
         frozen_view="same",  # PromptSRC feeds the frozen branch the same augmented view
     ),
+    fusable=True,
 )
 
 # CLIP-LoRA (Zanella & Ben Ayed, "Low-Rank Few-Shot Adaptation of Vision-Language Models", CVPRW
@@ -161,6 +169,7 @@ register(
             scaling="sqrt_rank",
         ),
     ),
+    fusable=True,
 )
 
 # DPL, the default recipe (docs/dpl.md §5): IVLP base (text 4 ctx depth 9, vision 4 prompts
@@ -184,6 +193,7 @@ register(
         frozen_view="clean",
         train_view="patch_randaugment",
     ),
+    fusable=True,
 )
 
 # DPL as its release trains it: the LLaMP base with 24 LLM tokens (DroPLe launch.sh
@@ -207,4 +217,5 @@ register(
     ),
     "dpl.methods.llamp:LlampCLIP",
     uses_llm=True,
+    fusable=True,
 )

@@ -1,72 +1,51 @@
 """CoCoOp: CoOp's context shifted per image by a meta-net on the image feature, so the text encoder
-runs per image over all classes (docs/dpl.md §6)."""
+runs per image over all classes (docs/dpl.md §6). One meta-net per member (stacked linears)."""
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dpl.losses import Terms, _ce
+from dpl.members import StackedLinear
 from dpl.methods.base import PromptedCLIP
 
 
 class CoCoOp(PromptedCLIP):
-    def __init__(self, cfg, clip=None) -> None:
-        super().__init__(cfg, clip)
+    def __init__(self, cfg, clip=None, gens=None) -> None:
+        super().__init__(cfg, clip, gens)
+        gens = tuple(gens) if gens is not None else (None,) * self.members
         d = self.clip.visual.output_dim
         self.meta_net = nn.Sequential(
-            nn.Linear(d, max(d // 16, 1)),
+            StackedLinear(d, max(d // 16, 1), gens=gens),
             nn.ReLU(inplace=True),
-            nn.Linear(max(d // 16, 1), self.text.width),
+            StackedLinear(max(d // 16, 1), self.text.width, gens=gens),
         )
 
-    def _per_image_logits(self, images: torch.Tensor) -> torch.Tensor:
-        f = F.normalize(self.vision(images), dim=-1)  # [B,E]; the image tower has no prompts
-        ctx = self.text_prompts()[0]  # [n,Dt]
-        shifted = ctx[None] + self.meta_net(f)[:, None]  # [B,n,Dt]
+    def _logits(self, f: torch.Tensor) -> torch.Tensor:
+        """Image features f [K,B,E] (normalised, each member's) -> logits [K,B,C]: each member's
+        context shifted per image, then the text tower over its B·C sequences."""
+        k, b, _ = f.shape
+        ctx = self.text_prompts()[0]  # [K,n,Dt]
+        shifted = ctx[:, None] + self.meta_net(f)[:, :, None]  # [K,B,n,Dt]
         cs = self.classes
-        B, C = f.shape[0], cs.embedded.shape[0]
+        c = cs.embedded.shape[0]
         t = self.text(
-            cs.embedded.repeat(B, 1, 1), cs.eot.repeat(B), [shifted.repeat_interleave(C, 0)]
-        )  # [B*C,E]
-        t = F.normalize(t, dim=-1).view(B, C, -1)
+            cs.embedded.repeat(k * b, 1, 1), cs.eot.repeat(k * b),
+            [shifted.flatten(0, 1).repeat_interleave(c, 0)],
+        )  # fmt: skip
+        t = F.normalize(t, dim=-1).view(k, b, c, -1)
+        scale = self.logit_scale.view(-1, 1, 1)
         with torch.autocast(f.device.type, enabled=False):  # fp32 logits under autocast
-            return self.logit_scale * torch.einsum("be,bce->bc", f.float(), t.float())
+            return scale * torch.einsum("kbe,kbce->kbc", f.float(), t.float())
 
-    def logits(self, images: torch.Tensor) -> torch.Tensor:
-        return self._per_image_logits(images)
+    def member_logits(self, images: torch.Tensor) -> torch.Tensor:
+        # The image tower has no prompts: its features are the same for every member.
+        f = F.normalize(self.vision(images), dim=-1)  # [B,E]
+        return self._logits(f[None].expand(self.members, -1, -1))
 
-    forward = logits
-
-    def losses(self, batch, epoch=0, epochs=1, generator=None):
-        logits = self._per_image_logits(batch["image"]).float()
-        return {"ce": self.cfg.loss.ce * F.cross_entropy(logits, batch["label"])}
-
-    @classmethod
-    def fused_losses(cls, runs, batches, epoch=0, epochs=None):
-        """Several CoCoOp runs in one pass per tower: the image tower (no prompts: the frozen
-        one) over every run's batch, each run's meta-net shift of its context, then the text
-        tower over every run's B·C sequences; CE per run (as `losses`)."""
-        ids = runs.active(batches)
-        members = [runs.members[k] for k in ids]
-        mine = [batches[k] for k in ids]
-        counts = [len(b["label"]) for b in mine]
-        feats = members[0].vision(torch.cat([b["image"] for b in mine])).split(counts)
-        cs = members[0].classes
-        C = cs.embedded.shape[0]
-        embedded, eot, ctx = [], [], []
-        for m, f in zip(members, feats):
-            f = F.normalize(f, dim=-1)
-            shifted = m.text_prompts()[0][None] + m.meta_net(f)[:, None]  # [B,n,Dt]
-            embedded.append(cs.embedded.repeat(f.shape[0], 1, 1))
-            eot.append(cs.eot.repeat(f.shape[0]))
-            ctx.append(shifted.repeat_interleave(C, 0))
-        t = members[0].text(torch.cat(embedded), torch.cat(eot), [torch.cat(ctx)])
-        t = F.normalize(t, dim=-1).split([n * C for n in counts])
-        out = [None] * len(batches)
-        for j, k in enumerate(ids):
-            m, f = members[j], F.normalize(feats[j], dim=-1)
-            with torch.autocast(f.device.type, enabled=False):
-                logits = m.logit_scale * torch.einsum(
-                    "be,bce->bc", f.float(), t[j].view(counts[j], C, -1).float()
-                )
-            out[k] = {"ce": m.cfg.loss.ce * F.cross_entropy(logits.float(), mine[j]["label"])}
-        return out
+    def member_losses(self, batch, epoch=0, epochs=1, streams=None) -> Terms:
+        f = F.normalize(self.vision(batch["image"]), dim=-1)  # [K·B,E]
+        logits = self._logits(f.view(self.members, -1, f.shape[-1])).float()
+        labels = batch["label"].view(self.members, -1)
+        w = torch.tensor([[c.loss.ce] for c in self.cfgs], device=logits.device)
+        return Terms(("ce",), w * _ce(logits, labels)[:, None], [("ce",)] * self.members)

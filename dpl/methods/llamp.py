@@ -30,7 +30,9 @@ from dpl.layers import resolve_depth
 from dpl.llm.cache import CacheError, ClassKnowledge, LlmCache
 from dpl.llm.prompt_source import LlmPromptSource
 from dpl.llm.teacher import chunks_of, teacher_strings
-from dpl.methods.base import _FROZEN_TEXT, ClassSet, PromptedCLIP
+from dpl.members import Streams
+from dpl.methods.base import PromptedCLIP, member_rows
+from dpl.methods.classes import _FROZEN_TEXT, ClassSet
 
 
 @dataclass
@@ -45,8 +47,9 @@ class SuffixClassSet(ClassSet):
 
 
 class LlampCLIP(PromptedCLIP):
-    def __init__(self, cfg: MethodConfig, clip=None) -> None:
-        super().__init__(cfg, clip)
+    def __init__(self, cfg: MethodConfig, clip=None, gens=None) -> None:
+        super().__init__(cfg, clip, gens)
+        cfg = self.cfg
         lc = cfg.llm
         if not lc.cache:
             raise CacheError(
@@ -58,7 +61,10 @@ class LlampCLIP(PromptedCLIP):
             raise ValueError(f"method {cfg.method} needs text context (prompts.n_ctx_text > 0)")
         self.cache = LlmCache(lc.cache, lc.model, lc.recipe)
         self.llm_depth = resolve_depth(lc.depth, self.text.layers)
-        self.llm = LlmPromptSource(self.cache.shape, lc.n_tokens, self.text.width, self.llm_depth)
+        self.llm = LlmPromptSource(
+            self.cache.shape, lc.n_tokens, self.text.width, self.llm_depth,
+            tuple(gens) if gens is not None else (None,) * self.members,
+        )  # fmt: skip
         self.llm.load_llm(self.cache.layer_state())
         self.llm.to(self.clip.logit_scale.device)
 
@@ -124,73 +130,77 @@ class LlampCLIP(PromptedCLIP):
     def _sequence(
         self, cs: SuffixClassSet, ctx0: torch.Tensor, llm0: torch.Tensor, with_layout: bool
     ) -> tuple[torch.Tensor, torch.Tensor, TokenLayout | None]:
+        """The members' suffix sequences [K·C,S,D] (module docstring): ctx0 [K,n,D] each
+        member's layer-0 context, llm0 [K·C,P,D] its LLM tokens."""
         clip = self.clip
         C, l0, _ = cs.embedded.shape
-        n, P = ctx0.shape[0], llm0.shape[1]
+        k, n, P = ctx0.shape[0], ctx0.shape[1], llm0.shape[1]
         S = l0 + P
         x = cs.embedded
         rows = torch.arange(C, device=x.device)
-        ctx = (ctx0 + clip.positional_embedding[1 : 1 + n]).to(x.dtype).expand(C, -1, -1)
+        ctx = (ctx0 + clip.positional_embedding[1 : 1 + n]).to(x.dtype)  # [K,n,D]
+        ctx = ctx[:, None].expand(-1, C, -1, -1).flatten(0, 1)  # [K·C,n,D]
+        rep = (lambda t: t) if k == 1 else (lambda t: t.repeat(k, *([1] * (t.dim() - 1))))
         x = torch.cat(
-            [x[:, :1], ctx, x[:, 1 + n : l0 - 1], llm0.to(x.dtype), x[rows, cs.eot][:, None]], 1
-        )
+            [rep(x[:, :1]), ctx, rep(x[:, 1 + n : l0 - 1]), llm0.to(x.dtype),
+             rep(x[rows, cs.eot][:, None])], 1,
+        )  # fmt: skip
         pos = torch.arange(S, device=x.device)[None]  # [1,S]
         eot = cs.eot[:, None]
         valid = (pos < eot) | (pos >= l0 - 1)  # [C,S]: keys; c's own [EOT] and pads are not
         causal = pos.T >= pos  # [S,S] query >= key
         visible = causal[None] & valid[:, None, :]  # [C,S,S]
         mask = torch.zeros(visible.shape, dtype=x.dtype, device=x.device)
-        mask = mask.masked_fill(~visible, float("-inf"))
+        mask = rep(mask.masked_fill(~visible, float("-inf")))
         layout = None
         if with_layout:
             content = (pos < S - 1).expand(C, -1)
             # DroPLe token_importance: SOT + ctx and the LLM tokens; never names or [EOT].
             target = ((pos < 1 + n) | ((pos >= l0 - 1) & (pos < S - 1))).expand(C, -1)
             g = torch.full((C,), S - 1, dtype=torch.long, device=x.device)
-            layout = TokenLayout(g, valid, content, target & content)
+            layout = TokenLayout(rep(g), rep(valid), rep(content), rep(target & content))
         return x, mask, layout
 
-    def _call(self, template: int, with_layout: bool) -> TextCall:
+    def _call(self, templates: list[int], with_layout: bool) -> TextCall:
         cs = self.classes
-        ctx = self._text_prompt_list()
-        llm = self.llm(cs.knowledge, template)
+        ctx = self._text_prompt_list()  # [K,n,D] per layer
+        llm = self.llm(cs.knowledge, templates)  # [K·C,P,D] per layer
         x, mask, layout = self._sequence(cs, ctx[0], llm[0], with_layout)
         pool = torch.full((x.shape[0],), x.shape[1] - 1, dtype=torch.long, device=x.device)
-        spans = [(1, ctx), (cs.embedded.shape[1] - 1, llm)]
+        c = cs.embedded.shape[0]
+        spans = [(1, member_rows(ctx, c)), (cs.embedded.shape[1] - 1, llm)]
         return TextCall(x, mask, spans, pool, layout)
 
-    def _features(self, template: int, hook=None) -> torch.Tensor:
-        return self.text.run(self._call(template, hook is not None), hook)
+    def _features(self, templates: list[int], hook=None, streams=None) -> torch.Tensor:
+        return self.text.run(self._call(templates, hook is not None), hook, streams=streams)
 
     def prompted_text_features(self, hook=None) -> torch.Tensor:
-        return self._features(0, hook)  # the first LLM template
+        return self._features([0] * self.members, hook)  # the first LLM template
 
-    def text_call(self, hook=None) -> TextCall:
-        """One LLM template per call, drawn uniformly (DroPLe `decode_class`: torch.randint over
-        --num_text_template, once per forward); the hook's generator when IWTD is on."""
+    def text_call(self, hook=None, streams=None) -> TextCall:
+        """One LLM template per member and call, drawn uniformly (DroPLe `decode_class`:
+        torch.randint over --num_text_template, once per forward) from its CPU stream."""
         n = self.classes.knowledge.templates
-        gen = getattr(hook, "generator", None)
-        device = gen.device if gen is not None else "cpu"
-        template = int(torch.randint(n, (1,), generator=gen, device=device))
-        return self._call(template, hook is not None)
+        streams = streams if streams is not None else Streams.global_(self.members)
+        return self._call(streams.randint(n), hook is not None)
 
     def template_text_features(self) -> torch.Tensor:
-        """[T,C,E] normalised: every template's class features (evaluation)."""
-        n = self.classes.knowledge.templates
-        return torch.stack([F.normalize(self._features(t).float(), dim=-1) for t in range(n)])
+        """[T,K,C,E] normalised: every template's class features (evaluation)."""
+        n, k = self.classes.knowledge.templates, self.members
+        feats = [F.normalize(self._features([t] * k).float(), dim=-1) for t in range(n)]
+        return torch.stack([f.view(k, -1, f.shape[-1]) for f in feats])
 
-    def logits(self, images: torch.Tensor) -> torch.Tensor:
+    def member_logits(self, images: torch.Tensor) -> torch.Tensor:
         """Training: s·cos with one sampled template. Evaluation: log of the mean over templates
         of softmax(cos) at temperature 1 (DroPLe averages probabilities of unscaled cosines), so
         argmax and softmax of these logits are the release's prediction and probabilities."""
         if self.training:
-            return super().logits(images)
+            return super().member_logits(images)
         if self._eval_text is None:
             with torch.no_grad():
                 self._eval_text = self.template_text_features()
-        f = F.normalize(self.image_features(images).float(), dim=-1)
+        f = F.normalize(self.image_features(images, shared=True).float(), dim=-1)
+        f = f.view(self.members, -1, f.shape[-1])
         with torch.autocast(f.device.type, enabled=False):
-            cos = torch.einsum("be,tce->tbc", f, self._eval_text)
+            cos = torch.einsum("kbe,tkce->tkbc", f, self._eval_text)
             return cos.softmax(dim=-1).mean(0).log()
-
-    forward = logits

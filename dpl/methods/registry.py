@@ -12,9 +12,10 @@ worked example: docs/adding-a-method.md.
 from __future__ import annotations
 
 import importlib
+import inspect
 import logging
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,7 +43,9 @@ class MethodSpec:
     uses_llm: bool = False  # its jobs read an LLM cache (dplbench llm cache)
     recipe: str | None = None  # its recipe YAML; None: dplbench/configs/methods/<name>.yaml
     trains: bool = True  # False: nothing to train (zero-shot), its jobs only evaluate
-    fusable: bool = True  # its jobs may train in fused groups (dpl/fused.py)
+    # its jobs may train in fused groups: its model class is built over the member axis
+    # (dpl/members.py); a plug-in says so when its class is (docs/adding-a-method.md)
+    fusable: bool = False
 
     def model_class(self) -> type:
         mod, _, cls = self.module.partition(":")
@@ -97,7 +100,7 @@ def register(
     uses_llm: bool = False,
     recipe: str | os.PathLike | None = None,
     trains: bool = True,
-    fusable: bool = True,
+    fusable: bool = False,
 ) -> MethodSpec:
     """Register a method. `module` names its model class as "package.module:Class" (a
     PromptedCLIP subclass taking (cfg, clip)); `recipe` its training recipe YAML; its traits:
@@ -170,9 +173,32 @@ def method_config(name: str, overrides: dict[str, Any] | None = None) -> MethodC
     return cfg
 
 
-def build_method(cfg: MethodConfig, clip: Any = None) -> Any:
-    """The method's model (a PromptedCLIP) on `clip` (default: loaded from cfg.backbone)."""
-    spec = METHODS.get(cfg.method)
-    if not spec.plugins and (cfg.iwtd.enabled or cfg.rer.enabled or cfg.mag.enabled):
-        raise ValueError(f"method {cfg.method} does not take the IWTD/RER/MAG plug-ins")
-    return spec.model_class()(cfg, clip)
+def build_method(
+    cfg: MethodConfig | Sequence[MethodConfig], clip: Any = None, gens: Sequence[Any] | None = None
+) -> Any:
+    """The method's model (a PromptedCLIP) on `clip` (default: loaded from the backbone config):
+    one run (`cfg`), or the members of a fused group (their configs, dpl/members.py); `gens`:
+    each member's generator for its initial values (None: torch's global stream)."""
+    cfgs = [cfg] if isinstance(cfg, MethodConfig) else list(cfg)
+    spec = METHODS.get(cfgs[0].method)
+    if not spec.plugins and any(c.iwtd.enabled or c.rer.enabled or c.mag.enabled for c in cfgs):
+        raise ValueError(f"method {cfgs[0].method} does not take the IWTD/RER/MAG plug-ins")
+    if len({c.method for c in cfgs}) != 1:
+        raise ValueError("the members of one model must be of one method")
+    model_cls = spec.model_class()
+    if "gens" in inspect.signature(model_cls.__init__).parameters:
+        return model_cls(cfgs if len(cfgs) > 1 else cfgs[0], clip, gens)
+    # A model class of one member, (cfg, clip): its initial values from torch's global stream,
+    # seeded as the member's generator is.
+    if len(cfgs) > 1:
+        raise PluginError(
+            f"method {cfgs[0].method}: its model class takes no `gens`, so it builds one member "
+            "and cannot train fused; build it over the member axis (docs/adding-a-method.md) "
+            "or register it with fusable=False"
+        )
+    import torch
+
+    with torch.random.fork_rng(devices=[]):
+        if gens and gens[0] is not None:
+            torch.manual_seed(gens[0].initial_seed())
+        return model_cls(cfgs[0], clip)

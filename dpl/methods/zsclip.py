@@ -6,8 +6,8 @@ from dpl.methods.base import PromptedCLIP
 
 
 class ZeroShotCLIP(PromptedCLIP):
-    def text_features(self, hook=None) -> torch.Tensor:
+    def text_features(self, hook=None, streams=None) -> torch.Tensor:
         return self.classes.frozen_text
 
-    def losses(self, batch, epoch=0, epochs=1, generator=None):
+    def member_losses(self, batch, epoch=0, epochs=1, streams=None):
         raise RuntimeError("zsclip has no trainable parameters; evaluate it directly")

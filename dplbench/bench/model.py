@@ -161,14 +161,17 @@ def _time_train(model, batch, autocast, dev, warmup, steps, how=None) -> float |
 
     if not model.trainable:
         return None
+    from dpl.members import Streams
+
     opt = build_optimizer(model)
     model.train()
     forward = _Step(_LossModule(model), how)  # the train loop's step, compiled or not
+    streams = Streams.seeded([0], dev)
 
     def step():
-        opt.zero_grad(set_to_none=True)
+        opt.zero_grad()
         with autocast:
-            loss = sum(forward(batch, 1, 20).values())
+            loss = forward(batch, 1, 20, streams).sum()
         loss.backward()
         opt.step()
 

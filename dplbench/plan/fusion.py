@@ -1,10 +1,11 @@
-"""Fused groups: which jobs can train together in one process as one batched model (dpl/fused.py),
+"""Fused groups: which jobs can train together in one process as one model of members (dpl/members.py),
 a planning fact like the jobs themselves. Pure: reads the jobs only.
 
 Jobs fuse when they agree on everything that fixes a shape: the method, what they train on
 (dataset, protocol, shot count, subsample, imbalance), the backbone, the epochs, the batch, and
 every other config value, except those that leave shapes alone (`NEUTRAL`: learning rates, loss
-weights, IWTD rates and noise, the RER weight and λ schedule, the MAG weight, GPA's Gaussian) and
+weights, IWTD rates and noise scale, the RER weight and λ schedule, the MAG weight, GPA's
+Gaussian, the initial logit scale; each member's is a per-member coefficient of the one model) and
 the seed (its own few-shot set, prompts, data order and random streams). Each member keeps its own
 job id, rows, checkpoints and status: nothing downstream of the run knows it was fused.
 """
@@ -23,7 +24,7 @@ from dplbench.plan.jobs import Job, work_config
 NEUTRAL: dict[str, tuple[str, ...]] = {
     "optim": ("lr", "lr_lora", "momentum", "betas", "weight_decay", "warmup_lr", "min_lr"),
     "loss": ("ce", "text_l1", "image_l1", "kl", "kg_cos"),
-    "iwtd": ("p_min", "p_max", "sigma", "drop_mode"),
+    "iwtd": ("p_min", "p_max", "sigma"),
     "rer": ("weight", "lambda0", "fixed_lambda"),
     "mag": ("weight",),
     "gpa": ("mean", "std"),

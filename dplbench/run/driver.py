@@ -220,8 +220,7 @@ def run_local(unit: Unit, settings: RunSettings, sink: Sink) -> None:
     after another."""
     from dplbench.run.context import LocalContext
     from dplbench.run.events import job_ended
-    from dplbench.run.fused_loop import run_group
-    from dplbench.run.worker import run_job
+    from dplbench.run.worker import run_group, run_job
 
     resume = settings.policy.resume
     contexts = []

@@ -1,5 +1,6 @@
-"""Evaluation of a model on a dataset view: every sample counted once across ranks and loader
-workers, logits in fp32, corrupt samples raised or skipped and counted (`on_data_error`)."""
+"""Evaluation of a model's members on dataset views: every sample counted once across ranks and
+loader workers, logits in fp32, corrupt samples raised or skipped and counted (`on_data_error`);
+members that share a test split score it in one pass."""
 
 from __future__ import annotations
 
@@ -30,14 +31,8 @@ def image_size(model: PromptedCLIP) -> int:
     return size[0] if isinstance(size, (tuple, list)) else int(size)
 
 
-def count_correct(
-    model: PromptedCLIP, view: DatasetView, settings: RunSettings, ctx: WorkerContext
-) -> tuple[int, int, int]:
-    """(correct, total, skipped) of `model` on this view, each rank reading its share, summed over
-    ranks; `skipped` counts corrupt samples left out (on_data_error=skip)."""
-    model.set_classes(view.classnames, view.template, view.dataset)
-    was_training = model.training
-    model.eval()
+def _pass(model: PromptedCLIP, view: DatasetView, settings: RunSettings, ctx: WorkerContext):
+    """One pass over `view`: (correct per member, total, skipped) of this rank."""
     loader = eval_loader(
         view,
         settings.how.eval_batch_size,
@@ -47,39 +42,76 @@ def count_correct(
         ctx.world_size,
         on_error=settings.policy.on_data_error,
     )
-    correct = total = 0
+    correct = [0] * model.members
+    total = 0
     with torch.no_grad(), autocast(ctx.device, settings.bf16):
         for batch in loader:
-            pred = model.logits(batch["image"].to(ctx.device)).argmax(-1).cpu()
-            correct += int((pred == batch["label"]).sum())
-            total += len(pred)
+            pred = model.member_logits(batch["image"].to(ctx.device)).argmax(-1).cpu()  # [K,B]
+            hits = (pred == batch["label"][None]).sum(1).tolist()
+            correct = [c + h for c, h in zip(correct, hits)]
+            total += pred.shape[1]
     if loader.skipped.value:
         log.warning(
             "%s/%s: skipped %d corrupt samples", view.dataset, view.split, loader.skipped.value
         )
+    return correct, total, loader.skipped.value
+
+
+def member_counts(
+    model: PromptedCLIP, views: list[DatasetView], settings: RunSettings, ctx: WorkerContext
+) -> list[tuple[int, int, int]]:
+    """(correct, total, skipped) of each member on its view (one per member), each rank reading
+    its share, summed over ranks; `skipped` counts corrupt samples left out
+    (on_data_error=skip). Members that share a view (a test split: the same for every seed) are
+    scored in one pass over it, the images read once and run through every member's prompts
+    and LoRA at once; a view of fewer members (few-shot val sets differ by seed) is one pass
+    too, of which those members' counts are kept."""
+    was_training = model.training
+    model.set_classes(views[0].classnames, views[0].template, views[0].dataset)
+    model.eval()
+    out: list[tuple[int, int, int] | None] = [None] * len(views)
+    for k, view in enumerate(views):
+        if out[k] is not None:
+            continue
+        correct, total, skipped = _pass(model, view, settings, ctx)
+        for j, other in enumerate(views):
+            if out[j] is None and other == view:
+                out[j] = all_reduce_counts(correct[j], total, skipped)
     model.train(was_training)
-    return all_reduce_counts(correct, total, loader.skipped.value)
+    return out
+
+
+def count_correct(
+    model: PromptedCLIP, view: DatasetView, settings: RunSettings, ctx: WorkerContext
+) -> tuple[int, int, int]:
+    """(correct, total, skipped) of a model of one member on one view."""
+    return member_counts(model, [view], settings, ctx)[0]
+
+
+def evaluate_members(
+    model: PromptedCLIP, jobs: list[Job], settings: RunSettings, ctx: WorkerContext
+) -> list[list[dict]]:
+    """Per member (job), (correct, total) per evaluation target, summed over ranks. The members
+    of a group share their targets: one pass over each test split serves them all."""
+    out: list[list[dict]] = [[] for _ in jobs]
+    for i, target in enumerate(jobs[0].evals):
+        views = []
+        for job in jobs:
+            t = job.train
+            views.append(DatasetView.open(
+                settings.data, target.dataset, target.split, t.shots, t.seed, target.subsample
+            ))  # fmt: skip
+        tic = time.perf_counter()
+        counts = member_counts(model, views, settings, ctx)
+        seconds = time.perf_counter() - tic
+        for k, (correct, total, skipped) in enumerate(counts):
+            out[k].append({"target": jobs[k].evals[i], "correct": correct, "total": total,
+                           "skipped": skipped, "seconds": seconds / len(jobs)})  # fmt: skip
+    return out
 
 
 def evaluate(
     model: PromptedCLIP, job: Job, settings: RunSettings, ctx: WorkerContext
 ) -> list[dict]:
-    """(correct, total) per evaluation target, summed over ranks."""
-    out = []
-    t = job.train
-    for target in job.evals:
-        view = DatasetView.open(
-            settings.data, target.dataset, target.split, t.shots, t.seed, target.subsample
-        )
-        tic = time.perf_counter()
-        correct, total, skipped = count_correct(model, view, settings, ctx)
-        out.append(
-            {
-                "target": target,
-                "correct": correct,
-                "total": total,
-                "skipped": skipped,
-                "seconds": time.perf_counter() - tic,
-            }
-        )
-    return out
+    """(correct, total) per evaluation target of a model of one member, summed over ranks."""
+    return evaluate_members(model, [job], settings, ctx)[0]

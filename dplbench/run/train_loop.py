@@ -1,9 +1,16 @@
-"""The training epochs of one job on one worker (no Ray: the context reports and checkpoints).
+"""The training of K jobs on one worker as one model of K members (dpl/members.py); a job trained
+alone is K = 1, so every run takes this one loop (no Ray: the contexts report and checkpoint).
 
-Every epoch ends with a checkpoint through the context: the trainable state, the optimiser, and
-the epoch rows of this run so far, so a worker restarted from it continues the same `epochs`
-table (every epoch once). The lr schedule is a pure function of (epoch, step): nothing else to
-restore.
+Each member keeps what its solo run has: its data (its few-shot set, order and augmentation, read
+through the group's one loader pool: data/group.py), its random streams (its draws, wherever it
+sits in the group), its optimiser step count and rates, its epoch rows, its checkpoints (its slice,
+in a solo run's format, with its epoch rows so far: a restarted worker continues the same
+`epochs` table, every epoch once) and its failure: a member whose loss is not finite, whose data
+fails or whose injected failure fires is failed alone, the others go on. A member resumed
+further than the others waits while they catch up: it sits those steps out (its rows take a
+copy of a batch that trains, its draws a scratch stream, its update is discarded), so the step
+stays one batched pass. One host read per step (the [K, terms] losses) serves logging and the
+finite check.
 """
 
 from __future__ import annotations
@@ -18,36 +25,40 @@ import tempfile
 import time
 from collections import defaultdict
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
+from dpl.members import Streams
 from dpl.methods.base import PromptedCLIP
 from dpl.optim import build_optimizer
-from dpl.schedules import set_lr
 from dplbench import storage
-from dplbench.data.epochs import train_loader
+from dplbench.data.group import GroupLoader, MemberData
 from dplbench.data.transforms import ViewConfig
 from dplbench.data.view import DatasetView
 from dplbench.plan.jobs import Job
 from dplbench.run.context import STATE_FILE, WorkerContext
-from dplbench.run.evaluate import autocast, count_correct, evaluate, image_size
+from dplbench.run.evaluate import autocast, evaluate_members, image_size, member_counts
 from dplbench.run.settings import RunSettings
 
 log = logging.getLogger(__name__)
 
 
 class _LossModule(nn.Module):
-    """DDP syncs gradients of what its forward computed: route the loss through forward."""
+    """DDP syncs gradients of what its forward computed: route the loss through forward. Returns
+    the [K, terms] tensor; the names stay on the host (`last`)."""
 
     def __init__(self, model: PromptedCLIP) -> None:
         super().__init__()
         self.model = model
+        self.last = None
 
-    def forward(self, batch: dict, epoch: int, epochs: int) -> dict[str, torch.Tensor]:
-        return self.model.losses(batch, epoch, epochs)
+    def forward(self, batch: dict, epoch: int, epochs: int, streams: Streams) -> torch.Tensor:
+        self.last = self.model.member_losses(batch, epoch, epochs, streams)
+        return self.last.values
 
 
 def _ddp(module: nn.Module, ctx: WorkerContext) -> nn.Module:
@@ -90,21 +101,10 @@ class _Step:
             return self.run(*args)
 
 
-def global_rng_state(device: torch.device) -> dict[str, torch.Tensor | None]:
-    cuda = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
-    return {"cpu": torch.get_rng_state(), "cuda": cuda}
-
-
-def set_global_rng_state(state: dict, device: torch.device) -> None:
-    torch.set_rng_state(state["cpu"])
-    if device.type == "cuda" and state.get("cuda") is not None:
-        torch.cuda.set_rng_state(state["cuda"], device)
-
-
 @contextlib.contextmanager
 def rng_untouched(device: torch.device) -> Iterator[None]:
-    """Run a block without moving any random stream training draws from (torch's CPU and device
-    generators, Python's, NumPy's)."""
+    """Run a block without moving torch's global streams, Python's or NumPy's (scores between
+    epochs; training draws from its members' own streams, but a plug-in may use the global)."""
     py, np_state = random.getstate(), np.random.get_state()
     devices = [device] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices, device_type=device.type):
@@ -119,12 +119,17 @@ def _to_device(batch: dict, device: torch.device) -> dict:
     }
 
 
-def _fail_if_asked(job: Job, settings: RunSettings, epoch: int) -> None:
-    """Testing hook, RunSettings.fail_job "<job id prefix>[@<epoch>][:kill]": raise at that
-    epoch, or (":kill") SIGKILL this worker process there, once per run (a marker file says so)."""
-    if not settings.fail_job:
-        return
-    spec, _, how = settings.fail_job.partition(":")
+def fail_if_asked(job: Job, settings: RunSettings, epoch: int) -> None:
+    """Testing hook, RunSettings.fail_job "<job id prefix>[@<epoch>][:kill]" (a comma list of
+    them): raise at that epoch, or (":kill") SIGKILL this worker process there, once per run (a
+    marker file says so)."""
+    for spec in (settings.fail_job or "").split(","):
+        if spec:
+            _fail_one(spec, job, settings, epoch)
+
+
+def _fail_one(spec: str, job: Job, settings: RunSettings, epoch: int) -> None:
+    spec, _, how = spec.partition(":")
     prefix, _, at = spec.partition("@")
     if job.id.startswith(prefix) and epoch == int(at or 0):
         if how == "kill":
@@ -146,165 +151,236 @@ def _count_attempt(job: Job, settings: RunSettings) -> int:
     return n
 
 
+@dataclass
+class Member:
+    """One job of the group: its context, rows, where it resumes and how its epoch goes."""
+
+    job: Job
+    ctx: WorkerContext
+    rows: list[dict]
+    val_view: DatasetView | None = None
+    start: int = 0
+    epochs: int = 0
+    attempt: int = 0
+    error: BaseException | None = None
+    sums: dict = field(default_factory=lambda: defaultdict(float))
+    n: int = 0
+    samples: int = 0
+    tic: float = 0.0
+
+
 class Training:
-    """One job's training on one worker: its data, optimiser and schedule, where it resumes, and
-    its epoch rows. `train` drives one; the fused loop (run/fused_loop.py) drives several."""
+    """The group's training on one worker: one model of K members, one loader pool, one
+    optimiser, each member's streams, resume points and rows (module docstring)."""
 
     def __init__(
-        self, model: PromptedCLIP, job: Job, settings: RunSettings, ctx: WorkerContext, rows: list
+        self,
+        model: PromptedCLIP,
+        jobs: list[Job],
+        settings: RunSettings,
+        contexts: list[WorkerContext],
+        rows: dict[str, list[dict]],
     ) -> None:
-        cfg = model.cfg
-        self.model, self.job, self.settings, self.ctx, self.rows = model, job, settings, ctx, rows
-        t = job.train
-        self.view = DatasetView.open(
-            settings.data, t.dataset, "train", t.shots, t.seed, t.subsample, t.imbalance
-        )
+        cfg, ctx = model.cfg, contexts[0]
+        self.model, self.settings, self.ctx = model, settings, ctx
+        self.members = [Member(j, c, rows[j.id]) for j, c in zip(jobs, contexts)]
+        train_views = []
+        for m in self.members:
+            t = m.job.train
+            train_views.append(DatasetView.open(
+                settings.data, t.dataset, "train", t.shots, t.seed, t.subsample, t.imbalance
+            ))  # fmt: skip
+            if settings.val_each_epoch:
+                m.val_view = DatasetView.open(
+                    settings.data, t.dataset, "val", t.shots, t.seed, t.subsample, None
+                )
+        self.view = train_views[0]  # every member's classes (a fused group shares its data spec)
         model.set_classes(self.view.classnames, self.view.template, self.view.dataset)
         views = ViewConfig(image_size(model), cfg.train_view, with_clean=cfg.frozen_view == "clean")
-        self.loader = train_loader(
-            self.view,
-            cfg.optim.batch_size,
-            views,
-            settings.how.loader_workers,
-            ctx.rank,
-            ctx.world_size,
-            seed=job.seed,
-            on_error=settings.policy.on_data_error,
-            last_batch=cfg.optim.last_batch,
-        )
-        self.val_view = (
-            DatasetView.open(settings.data, t.dataset, "val", t.shots, t.seed, t.subsample, None)
-            if settings.val_each_epoch
-            else None
-        )
+        data = [MemberData(v, m.job.seed, (m.job.train, m.job.seed))
+                for v, m in zip(train_views, self.members)]  # fmt: skip
+        self.loader = GroupLoader(
+            data, cfg.optim.batch_size, views, settings.how.loader_workers, ctx.rank,
+            ctx.world_size, settings.policy.on_data_error, cfg.optim.last_batch,
+        )  # fmt: skip
         self.optimizer = build_optimizer(model)
-        self.start, self.attempt = 0, _count_attempt(job, settings) if ctx.rank == 0 else 0
-        self.resumed_rng: dict | None = None
-        # Where the job's random streams are (what a checkpoint keeps): the global ones for a job
-        # trained alone; a fused member's own (run/fused_loop.py sets it).
-        self.rng_state = lambda: global_rng_state(ctx.device)
-        ckpt = ctx.latest_checkpoint()
-        if ckpt:
-            state = torch.load(Path(ckpt) / STATE_FILE, map_location=ctx.device, weights_only=True)
-            model.load_trainable_state(state["model"])
-            self.optimizer.load_state_dict(state["optimizer"])
-            self.start = int(state["epoch"]) + 1
-            # A restart within this run continues its epochs table; a --resume run (another run
-            # id) records only what it trains, the earlier run's file keeps the rest.
-            rows += [r for r in state.get("epoch_rows", []) if r["run_id"] == settings.run_id]
-            self.resumed_rng = state.get("rng")  # its random streams where they stopped
-            log.info("job %s: resuming after epoch %d", job.id, self.start - 1)
+        # A member's draws: the stream its solo run seeds (job seed, rank), wherever it sits.
+        self.streams = Streams.seeded([m.job.seed * 1000 + ctx.rank for m in self.members],
+                                      ctx.device)  # fmt: skip
         self.total = cfg.optim.iterations  # a step budget instead of epochs (CLIP-LoRA)
-        nb = self.loader.num_batches
-        self.epochs = math.ceil(self.total / nb) if self.total else cfg.optim.epochs
+        for k, m in enumerate(self.members):
+            nb = self.loader.batches_per_epoch(k)
+            m.epochs = math.ceil(self.total / nb) if self.total else cfg.optim.epochs
+            m.attempt = _count_attempt(m.job, settings) if ctx.rank == 0 else 0
+            self._resume(k, m)
 
-    def begin_epoch(self, epoch: int) -> None:
-        _fail_if_asked(self.job, self.settings, epoch)
-        self.loader.set_epoch(epoch)
-        self.model.train()
-        self.tic, self.sums, self.n, self.samples = time.perf_counter(), defaultdict(float), 0, 0
+    def _resume(self, k: int, m: Member) -> None:
+        ckpt = m.ctx.latest_checkpoint()
+        if not ckpt:
+            return
+        state = torch.load(Path(ckpt) / STATE_FILE, map_location=m.ctx.device, weights_only=True)
+        self.model.load_member_state(k, state["model"])
+        self.optimizer.load_member_state_dict(k, state["optimizer"])
+        m.start = int(state["epoch"]) + 1
+        # A restart within this run continues its epochs table; a --resume run (another run id)
+        # records only what it trains, the earlier run's file keeps the rest.
+        m.rows += [r for r in state.get("epoch_rows", []) if r["run_id"] == self.settings.run_id]
+        if state.get("rng") is not None:  # its streams where they stopped: exact resumes
+            self.streams.load(k, state["rng"])
+        log.info("job %s: resuming after epoch %d", m.job.id, m.start - 1)
 
-    def batches(self, epoch: int) -> Iterator[tuple[int, dict | None]]:
-        """(step, batch on the device) of the epoch within the step budget; None: every sample
-        of the batch was corrupt (on_data_error=skip)."""
-        for step, batch in enumerate(self.loader):
-            if self.total and epoch * self.loader.num_batches + step >= self.total:
-                return
-            yield step, None if batch is None else _to_device(batch, self.ctx.device)
+    # ---- the loop ----------------------------------------------------------------------------
 
-    def step(self, epoch: int, step: int, terms: dict, batch: dict) -> None:
-        """After the backward: the schedule, the optimiser step, the epoch's sums. A loss that is
-        not finite fails the job (the optimiser does not step on it)."""
-        values = {k: float(v.detach()) for k, v in terms.items()}
-        if not math.isfinite(sum(values.values())):
-            raise FloatingPointError(
-                f"job {self.job.id}: the loss is not finite at epoch {epoch} step {step} "
-                f"({', '.join(f'{k}={v:g}' for k, v in values.items())}); lower optim.lr"
-            )
-        set_lr(self.optimizer, self.model.cfg.optim, epoch, step, self.loader.num_batches)
-        self.optimizer.step()
-        for k, v in values.items():
-            self.sums[k] += v
-        self.n += 1
-        self.samples += len(batch["label"])
+    def train(self) -> dict[str, BaseException]:
+        """Every member's epochs; returns the members that failed and why."""
+        self.loss_module = _LossModule(self.model)
+        step_module = _Step(_ddp(self.loss_module, self.ctx), self.settings.how.compile)
+        live = [m for m in self.members if m.error is None]
+        first = min((m.start for m in live), default=0)
+        for epoch in range(first, max((m.epochs for m in live), default=0)):
+            going = [k for k, m in enumerate(self.members)
+                     if m.error is None and m.start <= epoch < m.epochs]  # fmt: skip
+            for k in going:
+                self._begin(k, epoch)
+            going = [k for k in going if self.members[k].error is None]
+            if not going:
+                continue
+            self.loader.set_epoch(epoch, going)
+            self.model.train()
+            steps = dict.fromkeys(going, 0)
+            try:
+                for batches in self.loader.steps(going):
+                    ready = {}
+                    for k, batch in batches.items():
+                        step, steps[k] = steps[k], steps[k] + 1
+                        nb = self.loader.batches_per_epoch(k)
+                        spent = self.total and epoch * nb + step >= self.total
+                        if batch is None or spent or self.members[k].error is not None:
+                            continue  # every sample corrupt (skip), or the step budget spent
+                        ready[k] = (step, _to_device(batch, self.ctx.device))
+                    if ready:
+                        self._step(epoch, ready, step_module)
+            except Exception as e:  # the data of the group fails: every member in it fails
+                for k in going:
+                    self.members[k].error = self.members[k].error or e
+            self._end([k for k in going if self.members[k].error is None], epoch)
+        return {m.job.id: m.error for m in self.members if m.error is not None}
 
-    def end_epoch(self, epoch: int) -> None:
-        """GPA, the scores between epochs, the epoch's row and its checkpoint."""
-        model, job, settings, ctx = self.model, self.job, self.settings, self.ctx
-        model.on_epoch_end(epoch, self.epochs)
-        val_accuracy, test = None, {}
-        # Scores between epochs draw from no training RNG stream (a DataLoader iterator takes its
-        # base seed from the global generator): the trained state is the same with or without.
+    def _begin(self, k: int, epoch: int) -> None:
+        m = self.members[k]
+        try:
+            fail_if_asked(m.job, self.settings, epoch)
+        except Exception as e:
+            m.error = e
+        m.tic, m.sums, m.n, m.samples = time.perf_counter(), defaultdict(float), 0, 0
+
+    def _step(self, epoch: int, ready: dict[int, tuple[int, dict]], step_module: _Step) -> None:
+        """One optimiser step of the members in `ready`: their batches (by size: equal sizes
+        stack) through one forward of all K members, one backward, one host read."""
+        K = len(self.members)
+        self.optimizer.zero_grad()
+        stepped = []
+        by_size: dict[int, list[int]] = defaultdict(list)
+        for k, (_, b) in ready.items():
+            by_size[len(b["label"])].append(k)
+        for ks in by_size.values():
+            stepped += self._forward_backward(epoch, ks, ready, step_module)
+        if not stepped:
+            return
+        steps = [ready[k][0] if k in ready else 0 for k in range(K)]
+        nbs = [self.loader.batches_per_epoch(k) for k in range(K)]
+        self.optimizer.set_lr(epoch, steps, nbs)
+        self.optimizer.step([k in stepped for k in range(K)])
+
+    def _forward_backward(self, epoch, ks, ready, step_module) -> list[int]:
+        K = len(self.members)
+        fill = ready[ks[0]][1]  # rows of members that sit the step out: a copy of a real batch
+        parts = [ready[k][1] if k in ks else fill for k in range(K)]
+        batch = {
+            "image": torch.cat([b["image"] for b in parts]),
+            "label": torch.cat([b["label"] for b in parts]),
+            "key": [key for b in parts for key in b["key"]],
+        }
+        if "clean" in fill:
+            batch["clean"] = torch.cat([b["clean"] for b in parts])
+        streams = self.streams if len(ks) == K else self.streams.only(ks)
+        with autocast(self.ctx.device, self.settings.bf16):
+            values = step_module(batch, epoch, self.members[ks[0]].epochs, streams)
+        terms = self.loss_module.last
+        host = values.detach().float().cpu().tolist()  # the step's one host read
+        ok = []
+        for k in ks:
+            mine = {n: host[k][i] for i, n in enumerate(terms.names) if n in terms.present[k]}
+            if math.isfinite(sum(mine.values())):
+                ok.append(k)
+                m = self.members[k]
+                for name, v in mine.items():
+                    m.sums[name] += v
+                m.n += 1
+                m.samples += len(ready[k][1]["label"])
+            else:
+                self.members[k].error = FloatingPointError(
+                    f"job {self.members[k].job.id}: the loss is not finite at epoch {epoch} step "
+                    f"{ready[k][0]} ({', '.join(f'{n}={v:g}' for n, v in mine.items())}); "
+                    "lower optim.lr"
+                )
+        if ok:
+            keep = torch.tensor([k in ok for k in range(K)], device=values.device)
+            torch.where(keep, values.sum(1), 0.0).sum().backward()
+        return ok
+
+    def _end(self, ks: list[int], epoch: int) -> None:
+        """GPA, the scores between epochs, each member's epoch row and checkpoint."""
+        if not ks:
+            return
+        model, settings, ctx = self.model, self.settings, self.ctx
+        model.on_epoch_end(epoch, self.members[ks[0]].epochs, ks)
+        val, tests = {}, {}
+        # Scores between epochs draw from no training stream.
         with rng_untouched(ctx.device):
-            if self.val_view is not None:
-                c, n_val, _ = count_correct(model, self.val_view, settings, ctx)
-                val_accuracy = 100.0 * c / max(n_val, 1)
+            if settings.val_each_epoch:
+                views = [m.val_view for m in self.members]
+                counts = member_counts(model, views, settings, ctx)
+                val = {k: 100.0 * counts[k][0] / max(counts[k][1], 1) for k in ks}
             if settings.policy.eval_every_epoch:  # the selection-gap table's data, nothing else
-                test = {f"test_{e['target'].subsample}": 100.0 * e["correct"] / max(e["total"], 1)
-                        for e in evaluate(model, job, settings, ctx)}  # fmt: skip
-            if self.val_view is not None or test:
+                evals = evaluate_members(model, [m.job for m in self.members], settings, ctx)
+                tests = {k: {f"test_{e['target'].subsample}": 100.0 * e["correct"] / max(e["total"], 1)
+                             for e in evals[k]} for k in ks}  # fmt: skip
+            if val or tests:
                 model.set_classes(self.view.classnames, self.view.template, self.view.dataset)
-        n = max(self.n, 1)
-        self.rows.append(
+        for k in ks:
+            self._record(k, epoch, val.get(k), tests.get(k, {}))
+
+    def _record(self, k: int, epoch: int, val: float | None, test: dict) -> None:
+        m, ctx = self.members[k], self.members[k].ctx
+        n = max(m.n, 1)
+        m.rows.append(
             {
-                "job_id": job.id,
-                "run_id": settings.run_id,
+                "job_id": m.job.id,
+                "run_id": self.settings.run_id,
                 "epoch": epoch,
-                "lr": self.optimizer.param_groups[0]["lr"],  # at the epoch's last optimiser step
-                "loss": sum(self.sums.values()) / n,
-                "samples": self.samples * ctx.world_size,
-                "seconds": time.perf_counter() - self.tic,
-                "val_accuracy": val_accuracy,
+                "lr": self.optimizer.lr(k),  # at the epoch's last optimiser step
+                "loss": sum(m.sums.values()) / n,
+                "samples": m.samples * ctx.world_size,
+                "seconds": time.perf_counter() - m.tic,
+                "val_accuracy": val,
                 **test,
-                **{f"loss_{k}": v / n for k, v in self.sums.items()},
+                **{f"loss_{name}": v / n for name, v in m.sums.items()},
             }
         )
         with tempfile.TemporaryDirectory() as tmp:
             if ctx.rank == 0:
                 state = {
-                    "model": model.trainable_state(),
-                    "optimizer": self.optimizer.state_dict(),
+                    "model": self.model.member_state(k),
+                    "optimizer": self.optimizer.member_state_dict(k),
                     "epoch": epoch,
-                    "epoch_rows": self.rows,
-                    "rng": self.rng_state(),
+                    "epoch_rows": m.rows,
+                    "rng": self.streams.state(k),
                 }
                 torch.save(state, Path(tmp) / STATE_FILE)
-            metrics = {k: v for k, v in self.rows[-1].items() if k != "run_id" and v is not None}
-            ctx.report({**metrics, "attempt": self.attempt}, tmp if ctx.rank == 0 else None)
+            metrics = {n_: v for n_, v in m.rows[-1].items() if n_ != "run_id" and v is not None}
+            ctx.report({**metrics, "attempt": m.attempt}, tmp if ctx.rank == 0 else None)
 
     def finish(self) -> None:
         if self.loader.skipped.value:
-            log.warning(
-                "job %s: skipped %d corrupt training samples",
-                self.job.id,
-                self.loader.skipped.value,
-            )
-
-
-def train(
-    model: PromptedCLIP,
-    job: Job,
-    settings: RunSettings,
-    ctx: WorkerContext,
-    rows: list[dict],
-) -> list[dict]:
-    """Train `model` for the job's epochs, resuming from the context's last checkpoint. Appends
-    one metrics row per epoch to `rows` as it goes (the caller keeps them if training fails)."""
-    tr = Training(model, job, settings, ctx, rows)
-    if tr.resumed_rng is not None:  # continue the streams, not a fresh seed: exact resumes
-        set_global_rng_state(tr.resumed_rng, ctx.device)
-    step_module = _Step(_ddp(_LossModule(model), ctx), settings.how.compile)
-    for epoch in range(tr.start, tr.epochs):
-        tr.begin_epoch(epoch)
-        for step, batch in tr.batches(epoch):
-            if batch is None:
-                continue
-            with autocast(ctx.device, settings.bf16):
-                terms = step_module(batch, epoch, tr.epochs)
-            loss = sum(terms.values())
-            tr.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            tr.step(epoch, step, terms, batch)
-        tr.end_epoch(epoch)
-    tr.finish()
-    return rows
+            log.warning("skipped %d corrupt training samples", self.loader.skipped.value)

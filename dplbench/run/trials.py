@@ -162,7 +162,7 @@ def group_trial(spec: TrialSpec) -> None:
     import torch
 
     from dplbench.run.context import LocalContext
-    from dplbench.run.fused_loop import run_group
+    from dplbench.run.worker import run_group
 
     node = ray.get_runtime_context().get_node_id()
     jobs = spec.unit.jobs

@@ -1,6 +1,7 @@
-"""One job on one worker: build the model, train (or load) it, evaluate, write the rows. No Ray in
-here: the launcher calls it inside a Ray Train worker, and it runs in-process too (local mode,
-tests) with a `LocalContext`.
+"""Jobs on one worker: build the model (one job, or a fused group's members as one model), train
+(or load) it, evaluate, write each job's rows. No Ray in here: the launcher calls it inside a
+Ray Train worker or a trial's process, and it runs in-process too (local mode, tests) with a
+`LocalContext`.
 
 Rank 0 writes the final trainable state (`R/checkpoints/<job_id>/final.pt`, what xd/dg evaluation
 jobs load), the result rows and the epoch rows (results/store.py). A job that fails writes its
@@ -35,9 +36,9 @@ from dplbench.results import provenance, store
 from dplbench.results.root import ResultsRoot
 from dplbench.run import failures
 from dplbench.run.context import WorkerContext
-from dplbench.run.evaluate import count_correct, evaluate
+from dplbench.run.evaluate import count_correct, evaluate_members
 from dplbench.run.settings import RunSettings
-from dplbench.run.train_loop import train
+from dplbench.run.train_loop import Training
 
 
 def seed_everything(seed: int) -> None:
@@ -86,21 +87,24 @@ def job_config(job: Job, settings: RunSettings) -> MethodConfig:
     return replace(job.config, llm=replace(job.config.llm, cache=cache))
 
 
-def build_model(job: Job, settings: RunSettings, ctx: WorkerContext) -> PromptedCLIP:
-    # Same seed on every rank while building: random-init weights (tests, smoke) and prompt inits
-    # must be identical across DDP ranks. Then a per-rank seed for dropout draws and augmentation.
-    cfg = job_config(job, settings)
-    clip = frozen_clip(cfg.backbone)
-    seed_everything(job.seed)
-    model = build_method(cfg, clip).to(ctx.device)
-    seed_everything(job.seed * 1000 + ctx.rank)
+def build_model(jobs: list[Job], settings: RunSettings, ctx: WorkerContext) -> PromptedCLIP:
+    """One model of the jobs' members (one job: a run alone). Each member's initial values are
+    drawn from its job's seed, the same on every rank (random-init backbones, prompt inits
+    must agree across DDP ranks); training draws come from each member's own streams
+    (run/train_loop.py)."""
+    cfgs = [job_config(j, settings) for j in jobs]
+    clip = frozen_clip(cfgs[0].backbone)
+    gens = [torch.Generator().manual_seed(j.seed) for j in jobs]
+    model = build_method(cfgs if len(cfgs) > 1 else cfgs[0], clip, gens).to(ctx.device)
+    # For code outside the model (a plug-in's) that draws from the global streams.
+    seed_everything(jobs[0].seed * 1000 + ctx.rank)
     return model
 
 
 def final_val_accuracy(job: Job, settings: RunSettings, ctx: WorkerContext) -> float:
     """Validation accuracy of the job's final prompts (for a sweep job resumed after its last
     epoch: its epochs ran in an earlier, interrupted sweep, so none reported now)."""
-    model = build_model(job, settings, ctx)
+    model = build_model([job], settings, ctx)
     load_final_state(model, settings.root, job.id, f"job {job.id}")
     t = job.train
     view = DatasetView.open(settings.data, t.dataset, "val", t.shots, t.seed, t.subsample, None)
@@ -111,21 +115,75 @@ def final_val_accuracy(job: Job, settings: RunSettings, ctx: WorkerContext) -> f
 def run_job(job: Job, settings: RunSettings, ctx: WorkerContext) -> list[dict]:
     """Train (or load) and evaluate one job; rank 0 writes its rows. Returns the result rows.
     Any failure is written down (epochs so far, traceback) and raised as `JobFailed`."""
-    epoch_rows: list[dict] = []
+    result = run_group([job], settings, [ctx])[job.id]
+    if isinstance(result, failures.JobFailed):
+        raise result
+    return result
+
+
+def _oom(jobs: list[Job], e: BaseException) -> BaseException:
+    if not isinstance(e, torch.cuda.OutOfMemoryError) or len(jobs) == 1:
+        return e
+    return RuntimeError(
+        f"a fused group of {len(jobs)} jobs ran out of GPU memory ({e}); lower --fuse (now "
+        f"{len(jobs)}) or optim.batch_size"
+    )
+
+
+def run_group(
+    jobs: list[Job], settings: RunSettings, contexts: list[WorkerContext]
+) -> dict[str, list[dict] | failures.JobFailed]:
+    """Train (or load) and evaluate jobs as one model of members (a fused group, plan/fusion.py;
+    one job: a run alone); each is recorded as its solo run is: its own rows, epoch rows,
+    checkpoints and final state, or its failure (its epochs so far and its log) while the others
+    go on. Returns per job its result rows, or the JobFailed that ended it."""
+    wall = time.perf_counter()
+    rows: dict[str, list[dict]] = {j.id: [] for j in jobs}
+    ctx_of = dict(zip((j.id for j in jobs), contexts))
+    out: dict[str, list[dict] | failures.JobFailed] = {}
+
+    def fail(job: Job, e: BaseException) -> None:
+        out[job.id] = job_failed(job, settings, ctx_of[job.id], _oom(jobs, e), rows[job.id])
+
     try:
-        wall = time.perf_counter()
-        model = build_model(job, settings, ctx)
+        model = build_model(jobs, settings, contexts[0])
         train_s = 0.0
-        if job.trains:
+        if jobs[0].trains:
             tic = time.perf_counter()
-            train(model, job, settings, ctx, epoch_rows)
+            training = Training(model, jobs, settings, contexts, rows)
+            for job_id, e in training.train().items():
+                fail(next(j for j in jobs if j.id == job_id), e)
+            training.finish()
             train_s = time.perf_counter() - tic
-            save_final_state(model, job, settings, ctx)
-        elif job.source is not None and model.trainable:
+        elif jobs[0].source is not None and model.trainable:
+            (job,) = jobs  # evaluation jobs run alone
             load_final_state(model, settings.root, job.source, f"job {job.id}")
-        return finish_job(model, job, settings, ctx, epoch_rows, train_s, wall)
+    except Exception as e:  # what the members share failed: every member fails
+        for job in jobs:
+            if job.id not in out:
+                fail(job, e)
+        return out
+    alive = [k for k, j in enumerate(jobs) if j.id not in out]
+    if not alive:
+        return out
+    try:
+        if jobs[0].trains:
+            for k in alive:
+                save_final_state(model, k, jobs[k], settings, contexts[k])
+        evals = evaluate_members(model, jobs, settings, contexts[0])
     except Exception as e:
-        raise job_failed(job, settings, ctx, e, epoch_rows) from e
+        for k in alive:
+            fail(jobs[k], e)
+        return out
+    for k in alive:
+        job = jobs[k]
+        others = tuple(j.id for j in jobs if j.id != job.id)
+        try:
+            out[job.id] = record_job(job, settings, contexts[k], rows[job.id], evals[k],
+                                     train_s, wall, others)  # fmt: skip
+        except Exception as e:
+            fail(job, e)
+    return out
 
 
 def job_failed(
@@ -143,24 +201,24 @@ def job_failed(
     return failures.JobFailed(line, str(path))
 
 
-def save_final_state(model: PromptedCLIP, job: Job, settings: RunSettings, ctx) -> None:
+def save_final_state(model: PromptedCLIP, k: int, job: Job, settings: RunSettings, ctx) -> None:
+    """Member k's trained state, as a run alone's (`R/checkpoints/<job>/final.pt`)."""
     if ctx.rank == 0:
-        state = model.trainable_state()
+        state = model.member_state(k)
         storage.write(settings.root.final_state(job.id), lambda tmp: torch.save(state, tmp))
 
 
-def finish_job(
-    model: PromptedCLIP,
+def record_job(
     job: Job,
     settings: RunSettings,
     ctx: WorkerContext,
     epoch_rows: list[dict],
+    evals: list[dict],
     train_s: float,
     wall: float,
     fused_with: tuple[str, ...] = (),
 ) -> list[dict]:
-    """Evaluate a trained (or loaded) job and, on rank 0, write its epoch and result rows."""
-    evals = evaluate(model, job, settings, ctx)
+    """On rank 0, write a trained (or loaded) and evaluated job's epoch and result rows."""
     if ctx.rank != 0:
         return []
     now = datetime.now(timezone.utc)
