@@ -203,3 +203,41 @@ def test_a_member_that_sits_out_keeps_its_parameters_state_and_count():
     opt.step([True, False])
     assert torch.equal(p[1], before) and torch.equal(opt.state[p]["exp_avg"][1], m_before)
     assert opt.steps == [2, 1]
+
+
+def _direct_attend(self, x, modality, valid):
+    """The bridge before re-association (the reference): every token projected to d first."""
+    k = self.members
+    proj = self.proj[modality]
+    z = proj(x.reshape(k, -1, x.shape[-1])).reshape(*x.shape[:2], -1)  # [K·N,S,d]
+    tokens = self.tokens.repeat_interleave(x.shape[0] // k, 0)  # [K·N,M,d]
+    logits = self.tau * torch.einsum("nmd,nsd->nms", tokens.to(z.dtype), z).float()
+    if modality != "text" or not self.all_text:
+        logits = logits.masked_fill(~valid[:, None, :], float("-inf"))
+    self._z = z
+    return logits.softmax(-1).to(z.dtype)
+
+
+def _direct_aggregate(self, attn, x, modality, rows):
+    out = attn @ self._z  # every row's aggregate, A (x Wᵀ + b)
+    return out if rows is None else out[rows]
+
+
+@pytest.mark.parametrize("members", [[0], [0, 1, 2]])
+def test_mag_reassociated_equals_the_direct_formula(members, monkeypatch):
+    from dpl.mag import MAGBridge
+
+    def mag_terms(direct: bool) -> torch.Tensor:
+        model = _build("dpl", members)
+        if direct:
+            monkeypatch.setattr(MAGBridge, "attend", _direct_attend)
+            monkeypatch.setattr(MAGBridge, "aggregate", _direct_aggregate)
+        streams = Streams.seeded([SEEDS[k] * 1000 for k in members], torch.device("cpu"))
+        batch = _stack([_batch(100 * SEEDS[k]) for k in members])
+        terms = model.member_losses(batch, 0, EPOCHS, streams)
+        monkeypatch.undo()
+        return terms.values[:, terms.names.index("mag")].detach()
+
+    ours, reference = mag_terms(False), mag_terms(True)
+    assert (ours != 0).any()
+    torch.testing.assert_close(ours, reference, rtol=1e-6, atol=0)
