@@ -241,3 +241,41 @@ def test_mag_reassociated_equals_the_direct_formula(members, monkeypatch):
     ours, reference = mag_terms(False), mag_terms(True)
     assert (ours != 0).any()
     torch.testing.assert_close(ours, reference, rtol=1e-6, atol=0)
+
+
+def test_a_checkpoint_of_a_run_alone_before_the_member_axis_loads_into_a_member():
+    """Checkpoints written before the member axis: a run alone's trainable state (its tensors,
+    no member axis) and torch's own AdamW state_dict. Loaded into member 1 of three, the member
+    steps on as that run would have with torch's optimiser."""
+    cfg = method_config("dpl", tiny())
+    solo = build_method(cfg, frozen_clip(cfg.backbone), [torch.Generator().manual_seed(5)])
+    names = [n for g in solo.param_groups() for n, p in solo.named_parameters()
+             if any(p is q for q in g["params"])]  # fmt: skip
+    state = solo.member_state(0)
+    old = {n: torch.nn.Parameter(state[n].clone()) for n in names}
+    groups = [{"params": [old[n] for n, p in solo.named_parameters()
+                          if any(p is q for q in g["params"])], "lr": 0.01} for g in solo.param_groups()]  # fmt: skip
+    theirs = torch.optim.AdamW(groups, lr=0.01, weight_decay=5e-5)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(2):
+        for p in old.values():
+            p.grad = torch.randn(p.shape, generator=g)
+        theirs.step()
+    checkpoint = {"model": {n: p.detach().clone() for n, p in old.items()},
+                  "optimizer": theirs.state_dict()}  # fmt: skip
+
+    group = _build("dpl", [0, 0, 0])
+    opt = MemberOptimizer(group.param_groups(), [OptimConfig(name="adamw", lr=0.01,
+                                                             lr_lora=0.01, weight_decay=5e-5)] * 3)  # fmt: skip
+    group.load_member_state(1, checkpoint["model"])
+    opt.load_member_state_dict(1, checkpoint["optimizer"])
+    assert opt.steps[1] == 2
+    params = dict(group.named_parameters())
+    for n, p in old.items():
+        p.grad = torch.randn(p.shape, generator=g)
+        params[n].grad = torch.zeros_like(params[n])
+        params[n].grad[1] = p.grad
+    theirs.step()
+    opt.step([False, True, False])
+    for n, p in old.items():
+        torch.testing.assert_close(params[n][1], p.detach(), rtol=1e-6, atol=1e-7)

@@ -222,6 +222,25 @@ def concurrency(workers_per_trial: int, opts: ExecOptions) -> int:
     return max(1, int(cpus // need))
 
 
+def trial_resources(opts: ExecOptions):
+    """What a plain trial asks Tune for: a job's CPU and GPU share; a fused group what its
+    members' solo trials would have had on CPUs (their CPUs, as many as the cluster has), and
+    one device on GPUs."""
+    import ray
+
+    have = ray.cluster_resources().get("CPU", 1.0)
+
+    def per_trial(config: dict[str, Any]) -> tune.PlacementGroupFactory:
+        unit = config["spec"].unit
+        k = len(unit.jobs) if unit.fused else 1
+        bundle = {"CPU": min(k * opts.cpus_per_worker, max(have, opts.cpus_per_worker))}
+        if opts.gpus > 0:
+            bundle["GPU"] = 1.0 if unit.fused else 1.0 / opts.jobs_per_gpu
+        return tune.PlacementGroupFactory([bundle])
+
+    return per_trial
+
+
 def trial_specs(
     units: Sequence[Unit], settings: RunSettings, opts: ExecOptions, plain: bool, sweep: str | None
 ) -> list[TrialSpec]:
@@ -280,9 +299,7 @@ def launch(
     workers = 1 if plain else max(sum(j.workers for j in u.jobs) for u in units)
     resources = TRIAL_RESOURCES
     if plain:
-        resources = {"CPU": opts.cpus_per_worker}
-        if opts.gpus > 0:
-            resources["GPU"] = 1.0 / opts.jobs_per_gpu
+        resources = trial_resources(opts)
     pg_dirs = {s.key: s.pg_dir for s in specs}
 
     def trial_ended(key: str, completed: bool) -> None:

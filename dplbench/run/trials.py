@@ -2,7 +2,7 @@
 
     job       one job in the trial's own process (`run_in_trial`: single-worker jobs) or as one
               Ray Train run (`fit_job`: the project's only `TorchTrainer`, DDP workers)
-    group     a fused group in the trial's own process (run/fused_loop.py)
+    group     a fused group in the trial's own process, one model of members (run/worker.py)
     setting   a sweep setting: its jobs at once, one TorchTrainer each, the validation objective
               reported after every epoch for ASHA
 
@@ -174,6 +174,9 @@ def group_trial(spec: TrialSpec) -> None:
     ]
     if contexts[0].device.type == "cuda":
         torch.cuda.set_device(contexts[0].device)
+    else:  # the CPUs the group asked for: those of its members' solo trials
+        cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1.0)
+        torch.set_num_threads(max(1, int(cpus)))
     ended = run_group(list(jobs), spec.settings, contexts)
     for job in jobs:
         result = ended[job.id]

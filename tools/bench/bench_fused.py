@@ -204,9 +204,11 @@ def cli_run(k: int, fuse: int, data: str, results: str) -> tuple[int, float]:
     from dplbench.request import LaunchRequest
     from dplbench.run import execute
 
+    # The default loader workers: images are decoded in their processes, as in any real run,
+    # and what is counted is the training process's own work.
     request = LaunchRequest.of(
         suite="smoke", methods=("dpl",), seeds=tuple(range(1, k + 1)), use_ray=False,
-        fuse=str(fuse), data=data, results=results, loader_workers=0,
+        fuse=str(fuse), data=data, results=results,
     )  # fmt: skip
     plan = plan_of(request)
     counter = OpCounter()

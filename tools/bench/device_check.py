@@ -7,8 +7,9 @@
    ViT-B/16 dpl jobs on synthetic 224 px data) run with --jobs-per-gpu N, each from a fresh
    results root; the ratio of N=8 to N=1.
 3. The fused curve (tools/bench/bench_fused.py): dpl (batch 4) and coop (batch 32) on ViT-B/16,
-   bf16, K = 1, 2, 4, 8, 16 jobs as one batched model: ms per step, jobs/hour × solo, × K packed
-   processes, peak memory.
+   bf16, K = 1, 2, 4, 8, 16, 32 jobs as one model of members: aten ops and ms per step,
+   jobs/hour against one job per GPU (the targets: >= 6x at K = 8, >= 15x at K = 16-32), peak
+   memory.
 
 Writes Markdown to stdout and $OUT/device_check.md (and the bench rows as JSON) when OUT is set.
     python tools/bench/device_check.py [--skip-bench] [--skip-packing] [--skip-fused]
@@ -97,33 +98,29 @@ def packing() -> dict[int, float]:
     return rates
 
 
-def fused(methods: list[str], ks: list[int], packed_ks: set[int]) -> list[dict]:
+def fused(methods: list[str], ks: list[int], steps: int = 20) -> list[dict]:
+    """The fused curve (tools/bench/bench_fused.py): K members as one model, ViT-B/16, bf16."""
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    from bench_fused import packed_ms, step_ms
+    from bench_fused import fused_curve
 
-    device, rows = torch.device("cuda"), []
+    device = torch.device("cuda")
     say("\n## fused runs: ViT-B/16, bf16, 50 classes (tools/bench/bench_fused.py)\n")
-    say("| method | K | ms/step | fused × solo | packed × solo | peak MiB |")
+    say("| method | K | aten ops / step | ms / step | jobs/hour × one job per GPU | peak MiB |")
     say("|---|---|---|---|---|---|")
+    rows = []
     for method in methods:
-        solo = None
         for k in ks:
             try:
-                ms, peak = step_ms(method, "ViT-B-16", k, 30, 5, 50, device, True)
+                (row,) = fused_curve([method], "ViT-B-16", [k], steps, 5, 50, device)
             except torch.cuda.OutOfMemoryError:
                 say(f"| {method} | {k} | out of memory | | | |")
                 break
-            solo = ms if k == 1 else solo
-            packed = (
-                packed_ms(method, "ViT-B-16", k, 30, 5, 50, device, True)
-                if k > 1 and k in packed_ks
-                else None
-            )
-            row = {"method": method, "k": k, "ms": ms, "fused_x": k * solo / ms,
-                   "packed_x": k * solo / packed if packed else None, "peak_mib": peak}  # fmt: skip
+            solo = next((r["ms"] for r in rows if r["method"] == method and r["k"] == 1), row["ms"])
+            row["x_solo"] = k * solo / row["ms"]
             rows.append(row)
-            px = "-" if packed is None else f"{row['packed_x']:.2f}"
-            say(f"| {method} | {k} | {ms:.1f} | {row['fused_x']:.2f} | {px} | {peak:.0f} |")
+            say(f"| {method} | {k} | {row['ops']} | {row['ms']:.1f} | {row['x_solo']:.2f} | "
+                f"{row['peak_mib']:.0f} |")  # fmt: skip
+            torch.cuda.empty_cache()
     return rows
 
 
@@ -134,16 +131,11 @@ def main() -> None:
     ap.add_argument("--skip-fused", action="store_true")
     ap.add_argument("--methods", default="dpl,coop", help="fused curve: methods")
     ap.add_argument("--ks", default="1,2,4,8,16,32", help="fused curve: group sizes")
-    ap.add_argument("--packed-ks", default="8", help="fused curve: K packed processes at these K")
     args = ap.parse_args()
     ints = lambda s: [int(x) for x in s.split(",") if x]  # noqa: E731
     t0 = time.time()
     say(f"# device check: {torch.cuda.get_device_name()}, torch {torch.__version__}")
-    fused_rows = (
-        []
-        if args.skip_fused
-        else fused(args.methods.split(","), ints(args.ks), set(ints(args.packed_ks)))
-    )
+    fused_rows = [] if args.skip_fused else fused(args.methods.split(","), ints(args.ks))
     rows = [] if args.skip_bench else bench()
     try:
         import ray  # noqa: F401
