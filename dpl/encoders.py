@@ -43,8 +43,8 @@ class TokenLayout:
 class TextCall:
     """One pass of the text tower, built but not run: sequences that are already embedded
     (positions added, layer-0 prompts in place), their attention mask, the deep prompts placed at
-    later layers, where to pool, and the token roles for a hook. Calls of several runs of one
-    method concatenate into one pass (dpl/fused.py)."""
+    later layers, where to pool, and the token roles for a hook. Its rows are the members' class
+    sequences, member-major (dpl/members.py)."""
 
     x: torch.Tensor  # [N,S,D]
     mask: torch.Tensor | None  # [S,S] shared, or [N,S,S] per sequence (additive)
