@@ -15,6 +15,35 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any
 
+
+def check_range(section: str, cfg: Any, rules: dict[str, str]) -> None:
+    """Each value of `cfg` in its range, or one line naming key, value and range. Rules: ">=0",
+    ">0", ">=1", "[0,1)", "[0,1]"."""
+    for key, rule in rules.items():
+        value = getattr(cfg, key)
+        values = value if isinstance(value, tuple) else (value,)
+        for v in values:
+            if v is None:
+                continue
+            ok = {
+                ">=0": lambda x: x >= 0,
+                ">0": lambda x: x > 0,
+                ">=1": lambda x: x >= 1,
+                "[0,1)": lambda x: 0 <= x < 1,
+                "[0,1]": lambda x: 0 <= x <= 1,
+            }[rule](v)
+            if not ok:
+                raise ValueError(f"{section}.{key}={value!r}: must be {RANGE_WORDS[rule]}")
+
+
+RANGE_WORDS = {
+    ">=0": "0 or more",
+    ">0": "more than 0",
+    ">=1": "1 or more",
+    "[0,1)": "at least 0 and below 1",
+    "[0,1]": "between 0 and 1",
+}
+
 # IWTD's importance scores (docs/dpl.md §3, dpl/importance.py) and drop modes (dpl/token_dropout.py).
 IMPORTANCE_SCORES = ("cls", "self", "cross")
 DROP_MODES = ("noise", "zero")
@@ -54,6 +83,17 @@ class PromptConfig:
     init_std: float = 0.02
 
     def __post_init__(self) -> None:
+        check_range(
+            "prompts",
+            self,
+            {
+                "n_ctx_text": ">=0",
+                "depth_text": ">=0",
+                "n_ctx_vision": ">=0",
+                "depth_vision": ">=0",
+                "init_std": ">=0",
+            },
+        )
         if self.coupling not in ("none", "maple"):
             raise ValueError(f"prompts.coupling={self.coupling!r}: choose 'none' or 'maple'")
         if self.init not in ("normal", "kaiming"):
@@ -77,6 +117,7 @@ class IWTDConfig:
     vision_layers: int | float | None = None
 
     def __post_init__(self) -> None:
+        check_range("iwtd", self, {"sigma": ">=0", "text_layers": ">=0", "vision_layers": ">=0"})
         names = set(self.importance)
         if not names or not (names <= set(IMPORTANCE_SCORES) or names == {"uniform"}):
             raise ValueError(
@@ -110,6 +151,7 @@ class MAGConfig:
     text_tokens: str = "all"
 
     def __post_init__(self) -> None:
+        check_range("mag", self, {"weight": ">=0", "tokens": ">=1", "dim": ">=1", "tau": ">0"})
         if self.text_tokens not in ("all", "valid"):
             raise ValueError(f"mag.text_tokens={self.text_tokens!r}: choose 'all' or 'valid'")
 
@@ -120,6 +162,9 @@ class RERConfig:
     weight: float = 0.05  # w_res: the loss term is −w_res (H_t + H_v)
     lambda0: float = 0.1
     fixed_lambda: bool = False  # True: λ = λ0 throughout
+
+    def __post_init__(self) -> None:
+        check_range("rer", self, {"weight": ">=0", "lambda0": "[0,1)"})
 
 
 @dataclass(frozen=True)
@@ -137,6 +182,7 @@ class LLMConfig:
     depth: int | float = 0.75  # text layers 0..depth-1 get LLM tokens: --llm_prompt_depth 9 of 12
 
     def __post_init__(self) -> None:
+        check_range("llm", self, {"n_tokens": ">=1", "depth": ">=0"})
         if self.recipe not in ("drople", "llamp"):
             raise ValueError(f"llm.recipe={self.recipe!r}: choose 'drople' or 'llamp'")
 
@@ -176,6 +222,7 @@ class LoRAConfig:
     scaling: str = "rank"  # alpha / rank ("rank", LoRA's) or alpha / sqrt(rank) (CLIP-LoRA's)
 
     def __post_init__(self) -> None:
+        check_range("lora", self, {"rank": ">=0", "alpha": ">0", "dropout": "[0,1)"})
         if not set(self.targets) <= {"q", "k", "v", "o"} or not self.targets:
             raise ValueError(f"lora.targets={self.targets}: some of q, k, v, o")
         if not set(self.encoders) <= {"vision", "text"}:
@@ -194,6 +241,13 @@ class LossConfig:
     kl: float = 0.0  # KL(p_frozen || p_learn) summed / (B·C)
     kg_cos: float = 0.0  # KgCoOp: 1 − mean_c cos(t^d_c, t^o_c)
 
+    def __post_init__(self) -> None:
+        check_range(
+            "loss",
+            self,
+            {"ce": ">=0", "text_l1": ">=0", "image_l1": ">=0", "kl": ">=0", "kg_cos": ">=0"},
+        )
+
 
 @dataclass(frozen=True)
 class GPAConfig:
@@ -202,6 +256,9 @@ class GPAConfig:
     enabled: bool = False
     mean: float = 15.0
     std: float = 1.0
+
+    def __post_init__(self) -> None:
+        check_range("gpa", self, {"std": ">0"})
 
 
 @dataclass(frozen=True)
@@ -230,6 +287,23 @@ class OptimConfig:
     last_batch: str = "dassl"
 
     def __post_init__(self) -> None:
+        check_range(
+            "optim",
+            self,
+            {
+                "lr": ">0",
+                "lr_lora": ">0",
+                "momentum": "[0,1)",
+                "betas": "[0,1)",
+                "weight_decay": ">=0",
+                "warmup_epochs": ">=0",
+                "warmup_lr": ">=0",
+                "epochs": ">=0",
+                "iterations": ">=1",
+                "min_lr": ">=0",
+                "batch_size": ">=1",
+            },
+        )
         if self.name not in ("sgd", "adamw"):
             raise ValueError(f"optim.name={self.name!r}: choose 'sgd' or 'adamw'")
         if self.schedule not in ("dassl", "dpl_release", "cosine_iterations"):
@@ -251,6 +325,9 @@ class LogitScaleConfig:
     learnable: bool = False
     init_log: float = math.log(100.0)
     max_log: float = math.log(100.0)
+
+    def __post_init__(self) -> None:
+        check_range("logit_scale", self, {"init_log": ">=0", "max_log": ">=0"})
 
 
 @dataclass(frozen=True)

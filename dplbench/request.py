@@ -26,6 +26,7 @@ built (dplbench/defaults.py), not when this module is imported.
 from __future__ import annotations
 
 import dataclasses
+import types
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -33,6 +34,55 @@ from typing import Any
 
 from dplbench import defaults
 from dplbench.errors import ConfigError
+
+
+def _flag(f: dataclasses.Field) -> str:
+    return f.metadata.get("flags", "--" + f.name.replace("_", "-")).split("/")[0]
+
+
+def _fits(value: Any, tp: Any) -> bool:
+    """Whether `value` is of the request field type `tp` (int, float, str, bool, X | None,
+    tuple[X, ...], dict)."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if tp is Any:
+        return True
+    if origin in (typing.Union, types.UnionType):
+        return any(_fits(value, a) for a in args)
+    if tp is type(None):
+        return value is None
+    if origin is tuple:
+        return isinstance(value, tuple) and all(_fits(v, args[0]) for v in value)
+    if origin is dict or tp is dict:
+        return isinstance(value, dict)
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if tp is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    return isinstance(value, tp)
+
+
+def check_types(group: Any) -> None:
+    """Every field of a request group is of its declared type: one line naming the option."""
+    hints = typing.get_type_hints(type(group))
+    for f in dataclasses.fields(group):
+        value = getattr(group, f.name)
+        if isinstance(value, list):  # lists from Python callers: the tuples they mean
+            value = tuple(value)
+            object.__setattr__(group, f.name, value)
+        if not _fits(value, hints[f.name]):
+            raise ConfigError(f"{_flag(f)} {value!r}: expected {_kind(hints[f.name])}")
+
+
+_KINDS = {int: "an integer", float: "a number", str: "text", bool: "true or false"}
+
+
+def _kind(tp: Any) -> str:
+    args = [a for a in typing.get_args(tp) if a is not type(None)]
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        return " or ".join(_kind(a) for a in args)
+    if typing.get_origin(tp) is tuple:
+        return "a list of names" if args[0] is str else "a list of integers"
+    return _KINDS.get(tp, getattr(tp, "__name__", str(tp)))
 
 
 def option(default: Any = None, help: str = "", **cli: Any) -> Any:
@@ -66,6 +116,9 @@ class Selection:
     )
 
     def __post_init__(self) -> None:
+        check_types(self)
+        if any(s < 0 for s in self.seeds):
+            raise ConfigError(f"--seeds {','.join(map(str, self.seeds))}: each 0 or more")
         if self.workers is not None and self.workers < 1:
             raise ConfigError(f"--workers {self.workers}: at least 1")
 
@@ -96,10 +149,16 @@ class Where:
     )
 
     def __post_init__(self) -> None:
+        check_types(self)
         object.__setattr__(self, "data", self.data or defaults.data_root())
         object.__setattr__(self, "results", self.results or defaults.results_root())
 
 
+# torch.compile's modes, and the backends the train loop takes by name (run/train_loop.py).
+COMPILE_CHOICES = (
+    "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs",
+    "aot_eager", "eager", "inductor",
+)  # fmt: skip
 COMPILE_HELP = (
     "torch.compile the training step: reduce-overhead (CUDA graphs: the launch-bound DPL step), "
     "default, max-autotune, or a backend (aot_eager); eager if it fails"
@@ -132,6 +191,7 @@ class How:
                            flags="--ray/--no-ray")  # fmt: skip
 
     def __post_init__(self) -> None:
+        check_types(self)
         if self.gpus < 0 or (self.cpus is not None and self.cpus < 1):
             raise ConfigError(f"--gpus {self.gpus} / --cpus {self.cpus}: GPUs >= 0, CPUs >= 1")
         if self.loader_workers < 0:
@@ -140,6 +200,10 @@ class How:
             raise ConfigError(f"--eval-batch-size {self.eval_batch_size}: at least 1")
         for flag, value in (("--jobs-per-gpu", self.jobs_per_gpu), ("--fuse", self.fuse)):
             _positive_or_auto(flag, value)
+        if self.compile is not None and self.compile not in COMPILE_CHOICES:
+            raise ConfigError(
+                f"--compile {self.compile!r}: choose one of {', '.join(COMPILE_CHOICES)}"
+            )
 
 
 def _positive_or_auto(flag: str, value: str) -> None:
@@ -188,6 +252,7 @@ class Policy:
     )
 
     def __post_init__(self) -> None:
+        check_types(self)
         choices = {"on_data_error": ("raise", "skip"), "on_lease": ("skip", "wait")}
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:
@@ -227,6 +292,7 @@ class SweepSelection:
         return bool(self.param or self.space)
 
     def __post_init__(self) -> None:
+        check_types(self)
         if self.scheduler is not None and self.scheduler not in SCHEDULERS:
             raise ConfigError(f"--scheduler {self.scheduler!r}: choose fifo or asha")
 
@@ -237,6 +303,7 @@ class Output:
     format: str = option("table", "--dry-run output: table | json (one object per job)")
 
     def __post_init__(self) -> None:
+        check_types(self)
         if self.format not in ("table", "json"):
             raise ConfigError(f"--format {self.format!r}: choose table or json")
 

@@ -122,15 +122,19 @@ def test_an_installed_entry_point_is_found_without_flags(tmp_path):
 @pytest.mark.parametrize(
     ("args", "env", "expect"),
     [
-        (["--plugin", "no_such_module"], {}, "plugin 'no_such_module' failed to load: "
-         "ModuleNotFoundError"),
-        ([], {"DPLBENCH_PLUGINS": "no_such_module"}, "plugin 'no_such_module' failed to load"),
+        (["--plugin", "no_such_module"], {}, "plugin 'no_such_module': no such module in this "
+         "Python (No module named 'no_such_module'); pip install -e its package, or put the "
+         "folder that holds it on PYTHONPATH"),
+        ([], {"DPLBENCH_PLUGINS": "no_such_module"}, "plugin 'no_such_module': no such module"),
+        (["--plugin", "lab_needs"], {}, "plugin 'lab_needs' failed to load: No module named "
+         "'no_such_dependency'"),
         (["--plugin", "lab_broken"], {}, "plugin 'lab_broken' failed to load: ZeroDivisionError"),
         (["--methods", "nope"], {}, "unknown method 'nope'; choose one of:"),
     ],
 )  # fmt: skip
 def test_broken_or_unknown_plugins_are_one_line_exit_2(tmp_path, args, env, expect):
     (tmp_path / "lab_broken.py").write_text("1 / 0\n")
+    (tmp_path / "lab_needs.py").write_text("import no_such_dependency\n")
     env = {"PYTHONPATH": str(tmp_path), **env}
     out = _cli("run", "--dry-run", *args, env=env, cwd=tmp_path)
     assert out.returncode == 2, out.stdout + out.stderr

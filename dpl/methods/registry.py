@@ -135,8 +135,21 @@ def load_plugins(modules: Iterable[str]) -> None:
     for module in modules:
         if module in _LOADED:
             continue
+        if "/" in module or "\\" in module or module.endswith(".py"):
+            raise PluginError(
+                f"plugin {module!r}: give a module name (lab_methods, lab.methods), importable "
+                "from this Python: pip install -e your package, or put its folder on PYTHONPATH"
+            )
         try:
             importlib.import_module(module)
+        except ModuleNotFoundError as e:
+            if not e.name or not (module == e.name or module.startswith(e.name + ".")):
+                # a module the plug-in itself imports is missing: the plug-in's problem
+                raise PluginError(f"plugin {module!r} failed to load: {e}") from None
+            raise PluginError(
+                f"plugin {module!r}: no such module in this Python ({e}); pip install -e its "
+                "package, or put the folder that holds it on PYTHONPATH"
+            ) from None
         except Exception as e:  # a plug-in's own bug, named as such
             raise PluginError(
                 f"plugin {module!r} failed to load: {type(e).__name__}: {e}"
@@ -164,12 +177,40 @@ def load_entry_points() -> None:
         _LOADED.add(ep.value)
 
 
+def check_config(spec: MethodSpec, cfg: MethodConfig) -> None:
+    """What a method's config may say beyond each value's range (dpl/config.py): DPL's plug-ins
+    only where the method takes them; a LoRA rank where LoRA is all its recipe trains; epochs where it
+    trains."""
+    on = [p for p in ("iwtd", "rer", "mag") if getattr(cfg, p).enabled]
+    if on and not spec.plugins:
+        raise ValueError(
+            f"{on[0]}.enabled=true: method {spec.name} does not take the IWTD/RER/MAG "
+            "plug-ins (they switch onto coop, maple, promptsrc, clip_lora, llamp and dpl)"
+        )
+    d = spec.defaults
+    if (
+        d.lora.rank > 0
+        and not (d.prompts.n_ctx_text or d.prompts.n_ctx_vision)
+        and cfg.lora.rank < 1
+    ):
+        raise ValueError(
+            f"lora.rank={cfg.lora.rank}: method {spec.name} trains LoRA only, so 1 or more"
+        )
+    if spec.trains and not cfg.optim.iterations and cfg.optim.epochs < 1:
+        raise ValueError(
+            f"optim.epochs={cfg.optim.epochs}: method {spec.name} trains, so 1 or more "
+            "(or optim.iterations)"
+        )
+
+
 def method_config(name: str, overrides: dict[str, Any] | None = None) -> MethodConfig:
-    """The method's defaults with nested overrides applied (unknown keys raise)."""
+    """The method's defaults with nested overrides applied (unknown keys and values out of range
+    raise)."""
     spec = METHODS.get(name)
     cfg = merge(spec.defaults, overrides or {})
     if cfg.method != name:
         raise ValueError(f"config says method={cfg.method!r} but was built as {name!r}")
+    check_config(spec, cfg)
     return cfg
 
 
@@ -181,8 +222,8 @@ def build_method(
     each member's generator for its initial values (None: torch's global stream)."""
     cfgs = [cfg] if isinstance(cfg, MethodConfig) else list(cfg)
     spec = METHODS.get(cfgs[0].method)
-    if not spec.plugins and any(c.iwtd.enabled or c.rer.enabled or c.mag.enabled for c in cfgs):
-        raise ValueError(f"method {cfgs[0].method} does not take the IWTD/RER/MAG plug-ins")
+    for c in cfgs:
+        check_config(spec, c)
     if len({c.method for c in cfgs}) != 1:
         raise ValueError("the members of one model must be of one method")
     model_cls = spec.model_class()

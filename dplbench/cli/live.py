@@ -185,18 +185,27 @@ class TrialTable:
 
 @contextlib.contextmanager
 def live(table: JobTable | TrialTable) -> Iterator[Any]:
-    """Show `table` live while the block runs; yields the event sink that updates it. The final
-    table stays on screen (a terminal) or is printed once when the block ends (a log)."""
-    with Live(table.render(), console=console, auto_refresh=False, transient=False) as view:
+    """Show `table` live while the block runs; yields the event sink that updates it. The table
+    appears with the first event (a plan refused before it runs prints its one line alone); the
+    final table stays on screen (a terminal) or is printed once when the block ends (a log)."""
+    view: Live | None = None
 
-        def on_event(event: Event) -> None:
-            table.event(event)
-            view.update(table.render(), refresh=True)
-
-        yield on_event
+    def on_event(event: Event) -> None:
+        nonlocal view
+        table.event(event)
+        if view is None:
+            view = Live(table.render(), console=console, auto_refresh=False, transient=False)
+            view.start()
         view.update(table.render(), refresh=True)
-    if not console.is_terminal:  # Live ends a terminal's table with a newline, not a log's
-        console.line()
+
+    try:
+        yield on_event
+    finally:
+        if view is not None:
+            view.update(table.render(), refresh=True)
+            view.stop()
+            if not console.is_terminal:  # Live ends a terminal's table with a newline, a log's not
+                console.line()
 
 
 def recipe_view(job, checks=None) -> dict:

@@ -78,6 +78,14 @@ def load_spec(name: str) -> SuiteSpec:
     if spec.protocol is None and not spec.include:
         raise ConfigError(f"suite {path.stem}: needs a protocol or an include list")
     check_datasets([*spec.datasets, *spec.targets, *([spec.source] if spec.targets else [])])
+    for key, values, low in (
+        ("shots", spec.shots, 1),
+        ("seeds", spec.seeds, 0),
+        ("workers", (spec.workers,), 1),
+        ("imbalance", (spec.imbalance,), 1),
+    ):
+        if any(v < low for v in values):
+            raise ConfigError(f"suite {path.stem}: {key}={list(values)}: each {low} or more")
     return spec
 
 

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from dpl.methods import load_plugins, plugin_modules
+from dplbench.data.errors import DataError
 from dplbench.plan.plan import Plan
 from dplbench.request import LaunchRequest
 from dplbench.run.events import PlanChecked, Sink, fan
@@ -71,8 +72,18 @@ def execute(
     load_plugins(plugin_modules(request.what.plugins))
     checks = preflight(plan, request)
     result = Execution(plan, request, checks)
+    from dplbench.run.prepare import check_data, prepare
+
+    need_val = plan.sweep is not None
     if request.output.dry_run:
+        if not plan.data.synthesize:  # a plan made here may run where its data lives: a note
+            try:
+                check_data(checks.units.jobs, request.data, need_val)
+            except DataError as e:
+                checks.notes.append(f"not runnable here yet: {e}")
         return result
+    # The data the units read, before the job table and Ray: a missing dataset is one line.
+    prepare(checks.units.jobs, request.data, plan.data.synthesize, need_val)
     if on_event is not None:
         on_event(PlanChecked(plan.name, checks))
     from dplbench.run.driver import run_plan

@@ -102,10 +102,19 @@ def init_ray(opts: ExecOptions, dashboard: bool = True) -> None:
     cpus = opts.cpus or os.cpu_count() or 1
     os.environ.setdefault("RAY_worker_maximum_startup_concurrency", str(4 * cpus))
     kw = {"log_to_driver": False, "logging_level": logging.WARNING}
-    if opts.address:
-        ray.init(address=opts.address, **kw)
+    # --address, else RAY_ADDRESS (what `ray job submit` sets), else a Ray of our own, even where
+    # `ray start` left one running on this machine (joining that one is --address auto).
+    address = opts.address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, **kw)
     else:
-        ray.init(num_cpus=opts.cpus, num_gpus=opts.gpus, include_dashboard=dashboard, **kw)
+        ray.init(
+            address="local",
+            num_cpus=opts.cpus,
+            num_gpus=opts.gpus,
+            include_dashboard=dashboard,
+            **kw,
+        )
 
 
 @dataclass
