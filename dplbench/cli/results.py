@@ -28,6 +28,7 @@ def results_ls(
     from dplbench.results import store
 
     root = results_root(results)
+    store.require_results(root, suite, ("rows", "status"))
     rows = store.query(
         root,
         "SELECT suite, method, protocol, dataset, subsample, count(*) AS rows, "
@@ -64,8 +65,10 @@ def results_query(
 
     from dplbench.results import store
 
+    root = results_root(results)
+    store.require_results(root, tables=("rows", "status", "epochs"))
     try:
-        table = store.query(results_root(results), sql)
+        table = store.query(root, sql)
     except duckdb.Error as e:
         raise ConfigError(f"query failed: {str(e).splitlines()[0]}") from None
     rows = table.to_pylist()
@@ -94,6 +97,7 @@ def results_show(
     from dplbench.results import store
 
     root = results_root(results)
+    store.require_results(root)
     rows = store.query(
         root,
         "SELECT * FROM rows WHERE starts_with(job_id, $job) ORDER BY created_at",

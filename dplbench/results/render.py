@@ -55,6 +55,7 @@ def write_report(
     from dplbench.plan.cost import load_all
     from dplbench.results import store
 
+    store.require_results(root, suite)
     rows = store.latest_rows(root).to_pylist()
     calibrations = load_all(root.bench_dir())
     bench = calibrations[0].rows if calibrations else []

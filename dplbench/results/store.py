@@ -22,6 +22,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from dplbench import storage
+from dplbench.errors import ConfigError
 from dplbench.results.root import ResultsRoot
 
 # One row per (job, evaluated split). Partition columns (suite, method) live in the path.
@@ -197,6 +198,31 @@ def latest_sql(source: str, keys: Sequence[str], order: str = "created_at") -> s
 
 def has_rows(root: ResultsRoot, table: str = "rows") -> bool:
     return bool(storage.listdir(root.table(table), "*.parquet", recursive=True))
+
+
+def suites_with(root: ResultsRoot, tables: Sequence[str] = ("rows",)) -> list[str]:
+    """The suites that have files in `tables` (their partition folders: no file is read)."""
+    names = {n for t in tables for n in storage.subdirs(root.table(t)) if n.startswith("suite=")}
+    return sorted(n.split("=", 1)[1] for n in names)
+
+
+def require_results(
+    root: ResultsRoot, suite: str | None = None, tables: Sequence[str] = ("rows",)
+) -> None:
+    """Readers never answer an empty success: one line naming the root, or the suite and the
+    suites that have results, when there is nothing to read."""
+    have = suites_with(root, tables)
+    if not have:
+        try:
+            there = storage.exists(root.path)
+        except OSError:  # a bucket that does not exist, or one this machine may not read
+            there = False
+        where = "" if there else " (it does not exist)"
+        raise ConfigError(f"no results under {root}{where}; give the --results root a run wrote to")
+    if suite is not None and suite not in have:
+        raise ConfigError(
+            f"no results for suite {suite!r} under {root}; suites with results: {', '.join(have)}"
+        )
 
 
 def connect(root: ResultsRoot):
