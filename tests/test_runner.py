@@ -147,3 +147,56 @@ def test_cli_runs_as_a_real_subprocess(tmp_path):
 def test_results_commands_are_all_there():
     out = CliRunner().invoke(app, ["results", "--help"])
     assert all(cmd in out.output for cmd in ("ls", "query", "show"))
+
+
+class _RunsCode:
+    """What a pickle in a shared results root could hold: loading it would create `marker`."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_a_checkpoint_that_is_not_a_weights_file_of_the_job_is_one_line_with_the_fix(
+    tmp_path, shards
+):
+    import torch
+
+    from dplbench.plan.suites import load_suite
+
+    res = tmp_path / "results"
+    common = ["--data", str(shards), "--results", str(res), "--no-ray", "--loader-workers", "0",
+              "--methods", "coop,dpl", "--seeds", "1", *FAST]  # fmt: skip
+    coop, dpl = sorted(load_suite("smoke", {"methods": ["coop", "dpl"], "seeds": [1],
+                                            "overrides": {"optim": {"epochs": 2}}}).jobs,
+                       key=lambda j: j.method)  # fmt: skip
+    first = _run(*common, env={"DPLBENCH_FAIL_JOB": f"{coop.id}@1,{dpl.id}@1"})
+    assert first.exit_code == 1, first.output
+    (ckpt,) = (res / "checkpoints" / coop.id).rglob("epoch_*.pt")
+    good = ckpt.read_bytes()
+    (other,) = (res / "checkpoints" / dpl.id).rglob("epoch_*.pt")
+    others = other.read_bytes()  # gone once dpl's resumed run ends
+    marker = tmp_path / "pwned"
+    cases = {
+        "unsafe": (lambda: torch.save({"model": _RunsCode(marker)}, ckpt),
+                   "not a weights-only state file (it holds Python objects, which dplbench "
+                   "never loads)"),
+        "truncated": (lambda: ckpt.write_bytes(good[: len(good) // 2]),
+                      "unreadable, truncated or not a state file"),
+        "another job's": (lambda: ckpt.write_bytes(others),
+                          f"the state of job {dpl.id}, not of job {coop.id}"),
+    }  # fmt: skip
+    fix = f"; delete it (rm {ckpt}) and rerun: job {coop.id} retrains from scratch"
+    for name, (spoil, what) in cases.items():
+        spoil()
+        again = _run("--resume", *common)
+        assert again.exit_code == 1, (name, again.output)
+        (line,) = [ln for ln in again.stderr.splitlines() if coop.id in ln]
+        assert f"{ckpt}: {what}" in line and fix in line, (name, line)
+        assert "weights_only" not in again.output, name  # never advice to load it unsafely
+        assert not marker.exists()
+    ckpt.unlink()  # the fix, as the line says
+    fixed = _run("--resume", *common)
+    assert fixed.exit_code == 0, fixed.output

@@ -6,14 +6,14 @@
   the store.
 - `RayTrainContext` (run/trials.py): a Ray Train worker, checkpoints in the results root too.
 
-The train loop (run/train_loop.py) sees only the `WorkerContext` protocol. A checkpoint handed to
-it is a folder holding STATE_FILE.
+The train loop (run/train_loop.py) sees only the `WorkerContext` protocol. It hands a checkpoint
+over as a folder holding STATE_FILE, and is handed back the newest one's file, which it reads as
+weights only (run/state_file.py).
 """
 
 from __future__ import annotations
 
 import socket
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
@@ -47,7 +47,6 @@ class CheckpointStore:
     def __init__(self, root: ResultsRoot, job_id: str, run_name: str) -> None:
         self.root, self.job_id, self.run_name = root, job_id, run_name
         self.dir = root.checkpoints(job_id, run_name)
-        self._restored: tempfile.TemporaryDirectory | None = None
 
     def _files(self) -> list[str]:
         return storage.listdir(self.dir, CHECKPOINT_PATTERN)
@@ -61,13 +60,9 @@ class CheckpointStore:
                 storage.remove(old)
 
     def latest(self) -> str | None:
-        """A local folder holding the newest checkpoint's STATE_FILE, or None."""
+        """The newest checkpoint's file (a path or an object-store URI), or None."""
         files = self._files()
-        if not files:
-            return None
-        self._restored = tempfile.TemporaryDirectory()
-        (Path(self._restored.name) / STATE_FILE).write_bytes(storage.read_bytes(files[-1]))
-        return self._restored.name
+        return files[-1] if files else None
 
 
 def epoch_done(job_id: str, metrics: dict[str, Any]) -> EpochDone:

@@ -43,6 +43,7 @@ from dplbench.plan.jobs import Job
 from dplbench.run.context import STATE_FILE, WorkerContext
 from dplbench.run.evaluate import autocast, evaluate_members, image_size, member_counts
 from dplbench.run.settings import RunSettings
+from dplbench.run.state_file import StateFileError, load_state
 
 log = logging.getLogger(__name__)
 
@@ -218,9 +219,13 @@ class Training:
         ckpt = m.ctx.latest_checkpoint()
         if not ckpt:
             return
-        state = torch.load(Path(ckpt) / STATE_FILE, map_location=m.ctx.device, weights_only=True)
-        self.model.load_member_state(k, state["model"])
-        self.optimizer.load_member_state_dict(k, state["optimizer"])
+        fix = f"delete it (rm {ckpt}) and rerun: job {m.job.id} retrains from scratch"
+        state = load_state(ckpt, m.ctx.device, m.job.id, fix)
+        try:
+            self.model.load_member_state(k, state["model"])
+            self.optimizer.load_member_state_dict(k, state["optimizer"])
+        except (KeyError, ValueError, RuntimeError) as e:  # not ours, or another method's
+            raise StateFileError(f"{ckpt}: does not fit job {m.job.id} ({e}); {fix}") from None
         m.start = int(state["epoch"]) + 1
         # A restart within this run continues its epochs table; a --resume run (another run id)
         # records only what it trains, the earlier run's file keeps the rest.
@@ -371,6 +376,7 @@ class Training:
         with tempfile.TemporaryDirectory() as tmp:
             if ctx.rank == 0:
                 state = {
+                    "job_id": m.job.id,
                     "model": self.model.member_state(k),
                     "optimizer": self.optimizer.member_state_dict(k),
                     "epoch": epoch,

@@ -11,7 +11,6 @@ epochs so far (marked failed) and its traceback (`R/logs/<job>-<run>.log`), then
 
 from __future__ import annotations
 
-import io
 import json
 import random
 import time
@@ -38,6 +37,7 @@ from dplbench.run import failures
 from dplbench.run.context import WorkerContext
 from dplbench.run.evaluate import count_correct, evaluate_members
 from dplbench.run.settings import RunSettings
+from dplbench.run.state_file import StateFileError, load_state
 from dplbench.run.train_loop import Training
 
 
@@ -57,8 +57,12 @@ def load_final_state(model: PromptedCLIP, root: ResultsRoot, source: str, user: 
             "run the suite's training jobs first (dplbench run --resume)"
         )
     device = next(model.parameters()).device
-    state = torch.load(io.BytesIO(storage.read_bytes(path)), map_location=device, weights_only=True)
-    model.load_trainable_state(state)
+    fix = f"delete it (rm {path}) and rerun with --resume: job {source} trains again"
+    state = load_state(path, device, source, fix)
+    try:
+        model.load_trainable_state(state)
+    except ValueError as e:  # another method's state
+        raise StateFileError(f"{path}: {e}; {fix}") from None
 
 
 # Frozen CLIPs of this process, by backbone config (and seed, for random-init ones): a reused
