@@ -1,6 +1,7 @@
 """dplbench ablate: the YAMLs cover the paper's axes and expand into labelled jobs; a smoke
 ablation runs through the runner and produces its table."""
 
+import json
 from dataclasses import replace
 
 import pytest
@@ -12,6 +13,7 @@ from dplbench.errors import ConfigError
 from dplbench.plan import ablations
 from dplbench.plan.config import parse_overrides
 from dplbench.request import Selection
+from dplbench.results import store
 from dplbench.results.ablations import ablation_table
 from dplbench.results.root import ResultsRoot
 
@@ -61,10 +63,29 @@ def test_variant_wins_over_command_line_and_unknown_names_fail():
 
 @pytest.mark.slow
 def test_smoke_ablation_produces_its_table(tmp_path):
-    args = ["ablate", "rer", "--suite", "smoke", "--seeds", "1", "--no-ray", "--loader-workers"]
+    args = ["ablate", "rer", "--suite", "smoke", "--seeds", "1,2", "--no-ray", "--loader-workers"]
     args += ["0", "--data", str(tmp_path / "shards"), "--results", str(tmp_path / "res")]
     out = CliRunner().invoke(_app(), [*args, "optim.epochs=1"])
     assert out.exit_code == 0, out.output
+    # The summary: one row per variant, each the hand average of its own two seeds' rows.
+    rows = store.query(ResultsRoot(tmp_path / "res"), "SELECT * FROM results").to_pylist()
+    printed = {
+        cells[1]: cells
+        for line in out.output.splitlines()
+        if (cells := [c.strip() for c in line.strip("│ ").split("│")])[0] == "dpl"
+        and len(cells) == 7
+    }
+    assert sorted(printed) == ["annealed", "fixed", "off"]
+    for variant, (_, _, dataset, seeds, base, novel, hm) in printed.items():
+        mine = [r for r in rows if json.loads(r["params"])["variant"] == variant]
+        assert dataset == "synthetic" and seeds == "2" and len(mine) == 4
+        means = {}
+        for sub, shown in (("base", base), ("novel", novel)):
+            accs = [r["accuracy"] for r in mine if r["subsample"] == sub]
+            means[sub] = sum(accs) / 2
+            assert shown == f"{means[sub]:.2f}"
+        b, n = means["base"], means["novel"]
+        assert hm == f"{2 * b * n / (b + n):.2f}"  # the HM of the means
     table = ablation_table(ablations.load_ablation("rer"), ResultsRoot(tmp_path / "res"), "smoke")
     assert [r["variant"] for r in table] == ["off", "annealed", "fixed"]  # the YAML's order
     assert all(r["hm"] is not None and r["protocol"] == "base2novel" for r in table)
@@ -73,4 +94,4 @@ def test_smoke_ablation_produces_its_table(tmp_path):
     assert "Ablation `rer`" in out.output
     # --resume finds the labelled rows and runs nothing again.
     again = CliRunner().invoke(_app(), [*args, "--resume", "optim.epochs=1"])
-    assert again.exit_code == 0 and "3 jobs already had results" in again.output
+    assert again.exit_code == 0 and "6 jobs already had results" in again.output

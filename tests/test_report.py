@@ -254,6 +254,11 @@ def all_protocol_rows():
         for r in b2n_rows("dpl", {"dtd": B2N["dtd"]})
     ]
     rows += [{**r, "suite": "ablate", "variant": "no-iwtd"} for r in b2n_rows("dpl")]
+    rows += [
+        {**r, "suite": "main", "params": json.dumps({"lr": lr, "sweep": "lr-1"}), "accuracy": a}
+        for lr, a in ((0.1, 70.0), (0.2, 72.0))
+        for r in target_rows("coop", "xd", ["dtd"], seeds=(1,))
+    ]
     return rows
 
 
@@ -271,7 +276,8 @@ def test_render_report_writes_markdown_and_pngs(tmp_path):
     assert not list((tmp_path / "out").glob(".*tmp"))  # temporaries renamed away
     for text in (
         "## Base-to-novel generalisation", "## Cross-dataset transfer", "## Domain generalisation",
-        "## Few-shot classification", "## Long-tail base-to-novel", "## Ablations and sweeps",
+        "## Few-shot classification", "## Long-tail base-to-novel", "## Ablations", "## Sweeps",
+        "### lr-1 (xd)", "| lr | Accuracy | Datasets |", "| 0.1 | 70.00 | 1 |",
         "92.00 ± 2.00",  # coop caltech101 base
         "44.00 ± 4.00",  # dtd novel
         f"{hm(86, 53):.2f}",  # coop Average HM
@@ -283,6 +289,9 @@ def test_render_report_writes_markdown_and_pngs(tmp_path):
         "no-iwtd",
     ):  # fmt: skip
         assert text in md, text
+    assert "None" not in md  # missing values are –
+    sweeps = md.split("## Sweeps", 1)[1]
+    assert "no-iwtd" not in sweeps and "### ablate" not in sweeps  # its own section
 
 
 def test_markdown_suite_filter_compare_off_and_missing_novel():

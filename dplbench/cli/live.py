@@ -112,8 +112,10 @@ class JobTable:
         if self.packing:
             head += f" · {self.packing}"
         t = Table(title=head, title_justify="left")
-        cols = ("job", "method", "protocol", "train on", "evaluate", "seed", "fused", "state",
-                "time")  # fmt: skip
+        # An ablation's jobs differ by their variant: it is a column, or rows look alike.
+        variants = any("variant" in j.params for j in self.jobs.values())
+        cols = ("job", "method", *(("variant",) if variants else ()), "protocol", "train on",
+                "evaluate", "seed", "fused", "state", "time")  # fmt: skip
         for col in (*cols, "progress / result"):
             t.add_column(col)
         now = time.monotonic()
@@ -127,8 +129,9 @@ class JobTable:
             took = None
             if jid in self.started:
                 took = self.ended.get(jid, now) - self.started[jid]
+            variant = (str(j.params.get("variant", "–")),) if variants else ()
             t.add_row(
-                jid[:10], j.method, j.protocol, train, evals, str(j.seed),
+                jid[:10], j.method, *variant, j.protocol, train, evals, str(j.seed),
                 self.groups.get(jid, ""), f"[{STYLE[state]}]{state}[/]", clock(took),
                 self.detail[jid],
             )  # fmt: skip

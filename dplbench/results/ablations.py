@@ -1,7 +1,7 @@
 """Ablation and sweep tables from the result rows: one `pivot` row per variant or setting.
 
 `dplbench ablate` prints `ablation_markdown` and writes it to R/reports/ablations/NAME-SUITE.md;
-`dplbench report` shows every ablation and sweep under "Ablations and sweeps" (`ablation_tables`).
+`dplbench report` shows them in its "Ablations" and "Sweeps" sections (`ablation_tables`).
 """
 
 from __future__ import annotations
@@ -58,23 +58,36 @@ def pivot(rows: Any, by: Sequence[str], value: str = "accuracy") -> list[Row]:
     return out
 
 
-def ablation_tables(rows: Any) -> dict[tuple[str, str], list[Row]]:
-    """Sweep/ablation rows -> one `pivot` table per (ablation, protocol): one row per variant
-    (the `variant` column, else the swept `params` keys), per method when several."""
-    sweep = [r for r in agg.as_rows(rows) if agg.is_sweep(r)]
+def study_of(row: Row) -> tuple[str, str] | None:
+    """("ablation", name) or ("sweep", name) of a row from an ablation variant or a sweep
+    setting (its `params`); None for a suite's own rows."""
+    params = agg.params_of(row)
+    if {"ablation", "variant"} & set(params) or row.get("variant") or row.get("ablation"):
+        return ("ablation", params.get("ablation") or row.get("ablation") or row.get("suite") or "")
+    if params:
+        return ("sweep", params.get("sweep") or row.get("suite") or "")
+    return None
+
+
+def ablation_tables(rows: Any) -> dict[tuple[str, str, str], list[Row]]:
+    """Ablation and sweep rows -> one `pivot` table per (kind, name, protocol), kind "ablation" or
+    "sweep": one row per variant (ablations) or per setting of the swept parameters (sweeps), per
+    method when several; each averages over seeds within its variant or setting only."""
+    labelled = [(study_of(r), r) for r in agg.as_rows(rows)]
     tables = {}
-    for (name, protocol), grp in sorted(
+    for (kind, name, protocol), grp in sorted(
         agg.group(
-            sweep, lambda r: (r.get("ablation") or r.get("suite") or "", r.get("protocol") or "")
+            [r for study, r in labelled if study is not None],
+            lambda r: (*study_of(r), r.get("protocol") or ""),
         ).items()
     ):
-        if any(r.get("variant") is not None for r in grp):
+        if kind == "ablation":
             by = ["variant"]
         else:
-            by = sorted({k for r in grp for k in agg.params_of(r)})
+            by = sorted({k for r in grp for k in agg.params_of(r)} - {"sweep"})
         if len({r.get("method") for r in grp}) > 1:
             by = ["method", *by]
-        tables[(name, protocol)] = pivot(grp, by)
+        tables[(kind, name, protocol)] = pivot(grp, by)
     return tables
 
 
@@ -102,7 +115,7 @@ def ablation_table(ab: Ablation, root: ResultsRoot, suite: str | None = None) ->
     """Pivot rows with a `protocol` column, in the YAML's variant order."""
     order = {v.name: i for i, v in enumerate(ab.variants)}
     out = []
-    for (_, protocol), table in ablation_tables(ablation_rows(root, ab.name, suite)).items():
+    for (_, _, protocol), table in ablation_tables(ablation_rows(root, ab.name, suite)).items():
         table = sorted(table, key=lambda r: (order.get(r.get("variant"), len(order)),))
         out += [{"protocol": protocol, **r} for r in table]
     return out
@@ -122,7 +135,7 @@ def pivot_markdown(table: Sequence[Row]) -> str:
     else:
         head, cols = ["Accuracy"], ["accuracy"]
     body = [
-        [str(r.get(k)) for k in keys]
+        ["–" if r.get(k) is None else str(r.get(k)) for k in keys]
         + [fmt(r.get(c), r.get(f"{c}_std")) for c in cols]
         + [str(r.get("datasets", ""))]
         for r in table

@@ -196,6 +196,16 @@ def _protocol(name: str, aggregate: Callable[..., list[Row]]):
     return table
 
 
+def _studies(kind: str) -> Callable[[Inputs, Mapping[str, Any]], Any]:
+    """The ablation (or sweep) tables of the rows: {(name, protocol): pivot table}."""
+
+    def table(inputs: Inputs, _: Mapping[str, Any]) -> dict[tuple[str, str], list[Row]]:
+        tables = ablation_tables(inputs.rows)
+        return {(n, p): t for (k, n, p), t in tables.items() if k == kind}
+
+    return table
+
+
 def _ablations_markdown(table: Mapping[tuple[str, str], list[Row]]) -> str:
     return "\n\n".join(
         f"### {name} ({protocol})\n\n{pivot_markdown(pivot)}"
@@ -240,9 +250,8 @@ SECTIONS: dict[str, Section] = {
         _longtail_markdown,
         plots.longtail_plot,
     ),
-    "ablations": Section(
-        "Ablations and sweeps", lambda i, _: ablation_tables(i.rows), _ablations_markdown
-    ),
+    "ablations": Section("Ablations", _studies("ablation"), _ablations_markdown),
+    "sweeps": Section("Sweeps", _studies("sweep"), _ablations_markdown),
     "partial": Section(
         "Partial splits",
         lambda i, _: [r for r in i.rows if (r.get("skipped") or 0) > 0],
@@ -282,8 +291,8 @@ def report_tables(
     bench: Sequence[Row] = (),
     epochs: Sequence[Row] = (),
 ) -> dict[str, Any]:
-    """The non-empty tables of SECTIONS, in that order: the protocols present, `ablations`
-    ({(ablation, protocol): pivot table}) when sweep rows exist, `partial` splits, `cost` (bench
+    """The non-empty tables of SECTIONS, in that order: the protocols present, `ablations` and
+    `sweeps` ({(name, protocol): pivot table}) when their rows exist, `partial` splits, `cost` (bench
     rows beside base-to-novel HM) and `selection` (per-epoch test rows)."""
     if compare and refs is None:
         refs = agg.reference_tables()

@@ -1,9 +1,10 @@
-"""The summary a command prints after a run: per method and dataset, the mean over seeds of the
-jobs that ran (base, novel and HM for base-to-novel jobs, as the live table shows them; else the
-accuracy of each evaluated set)."""
+"""The summary a command prints after a run: per method, ablation variant or sweep setting,
+dataset and shots, the mean over seeds of the jobs that ran (base, novel and HM for base-to-novel
+jobs, as the live table shows them; else the accuracy of each evaluated set)."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from dplbench.results import store
@@ -15,35 +16,59 @@ def _num(v: float | None) -> str:
     return "" if v is None else f"{v:.2f}"
 
 
+def study_label(params: dict[str, Any]) -> tuple[str, str] | None:
+    """A row's ablation variant ("variant", name) or sweep setting ("setting", "lr=0.1 ...");
+    None for a suite's own rows."""
+    if "variant" in params:
+        return ("variant", str(params["variant"]))
+    setting = {k: v for k, v in params.items() if k not in ("sweep", "ablation")}
+    if setting:
+        return ("setting", " ".join(f"{k}={v}" for k, v in sorted(setting.items())))
+    return None
+
+
 def summary_rows(root: ResultsRoot, job_ids: list[str]) -> list[dict[str, Any]]:
-    """Rows of (method, dataset, seeds, base, novel, HM, accuracy), as text, with the columns no
-    row fills left out; empty when none of the jobs has rows."""
+    """Rows of (method, variant or setting, dataset, shots, seeds, base, novel, HM, accuracy),
+    as text: each the mean over the seeds of one method, variant (or sweep setting), dataset and
+    number of shots, never across them. Columns no row fills are left out; empty when none of
+    the jobs has rows."""
     if not job_ids or not store.has_rows(root):
         return []
     rows = store.query(
         root,
-        "SELECT method, dataset, subsample, count(*) AS seeds, avg(accuracy) AS accuracy "
-        "FROM results WHERE list_contains($ids, job_id) GROUP BY ALL "
-        "ORDER BY dataset, method, subsample",
+        "SELECT method, dataset, subsample, shots, seed, params, accuracy FROM results "
+        "WHERE list_contains($ids, job_id) AND split = 'test' "
+        "ORDER BY dataset, method, list_position($ids, job_id)",
         {"ids": job_ids},
     ).to_pylist()
-    cells: dict[tuple[str, str], dict] = {}
+    cells: dict[tuple, dict[str, Any]] = {}
     for r in rows:
-        cell = cells.setdefault((r["dataset"], r["method"]), {"seeds": r["seeds"]})
-        cell[r["subsample"]] = r["accuracy"]
+        label = study_label(json.loads(r["params"] or "{}"))
+        key = (r["dataset"], r["method"], label, r["shots"])
+        cell = cells.setdefault(key, {"seeds": set()})
+        cell["seeds"].add(r["seed"])
+        cell.setdefault(r["subsample"], []).append(r["accuracy"])
+    kinds = {k[2][0] for k in cells if k[2] is not None}
+    several_shots = len({k[3] for k in cells}) > 1
     table = []
-    for (dataset, method), c in cells.items():
-        hm = harmonic_mean([c["base"], c["novel"]]) if {"base", "novel"} <= set(c) else None
-        table.append(
-            {
-                "method": method,
-                "dataset": dataset,
-                "seeds": c["seeds"],
-                "base": _num(c.get("base")),
-                "novel": _num(c.get("novel")),
-                "HM": _num(hm),
-                "accuracy": _num(c.get("all")),
-            }  # fmt: skip
+    for (dataset, method, label, shots), c in cells.items():
+        mean = {s: sum(c[s]) / len(c[s]) for s in ("base", "novel", "all") if s in c}
+        hm = (
+            harmonic_mean([mean["base"], mean["novel"]]) if {"base", "novel"} <= set(mean) else None
         )
-    keep = [k for k in ("base", "novel", "HM", "accuracy") if any(r[k] for r in table)]
-    return [{k: r[k] for k in ("method", "dataset", "seeds", *keep)} for r in table]
+        row = {"method": method}
+        for kind in sorted(kinds, reverse=True):  # variant, then setting
+            row[kind] = label[1] if label is not None and label[0] == kind else "–"
+        row["dataset"] = dataset
+        if several_shots:
+            row["shots"] = "–" if shots is None else str(shots)
+        row.update(
+            seeds=len(c["seeds"]),
+            base=_num(mean.get("base")),
+            novel=_num(mean.get("novel")),
+            HM=_num(hm),
+            accuracy=_num(mean.get("all")),
+        )
+        table.append(row)
+    empty = [k for k in ("base", "novel", "HM", "accuracy") if not any(r[k] for r in table)]
+    return [{k: v for k, v in r.items() if k not in empty} for r in table]
