@@ -290,6 +290,14 @@ class PromptedCLIP(ClassLists, MemberState, nn.Module):
         if not cacheable:
             feats = self.vision(images, adapters=adapted, streams=streams if adapted else None)
             return F.normalize(feats.float(), dim=-1)
+        return self._cached_frozen_images(images, keys)
+
+    # Eager even inside a compiled step: under mode="reduce-overhead" a tensor made in the graph
+    # lives in the CUDA graph's pool and is overwritten by the next replay, so a cache filled
+    # there would hand back another step's features (and PyTorch refuses to read them).
+    @torch.compiler.disable
+    @torch.no_grad()
+    def _cached_frozen_images(self, images: torch.Tensor, keys: list[str]) -> torch.Tensor:
         missing = [i for i, k in enumerate(keys) if k not in self._frozen_images]
         if missing:
             feats = F.normalize(self.vision(images[missing], adapters=False).float(), dim=-1)
