@@ -57,6 +57,10 @@ def user_errors(fn):
         except (UserError, UnknownNameError, PluginError) as e:
             err.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True, markup=True)
             raise typer.Exit(2) from None
+        except KeyboardInterrupt:  # a second Ctrl-C while a run stopped (run/interrupt.py)
+            err.print(f"interrupted again: stopped at once; resume with: {resume_command()}",
+                      highlight=False, soft_wrap=True)  # fmt: skip
+            raise typer.Exit(INTERRUPTED) from None
 
     return wrapper
 
@@ -69,14 +73,39 @@ class Process:
     stopped_local_cluster = False
 
 
+# The exit code of a command a signal stopped, as a shell reports Ctrl-C (128 + SIGINT).
+INTERRUPTED = 130
+
+
+def resume_command() -> str:
+    """The command this process runs, with --resume: what continues it after an interrupt."""
+    import shlex
+
+    args = sys.argv[1:]
+    return shlex.join(["dplbench", *args, *([] if "--resume" in args else ["--resume"])])
+
+
 def exit_after_run(result, code: int) -> None:
-    """End a command that executed a plan: tell the process how Ray ended, exit with `code`."""
+    """End a command that executed a plan: tell the process how Ray ended, exit with `code`;
+    an interrupted run ends with one line (what is done, stopped, not started; the command that
+    resumes it) and exit code 130."""
     import click
 
     ctx = click.get_current_context(silent=True)
     process = ctx.find_root().obj if ctx is not None else None
     if isinstance(process, Process) and result.stopped_local_cluster:
         process.stopped_local_cluster = True
+    if result.interrupted:
+        s = result.summary
+        counts = {"done": s.count("done") + len(s.skipped), "failed": s.count("failed"),
+                  "stopped": s.count("stopped"), "not started": s.count("not started")}  # fmt: skip
+        said = ", ".join(f"{n} {k}" for k, n in counts.items() if n or k != "failed")
+        console.print(
+            f"interrupted ({result.interrupted}): {said}; resume with: {resume_command()}",
+            highlight=False,
+            soft_wrap=True,
+        )
+        raise typer.Exit(INTERRUPTED)
     if code:
         raise typer.Exit(code)
 

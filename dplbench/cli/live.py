@@ -21,12 +21,14 @@ from dplbench.run.events import (
     JobEnded,
     JobStarted,
     PlanChecked,
+    StopAsked,
     TrialEnded,
     TrialProgress,
     TrialStarted,
 )
 
-STYLE = {"done": "green", "failed": "red", "running": "yellow", "stopped": "cyan", "queued": "dim"}
+STYLE = {"done": "green", "failed": "red", "running": "yellow", "stopped": "cyan", "queued": "dim",
+         "not started": "dim"}  # fmt: skip
 
 
 def clock(seconds: float | None) -> str:
@@ -63,11 +65,15 @@ class JobTable:
         self.ended: dict[str, float] = {}
         self.t0 = time.monotonic()
         self.most_running = 1
+        self.stopping: str | None = None  # the signal that asked the run to stop
 
     def event(self, event: Event) -> None:
         if isinstance(event, PlanChecked):  # how jobs are packed and fused
             self.packing = event.checks.packing
             self.groups = event.checks.group_of()
+            return
+        if isinstance(event, StopAsked):
+            self.stopping = event.signal
             return
         job_id = getattr(event, "job_id", None)
         if job_id not in self.jobs:
@@ -101,16 +107,16 @@ class JobTable:
         return sum(took) / len(took) * left / self.most_running
 
     def render(self) -> Table:
-        counts = {
-            s: sum(1 for v in self.state.values() if v == s)
-            for s in ("queued", "running", "done", "failed")
-        }
-        head = " · ".join(f"{k} {v}" for k, v in counts.items())
+        states = ("queued", "running", "done", "failed", "stopped", "not started")
+        counts = {s: sum(1 for v in self.state.values() if v == s) for s in states}
+        head = " · ".join(f"{k} {v}" for k, v in counts.items() if v or k in states[:4])
         head += f" · elapsed {clock(time.monotonic() - self.t0)}"
         if self.eta() is not None:
             head += f" · ETA {clock(self.eta())}"
         if self.packing:
             head += f" · {self.packing}"
+        if self.stopping and any(s in ("queued", "running") for s in self.state.values()):
+            head += f" · stopping ({self.stopping}): Ctrl-C again to quit at once"
         t = Table(title=head, title_justify="left")
         # An ablation's jobs differ by their variant: it is a column, or rows look alike.
         variants = any("variant" in j.params for j in self.jobs.values())

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import typer
 
 from dplbench.cli.common import (
@@ -95,7 +97,11 @@ def print_outcome(result) -> None:
 
 
 @user_errors
-def demo(data: Data = None, results: Results = None) -> None:
+def demo(
+    data: Data = None,
+    results: Results = None,
+    resume: Annotated[bool, typer.Option(help="continue an interrupted demo")] = False,
+) -> None:
     """The smoke suite on local Ray (synthetic data, tiny CLIP, CPU), then its report.
 
     Example: dplbench demo
@@ -105,8 +111,10 @@ def demo(data: Data = None, results: Results = None) -> None:
     from dplbench.results.render import write_report
 
     request = LaunchRequest.of(
-        suite="smoke", loader_workers=1, data=data_root(data), results=str(results_root(results))
-    )
+        suite="smoke", loader_workers=1, data=data_root(data), results=str(results_root(results)),
+        resume=resume,
+    )  # fmt: skip
     result = run_live(plan_of(request, "suite"), request)
-    print_report(write_report(results_root(results), "smoke", compare=True))
+    if not result.interrupted:
+        print_report(write_report(results_root(results), "smoke", compare=True))
     exit_after_run(result, 1 if result.failed else 0)

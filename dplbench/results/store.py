@@ -72,7 +72,7 @@ EPOCH_SCHEMA_FIXED = pa.schema(
         ("samples", pa.int64()),
         ("seconds", pa.float64()),
         ("val_accuracy", pa.float64()),  # null when the job has no validation split
-        ("run_status", pa.string()),  # done | failed: the run that trained the epoch ended so
+        ("run_status", pa.string()),  # done | failed | stopped: how the run that trained it ended
     ]
 )
 STATUS_SCHEMA = pa.schema(
@@ -146,6 +146,19 @@ def write_epochs(
     table = pa.Table.from_pylist([{k: r.get(k) for k in schema.names} for r in rows], schema=schema)
     path = root.table_file("epochs", suite, method, rows[0]["job_id"], rows[0]["run_id"])
     return write_parquet(table, path)
+
+
+def keep_epochs(
+    root: ResultsRoot, suite: str, method: str, rows: Sequence[Mapping[str, Any]]
+) -> None:
+    """Epoch rows of one job's earlier runs (what a checkpoint carries), each run's written as
+    that run's file, marked stopped, where the run wrote none (it was stopped before it could);
+    a run's own file is left alone, so every epoch appears once."""
+    for run_id in dict.fromkeys(r["run_id"] for r in rows):
+        mine = [{**r, "run_status": "stopped"} for r in rows if r["run_id"] == run_id]
+        path = root.table_file("epochs", suite, method, mine[0]["job_id"], run_id)
+        if not storage.exists(path):
+            write_epochs(root, suite, method, mine)
 
 
 def sql_string(value: str | os.PathLike) -> str:

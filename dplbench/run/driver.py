@@ -19,8 +19,9 @@ from dplbench.plan.jobs import Job
 from dplbench.plan.plan import Plan
 from dplbench.plan.units import Unit, Units, plan_units
 from dplbench.results.status import StatusBook
+from dplbench.run import interrupt
 from dplbench.run.events import EpochDone, Event, JobEnded, JobStarted, Sink, fan
-from dplbench.run.failures import JobFailed, log_line
+from dplbench.run.failures import JobFailed, JobStopped, log_line
 from dplbench.run.leases import Leases
 from dplbench.run.prepare import prepare
 from dplbench.run.resume import failed_job_ids, skipped_ids
@@ -32,7 +33,9 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class JobOutcome:
     job: Job
-    status: str  # done | failed | stopped (a sweep trial ASHA stopped)
+    # done | failed | stopped (interrupted, or a sweep trial ASHA stopped) | not started
+    # (interrupted before it could)
+    status: str
     error: str | None = None
 
 
@@ -51,6 +54,7 @@ class RunSummary:
     rerun_failed: list[Job] = field(default_factory=list)  # --resume: failed in an earlier run
     elsewhere: dict[str, str] = field(default_factory=dict)  # job id -> the driver running it
     status_file: str | None = None
+    interrupted: str | None = None  # the signal that stopped the run (run/interrupt.py)
 
     @property
     def outcomes(self) -> list[JobOutcome]:
@@ -59,6 +63,9 @@ class RunSummary:
     @property
     def failed(self) -> list[JobOutcome]:
         return [o for o in self.outcomes if o.status == "failed"]
+
+    def count(self, status: str) -> int:
+        return sum(1 for o in self.outcomes if o.status == status)
 
 
 class Driver:
@@ -119,6 +126,8 @@ class Driver:
         elif isinstance(event, EpochDone) and self.book is not None:
             self.book.update(event.job_id, attempts=event.attempt)
         elif isinstance(event, JobEnded):
+            if interrupt.requested() and event.status == "stopped" and event.error is None:
+                event = replace(event, error="interrupted")
             failed = event.status == "failed" or (
                 event.status == "stopped" and self.stopped_is_failure and event.error is None
             )
@@ -162,13 +171,14 @@ class Driver:
                 self.run_round(units, held, sink)
                 attempted |= {j.id for j in units.jobs}
                 waiting = [j for j in units.held if opts.on_lease == "wait"]
-                if not waiting:
+                if not waiting or interrupt.requested():
                     break
                 time.sleep(min(5.0, opts.lease_timeout / 10))
                 finished = skipped_ids(plan, self.root) - attempted  # done by the other driver
                 summary.skipped += [j for j in plan.jobs if j.id in finished]
                 attempted |= finished
         finally:
+            summary.interrupted = interrupt.signal_name()
             self.close()
         return summary
 
@@ -199,20 +209,29 @@ class Driver:
     def run_units(self, units: list[Unit], sink: Sink) -> None:
         if not units:
             return
-        if self.opts.use_ray:
+        if self.opts.use_ray and not interrupt.requested():
             self.launch_units(units, sink)
         else:
             for u in units:
-                run_local(u, self.settings, sink)
+                if interrupt.requested():  # no unit starts after a stop was asked for
+                    for j in u.jobs:
+                        sink(JobEnded(j.id, "not started"))
+                else:
+                    run_local(u, self.settings, sink)
         for u in units:
             self.summary.units.append(UnitOutcome(u, tuple(self.outcome(j) for j in u.jobs)))
 
     def outcome(self, job: Job) -> JobOutcome:
-        ended = self.ended.get(job.id) or JobEnded(job.id, "failed", "never ran")
+        stopping = interrupt.requested()
+        missing = (
+            JobEnded(job.id, "not started") if stopping else JobEnded(job.id, "failed", "never ran")
+        )
+        ended = self.ended.get(job.id) or missing
         status = ended.status
-        if status == "stopped" and self.stopped_is_failure:
+        if status == "stopped" and self.stopped_is_failure and ended.error != "interrupted":
             status = "failed"
-        return JobOutcome(job, status, ended.error or (None if status == "done" else "stopped"))
+        quiet = ("done", "not started")
+        return JobOutcome(job, status, ended.error or (None if status in quiet else "stopped"))
 
 
 def run_local(unit: Unit, settings: RunSettings, sink: Sink) -> None:
@@ -237,9 +256,15 @@ def run_local(unit: Unit, settings: RunSettings, sink: Sink) -> None:
                 ended[job.id] = run_job(job, settings, ctx)
             except JobFailed as e:  # a failed job is recorded; the others go on
                 ended[job.id] = e
+            if interrupt.requested():  # the unit's jobs after the one it stopped: not started
+                break
     for job in unit.jobs:
-        result = ended[job.id]
-        if isinstance(result, JobFailed):
+        result = ended.get(job.id)
+        if result is None:
+            sink(JobEnded(job.id, "not started"))
+        elif isinstance(result, JobStopped):
+            sink(JobEnded(job.id, "stopped", "interrupted"))
+        elif isinstance(result, JobFailed):
             log.debug("job %s failed", job.id, exc_info=result)
             sink(JobEnded(job.id, "failed", str(result)))
         else:

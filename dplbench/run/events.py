@@ -11,7 +11,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-ENDED = ("done", "failed", "stopped")  # how a job or a trial ends
+# How a job or a trial ends ("not started": a stop was asked for before it could start).
+ENDED = ("done", "failed", "stopped", "not started")
 
 
 @dataclass(frozen=True)
@@ -48,7 +49,7 @@ class EpochDone:
 @dataclass(frozen=True)
 class JobEnded:
     job_id: str
-    status: str  # done | failed | stopped
+    status: str  # done | failed | stopped | not started (run/interrupt.py)
     error: str | None = None  # one line (what failed, where, how to fix; its log)
     accuracy: Mapping[str, float] = field(default_factory=dict)  # evaluated subsample -> %
     node: str | None = None  # where it ran
@@ -87,7 +88,17 @@ class TrialEnded:
     result: Any = None  # results/sweeps.py TrialResult: objective, validation and test metrics
 
 
-Event = PlanChecked | JobStarted | EpochDone | JobEnded | TrialStarted | TrialProgress | TrialEnded
+@dataclass(frozen=True)
+class StopAsked:
+    """Ctrl-C or SIGTERM (run/interrupt.py): the run stops; a second signal ends it at once."""
+
+    signal: str
+
+
+Event = (
+    PlanChecked | JobStarted | EpochDone | JobEnded | TrialStarted | TrialProgress | TrialEnded
+    | StopAsked
+)  # fmt: skip
 Sink = Callable[[Event], None]
 
 

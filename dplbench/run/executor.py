@@ -24,7 +24,8 @@ from dpl.methods import load_plugins, plugin_modules
 from dplbench.data.errors import DataError
 from dplbench.plan.plan import Plan
 from dplbench.request import LaunchRequest
-from dplbench.run.events import PlanChecked, Sink, fan
+from dplbench.run import interrupt
+from dplbench.run.events import PlanChecked, Sink, StopAsked, fan
 from dplbench.run.preflight import Preflight, preflight
 
 if TYPE_CHECKING:  # the run's modules load only when a plan runs (a dry run stays light)
@@ -45,6 +46,11 @@ class Execution:
     @property
     def failed(self) -> bool:
         return self.summary is not None and bool(self.summary.failed)
+
+    @property
+    def interrupted(self) -> str | None:
+        """The signal that stopped the run (Ctrl-C: SIGINT), None when it ran to its end."""
+        return self.summary.interrupted if self.summary is not None else None
 
     def summary_rows(self) -> list[dict[str, Any]]:
         """Per method and dataset, the mean over seeds of what ran: base, novel and HM for
@@ -93,7 +99,9 @@ def execute(
     opts = ExecOptions.of(request, jobs_per_gpu=checks.jobs_per_gpu, fuse=checks.fuse)
     settings = RunSettings.of(request, plan.suite)
     tracker = _tracker(plan, request)
-    with _ray(plan, opts, settings) as ray:
+    # Ctrl-C / SIGTERM: the units stop, what finished stays, the live table says so.
+    asked = (lambda name: on_event(StopAsked(name))) if on_event is not None else None
+    with interrupt.catching(asked), _ray(plan, opts, settings) as ray:
         result.summary = run_plan(plan, settings, opts, fan(on_event, tracker))
     result.stopped_local_cluster = ray is not None and ray.stopped_local_cluster
     finish = FINISH.get(plan.kind)

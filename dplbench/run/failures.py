@@ -27,6 +27,17 @@ class JobFailed(RuntimeError):
         return (JobFailed, (self.line, self.log))
 
 
+class JobStopped(JobFailed):
+    """A job an interrupt stopped (run/interrupt.py): not a failure; its epochs so far are
+    written (marked stopped) and --resume continues it from its last checkpoint."""
+
+    def __init__(self, line: str = "interrupted", log: str | None = None) -> None:
+        super().__init__(line, log)
+
+    def __reduce__(self):
+        return (JobStopped, (self.line, self.log))
+
+
 def log_line(error: str | None) -> str | None:
     """The log path a failure line ends with: "... (log: PATH)"."""
     if not error or "(log: " not in error:

@@ -37,7 +37,7 @@ from dplbench import storage
 from dplbench.errors import ConfigError
 from dplbench.plan.jobs import Job
 from dplbench.plan.units import Unit
-from dplbench.run import placement_groups, tune_io
+from dplbench.run import interrupt, placement_groups, tune_io
 from dplbench.run.events import Sink
 from dplbench.run.settings import ExecOptions, RunSettings
 
@@ -331,6 +331,7 @@ def launch(
             name=f"{settings.suite}-{settings.run_id}-{int(time.time())}",
             storage_path=settings.root.ray_storage(sweep),
             callbacks=[callback],
+            stop=interrupt.stopper(),  # Ctrl-C / SIGTERM: every trial stops (run/interrupt.py)
             # A failing trial is recorded and the others go on. Plain trials are restarted when
             # their process dies (TorchTrainers restart their own workers).
             failure_config=tune.FailureConfig(
@@ -345,4 +346,4 @@ def launch(
         tuner.fit()
     finally:
         placement_groups.remove_leaked(before)
-    callback.never_ran(pg_dirs)
+    callback.never_ran(pg_dirs, interrupt.requested())

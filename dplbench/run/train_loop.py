@@ -40,6 +40,8 @@ from dplbench.data.group import GroupLoader, MemberData
 from dplbench.data.transforms import ViewConfig
 from dplbench.data.view import DatasetView
 from dplbench.plan.jobs import Job
+from dplbench.results import store
+from dplbench.run import interrupt
 from dplbench.run.context import STATE_FILE, WorkerContext
 from dplbench.run.evaluate import autocast, evaluate_members, image_size, member_counts
 from dplbench.run.settings import RunSettings
@@ -228,8 +230,14 @@ class Training:
             raise StateFileError(f"{ckpt}: does not fit job {m.job.id} ({e}); {fix}") from None
         m.start = int(state["epoch"]) + 1
         # A restart within this run continues its epochs table; a --resume run (another run id)
-        # records only what it trains, the earlier run's file keeps the rest.
-        m.rows += [r for r in state.get("epoch_rows", []) if r["run_id"] == self.settings.run_id]
+        # records only what it trains, the earlier run's file keeps the rest. An earlier run that
+        # was stopped before it could write that file (Ctrl-C, a killed driver) left its epochs
+        # here only: written now, as that run's, so every epoch appears once.
+        rows = state.get("epoch_rows", [])
+        m.rows += [r for r in rows if r["run_id"] == self.settings.run_id]
+        earlier = [r for r in rows if r["run_id"] != self.settings.run_id]
+        if earlier and m.ctx.rank == 0:
+            store.keep_epochs(self.settings.root, self.settings.suite, m.job.method, earlier)
         if state.get("rng") is not None:  # its streams where they stopped: exact resumes
             self.streams.load(k, state["rng"])
         log.info("job %s: resuming after epoch %d", m.job.id, m.start - 1)
@@ -255,6 +263,7 @@ class Training:
             steps = dict.fromkeys(going, 0)
             try:
                 for batches in self.loader.steps(going):
+                    interrupt.check()  # Ctrl-C in this process (--no-ray): stop here
                     ready = {}
                     for k, batch in batches.items():
                         step, steps[k] = steps[k], steps[k] + 1

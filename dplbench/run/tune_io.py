@@ -146,9 +146,12 @@ class TrialCallback(tune.Callback):
         completed = (trial.last_result or {}).get(KIND) == UNIT_END
         if self.on_end is not None:
             self.on_end(key, completed)
-        # A unit run to its end reported each job's end; a trial without that was stopped.
+        # A unit run to its end reported each job's end; a trial without that was stopped (by
+        # the scheduler, or by an interrupt: run/interrupt.py), or never started.
         if completed:
             self.end_rest(key, "failed", "its trial ended without its result")
+        elif key not in self.started:
+            self.end_rest(key, "not started", None)
         else:
             self.end_rest(key, "stopped", None)
 
@@ -158,11 +161,17 @@ class TrialCallback(tune.Callback):
             self.on_end(key, False)
         self.end_rest(key, "failed", error_line(trial))
 
-    def never_ran(self, keys: Iterable[str]) -> None:
-        """After the experiment: the jobs of units whose trial never started."""
+    def never_ran(self, keys: Iterable[str], interrupted: bool = False) -> None:
+        """After the experiment: the jobs of units whose trial never started (`interrupted`:
+        the run was stopped before they could), and of units whose trial an interrupt ended
+        before it said how they ended."""
         for key in keys:
             if key not in self.started:
-                self.end_rest(key, "failed", "never ran")
+                self.end_rest(
+                    key, *(("not started", None) if interrupted else ("failed", "never ran"))
+                )
+            elif interrupted:
+                self.end_rest(key, "stopped", None)
 
 
 def error_line(trial: Any) -> str:

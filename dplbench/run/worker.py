@@ -33,7 +33,7 @@ from dplbench.plan.jobs import Job
 from dplbench.plan.llm import cache_for
 from dplbench.results import provenance, store
 from dplbench.results.root import ResultsRoot
-from dplbench.run import failures
+from dplbench.run import failures, interrupt
 from dplbench.run.context import WorkerContext
 from dplbench.run.evaluate import count_correct, evaluate_members
 from dplbench.run.settings import RunSettings
@@ -162,6 +162,11 @@ def run_group(
         elif jobs[0].source is not None and model.trainable:
             (job,) = jobs  # evaluation jobs run alone
             load_final_state(model, settings.root, job.source, f"job {job.id}")
+    except interrupt.Interrupted:  # Ctrl-C (--no-ray): epochs so far kept, the rest stops
+        for job in jobs:
+            if job.id not in out:
+                out[job.id] = job_stopped(job, settings, ctx_of[job.id], rows[job.id])
+        return out
     except Exception as e:  # what the members share failed: every member fails
         for job in jobs:
             if job.id not in out:
@@ -188,6 +193,17 @@ def run_group(
         except Exception as e:
             fail(job, e)
     return out
+
+
+def job_stopped(
+    job: Job, settings: RunSettings, ctx: WorkerContext, epoch_rows: list
+) -> failures.JobStopped:
+    """An interrupted job: rank 0 writes its epochs so far, marked stopped (--resume continues
+    from the last checkpoint, which holds the same epochs: each appears once)."""
+    if ctx.rank == 0 and epoch_rows:
+        stopped = [{**r, "run_status": "stopped"} for r in epoch_rows]
+        store.write_epochs(settings.root, settings.suite, job.method, stopped)
+    return failures.JobStopped()
 
 
 def job_failed(
