@@ -72,7 +72,7 @@ def test_smoke_run_resume_query_and_report_on_an_object_store(tmp_path, s3):
 
     again = CliRunner().invoke(app, [*args, "--resume"])
     assert again.exit_code == 0, again.output
-    assert "1 jobs already had results; ran 1 failed and 0 missing again" in again.stdout
+    assert "1 jobs already had results; ran 1 failed, 0 stopped and 0 missing again" in again.stdout
     rows = store.query(
         ResultsRoot(res), "SELECT job_id, subsample FROM results ORDER BY ALL"
     ).to_pylist()

@@ -1,5 +1,6 @@
 """`dplbench run` without Ray: bad input, nothing half-written, --resume adds exactly the missing rows."""
 
+import json
 import subprocess
 import sys
 
@@ -65,7 +66,7 @@ def test_missing_shards_name_the_dataset_and_the_command(tmp_path):
     assert not res.exists()
 
 
-def test_resume_adds_exactly_the_missing_rows(tmp_path, shards):
+def test_resume_adds_exactly_the_missing_rows(tmp_path, shards, monkeypatch):
     res = str(tmp_path / "results")
     common = ["--data", str(shards), "--results", res, "--no-ray", "--loader-workers", "0", *FAST]
     dry = _run("--dry-run", *common)
@@ -95,9 +96,24 @@ def test_resume_adds_exactly_the_missing_rows(tmp_path, shards):
     assert {r["job_id"] for r in before} == {j.id for j in jobs} - {dpl.id}
     assert len(before) == 4  # zsclip and coop: base + novel each
 
+    # --resume's dry run says which jobs run and whose rows it keeps (and from which run)
+    plan = _run("--resume", "--dry-run", "--format", "json", *common)
+    views = {v["job_id"]: v for v in map(json.loads, plan.stdout.splitlines())}
+    kept_runs = {r["job_id"]: r["run_id"] for r in before}
+    assert {j: (v["resume"], v["rows_from_run"]) for j, v in views.items()} == {
+        j.id: ("run", None) if j.id == dpl.id else ("skip", kept_runs[j.id]) for j in jobs
+    }
+
     again = _run("--resume", *common)
     assert again.exit_code == 0, again.stderr
-    assert "--resume: 2 jobs already had results; ran 1 failed and 0 missing again" in again.stdout
+    assert (
+        "--resume: 2 jobs already had results; ran 1 failed, 0 stopped and 0 missing again"
+        in again.stdout
+    )
+    # the kept jobs show as done by their earlier run, not as queued
+    for job_id, run_id in kept_runs.items():
+        line = next(ln for ln in again.stdout.splitlines() if job_id[:10] in ln)
+        assert "done" in line and f"earlier run {run_id}" in line
     after = ids()
     assert len(after) == 6
     assert sorted(map(str, before)) == sorted(map(str, [r for r in after if r["job_id"] != dpl.id]))
@@ -113,6 +129,21 @@ def test_resume_adds_exactly_the_missing_rows(tmp_path, shards):
         results.query(ResultsRoot(res), "SELECT status FROM status").column("status").to_pylist()
         == ["done"] * 3
     )
+    # Nothing left: one line, exit 0, no Ray (not even without --no-ray), no status file.
+    import ray
+
+    def no_ray(*a, **k):
+        raise AssertionError("--resume with nothing to do started Ray")
+
+    monkeypatch.setattr(ray, "init", no_ray)
+    statuses = sorted(p.name for p in (tmp_path / "results" / "status").rglob("*.parquet"))
+    done = _run("--resume", *[a for a in common if a != "--no-ray"])
+    assert done.exit_code == 0, done.stderr
+    runs = ", ".join(sorted({r["run_id"] for r in ids()}))  # the first run's and the resumed
+    assert done.stdout.strip().splitlines() == [
+        f"--resume: all 3 jobs already have results (runs {runs}); nothing to run"
+    ]
+    assert sorted(p.name for p in (tmp_path / "results" / "status").rglob("*.parquet")) == statuses
     rows = results.query(
         ResultsRoot(res), f"SELECT * FROM results WHERE job_id = '{dpl.id}'"
     ).to_pylist()

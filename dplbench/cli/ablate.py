@@ -53,6 +53,8 @@ def ablate(
         from dplbench.cli.run import run_live
 
         result = run_live(plan, request)
+        if result.nothing_to_do:  # run_live said so; `ablate --table` prints the table
+            return
         table = result.finished
     console.print(table.text, highlight=False)
     console.print(f"table: {table.path}")

@@ -85,6 +85,22 @@ def resume_command() -> str:
     return shlex.join(["dplbench", *args, *([] if "--resume" in args else ["--resume"])])
 
 
+def said_nothing_to_do(result) -> bool:
+    """--resume with every job's (a sweep's: trial's) results there: one line; nothing ran."""
+    if not result.nothing_to_do:
+        return False
+    runs = sorted({r for r in result.checks.kept.values() if r})
+    sweep = result.plan.sweep
+    what = f"{len(sweep.trials)} trials" if sweep else f"{len(result.plan.jobs)} jobs"
+    console.print(
+        f"--resume: all {what} already have results "
+        f"(run{'s' if len(runs) > 1 else ''} {', '.join(runs) or '–'}); nothing to run",
+        highlight=False,
+        soft_wrap=True,
+    )
+    return True
+
+
 def exit_after_run(result, code: int) -> None:
     """End a command that executed a plan: tell the process how Ray ended, exit with `code`;
     an interrupted run ends with one line (what is done, stopped, not started; the command that

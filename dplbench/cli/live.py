@@ -28,7 +28,7 @@ from dplbench.run.events import (
 )
 
 STYLE = {"done": "green", "failed": "red", "running": "yellow", "stopped": "cyan", "queued": "dim",
-         "not started": "dim"}  # fmt: skip
+         "not started": "dim", "run": "yellow", "skip": "green", "elsewhere": "cyan"}  # fmt: skip
 
 
 def clock(seconds: float | None) -> str:
@@ -68,9 +68,13 @@ class JobTable:
         self.stopping: str | None = None  # the signal that asked the run to stop
 
     def event(self, event: Event) -> None:
-        if isinstance(event, PlanChecked):  # how jobs are packed and fused
+        if isinstance(event, PlanChecked):  # how jobs are packed and fused; what --resume keeps
             self.packing = event.checks.packing
             self.groups = event.checks.group_of()
+            for jid, run in event.checks.kept.items():
+                if jid in self.state:
+                    self.state[jid] = "done"
+                    self.detail[jid] = f"earlier run {run}".strip()
             return
         if isinstance(event, StopAsked):
             self.stopping = event.signal
@@ -97,6 +101,15 @@ class JobTable:
             elif event.error:
                 self.detail[job_id] = event.error[:80]
 
+    def planned(self, checks) -> None:
+        """A dry run's view: each job `run`, `skip` (--resume: its rows are there) or
+        `elsewhere` (another driver holds it)."""
+        held = {j.id for j in checks.units.held}
+        for jid in self.state:
+            run = checks.kept.get(jid)
+            self.state[jid] = "skip" if run is not None else "elsewhere" if jid in held else "run"
+            self.detail[jid] = f"rows from run {run}" if run else ""
+
     def eta(self) -> float | None:
         """Seconds left: the mean duration of finished jobs times the jobs left, spread over
         as many as have run at once."""
@@ -107,10 +120,13 @@ class JobTable:
         return sum(took) / len(took) * left / self.most_running
 
     def render(self) -> Table:
-        states = ("queued", "running", "done", "failed", "stopped", "not started")
-        counts = {s: sum(1 for v in self.state.values() if v == s) for s in states}
-        head = " · ".join(f"{k} {v}" for k, v in counts.items() if v or k in states[:4])
-        head += f" · elapsed {clock(time.monotonic() - self.t0)}"
+        states = ("queued", "running", "done", "failed", "stopped", "not started", *STYLE)
+        counts = {s: sum(1 for v in self.state.values() if v == s) for s in dict.fromkeys(states)}
+        planned = any(counts[s] for s in ("run", "skip", "elsewhere"))
+        shown = () if planned else states[:4]  # a live table always counts these four
+        head = " · ".join(f"{k} {v}" for k, v in counts.items() if v or k in shown)
+        if not planned:
+            head += f" · elapsed {clock(time.monotonic() - self.t0)}"
         if self.eta() is not None:
             head += f" · ETA {clock(self.eta())}"
         if self.packing:
@@ -172,6 +188,12 @@ class TrialTable:
                 epoch = event.error[:60]
         self.state[key] = (state, epoch, obj)
 
+    def planned(self, checks) -> None:
+        """A dry run's view: each trial `run`, or `skip` (--resume: its record is there)."""
+        for t in self.sweep.trials:
+            kept = all(j.id in checks.kept for j in t.jobs)
+            self.state[t.key] = ("skip" if kept else "run", "", None)
+
     def render(self) -> Table:
         counts: dict[str, int] = {}
         for s, _, _ in self.state.values():
@@ -225,6 +247,9 @@ def recipe_view(job, checks=None) -> dict:
     group = next((g for g in (checks.groups if checks else ()) if job in g.jobs), None)
     return {
         "fused_with": [j.id for j in group.jobs if j.id != job.id] if group else [],
+        # --resume: a job whose rows are there is skipped; they are the rows of this run
+        "resume": "skip" if checks and job.id in checks.kept else "run",
+        "rows_from_run": checks.kept.get(job.id) if checks else None,
         "solo_reason": checks.solo.get(job.id) if checks and not group else None,
         "job_id": job.id,
         "method": job.method,
@@ -251,6 +276,7 @@ def print_plan(table: JobTable | TrialTable, jobs, checks, what: str, fmt: str) 
             sys.stdout.write(json.dumps(recipe_view(j, checks), sort_keys=True) + "\n")
         return
     table.event(PlanChecked(what, checks))
+    table.planned(checks)
     console.print(table.render())
     console.print(f"{what}; nothing was run (--dry-run)", highlight=False)
     for line in checks.notes:

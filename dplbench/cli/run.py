@@ -13,6 +13,7 @@ from dplbench.cli.common import (
     data_root,
     err,
     exit_after_run,
+    said_nothing_to_do,
     print_rows,
     results_root,
     user_errors,
@@ -60,7 +61,8 @@ def run_live(plan, request: LaunchRequest):
 
     with live(JobTable(plan.jobs)) as on_event:
         result = execute(plan, request, on_event)
-    print_outcome(result)
+    if not said_nothing_to_do(result):
+        print_outcome(result)
     return result
 
 
@@ -68,11 +70,12 @@ def print_outcome(result) -> None:
     """After a suite (or an ablation's variants): what --resume kept, the summary of the jobs'
     scores, the one line of each failed job, the notes of the checks."""
     summary = result.summary
-    if summary.skipped or summary.rerun_failed:
-        missing = len(summary.outcomes) - len(summary.rerun_failed)
+    if summary.skipped or summary.rerun_failed or summary.rerun_stopped:
+        failed, stopped = len(summary.rerun_failed), len(summary.rerun_stopped)
+        missing = len(summary.outcomes) - failed - stopped
         console.print(
-            f"--resume: {len(summary.skipped)} jobs already had results; ran "
-            f"{len(summary.rerun_failed)} failed and {missing} missing again",
+            f"--resume: {len(summary.skipped)} jobs already had results; ran {failed} failed, "
+            f"{stopped} stopped and {missing} missing again",
             highlight=False,
         )
     if summary.elsewhere:

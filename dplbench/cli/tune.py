@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 from rich.table import Table
 
-from dplbench.cli.common import console, err, exit_after_run, user_errors
+from dplbench.cli.common import console, err, exit_after_run, said_nothing_to_do, user_errors
 from dplbench.cli.options import launch_options
 from dplbench.request import LaunchRequest, SweepSelection, fields_of
 
@@ -33,6 +33,8 @@ def tune(request: LaunchRequest) -> None:
         return
     with live(TrialTable(plan)) as on_event:
         result = execute(plan, request, on_event)
+    if said_nothing_to_do(result):
+        return
     print_sweep(result.finished)
     for line in result.checks.notes:
         console.print(line, highlight=False, soft_wrap=True)

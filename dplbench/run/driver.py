@@ -24,7 +24,7 @@ from dplbench.run.events import EpochDone, Event, JobEnded, JobStarted, Sink, fa
 from dplbench.run.failures import JobFailed, JobStopped, log_line
 from dplbench.run.leases import Leases
 from dplbench.run.prepare import prepare
-from dplbench.run.resume import failed_job_ids, skipped_ids
+from dplbench.run.resume import ended_job_states, skipped_ids, skipped_runs
 from dplbench.run.settings import ExecOptions, RunSettings
 
 log = logging.getLogger(__name__)
@@ -52,6 +52,7 @@ class RunSummary:
     units: list[UnitOutcome] = field(default_factory=list)
     skipped: list[Job] = field(default_factory=list)  # --resume: rows (or records) already there
     rerun_failed: list[Job] = field(default_factory=list)  # --resume: failed in an earlier run
+    rerun_stopped: list[Job] = field(default_factory=list)  # --resume: interrupted earlier
     elsewhere: dict[str, str] = field(default_factory=dict)  # job id -> the driver running it
     status_file: str | None = None
     interrupted: str | None = None  # the signal that stopped the run (run/interrupt.py)
@@ -153,12 +154,13 @@ class Driver:
 
     def run(self) -> RunSummary:
         plan, opts, summary = self.plan, self.opts, self.summary
-        done = skipped_ids(plan, self.root) if opts.resume else set()
+        done = skipped_runs(plan, self.root) if opts.resume else {}
         summary.skipped = [j for j in plan.jobs if j.id in done]
         pending = [j for j in plan.jobs if j.id not in done]
         if opts.resume:
-            failed = failed_job_ids(self.root)
-            summary.rerun_failed = [j for j in pending if j.id in failed]
+            ended = ended_job_states(self.root)
+            summary.rerun_failed = [j for j in pending if ended.get(j.id) == "failed"]
+            summary.rerun_stopped = [j for j in pending if ended.get(j.id) == "stopped"]
         prepare(pending, self.settings.data, plan.data.synthesize, plan.sweep is not None)
         self.open(pending)
         sink = self.sink()

@@ -52,12 +52,18 @@ class Execution:
         """The signal that stopped the run (Ctrl-C: SIGINT), None when it ran to its end."""
         return self.summary.interrupted if self.summary is not None else None
 
+    @property
+    def nothing_to_do(self) -> bool:
+        """--resume found every job's results: nothing ran, Ray was not started."""
+        return self.checks.nothing_to_do and not self.request.output.dry_run
+
     def summary_rows(self) -> list[dict[str, Any]]:
-        """Per method and dataset, the mean over seeds of what ran: base, novel and HM for
-        base-to-novel jobs, else the accuracy (results/summary.py)."""
+        """Per method and dataset, the mean over seeds of every job of the plan with results
+        (this run's, and with --resume those it kept): base, novel and HM for base-to-novel
+        jobs, else the accuracy (results/summary.py)."""
         from dplbench.results.summary import summary_rows
 
-        ids = [o.job.id for o in self.summary.outcomes] if self.summary else []
+        ids = [j.id for j in self.plan.jobs] if self.summary else []
         return summary_rows(self.request.root, ids)
 
 
@@ -88,12 +94,16 @@ def execute(
             except DataError as e:
                 checks.notes.append(f"not runnable here yet: {e}")
         return result
+    from dplbench.run.driver import RunSummary, run_plan
+    from dplbench.run.finish import FINISH
+
+    if checks.nothing_to_do:  # --resume with every job's results there: no Ray, no files
+        result.summary = RunSummary(plan.name, "", skipped=list(checks.units.skipped))
+        return result
     # The data the units read, before the job table and Ray: a missing dataset is one line.
     prepare(checks.units.jobs, request.data, plan.data.synthesize, need_val)
     if on_event is not None:
         on_event(PlanChecked(plan.name, checks))
-    from dplbench.run.driver import run_plan
-    from dplbench.run.finish import FINISH
     from dplbench.run.settings import ExecOptions, RunSettings
 
     opts = ExecOptions.of(request, jobs_per_gpu=checks.jobs_per_gpu, fuse=checks.fuse)

@@ -21,7 +21,7 @@ from dplbench.plan.plan import Plan
 from dplbench.plan.units import Units, plan_units
 from dplbench.request import LaunchRequest
 from dplbench.run.leases import held_elsewhere
-from dplbench.run.resume import skipped_ids
+from dplbench.run.resume import skipped_runs
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +34,12 @@ class Preflight:
     notes: list[str] = field(default_factory=list)  # what a dry run or the console should say
     missing_caches: list[str] = field(default_factory=list)
     units: Units = field(default_factory=Units)  # what runs as one trial (plan/units.py)
+    kept: dict[str, str] = field(default_factory=dict)  # --resume skips: job id -> its rows' run
+
+    @property
+    def nothing_to_do(self) -> bool:
+        """--resume found every job's results: no unit runs and none is held elsewhere."""
+        return bool(self.kept) and not self.units.all and not self.units.held
 
     @property
     def groups(self) -> tuple:
@@ -132,7 +138,8 @@ def preflight(plan: Plan, request: LaunchRequest) -> Preflight:
             "ASHA runs the trials unfused: it stops each on its own reports "
             "(--scheduler fifo fuses them)"
         )
-    done = skipped_ids(plan, root) if request.policy.resume else set()
+    checked.kept = skipped_runs(plan, root) if request.policy.resume else {}
+    done = set(checked.kept)
     # A sweep takes no leases; a suite's jobs held by another driver now are left to it.
     held = {} if plan.sweep is not None else held_elsewhere(root, [j.id for j in jobs])
     checked.units = plan_units(plan, checked.fuse, done, held)

@@ -13,26 +13,36 @@ from dplbench.results import store
 from dplbench.results.root import ResultsRoot
 
 
-def completed_job_ids(root: ResultsRoot) -> set[str]:
+def completed_runs(root: ResultsRoot) -> dict[str, str]:
+    """job id -> the run whose result rows readers take (the newest: results/store.py)."""
     if not store.has_rows(root):
-        return set()
-    table = store.query(root, "SELECT DISTINCT job_id FROM rows")
-    return set(table.column("job_id").to_pylist())
+        return {}
+    table = store.query(root, "SELECT DISTINCT job_id, run_id FROM results")
+    return dict(zip(table.column("job_id").to_pylist(), table.column("run_id").to_pylist()))
 
 
-def failed_job_ids(root: ResultsRoot) -> set[str]:
-    """Jobs whose newest recorded state is failed (or stopped)."""
+def ended_job_states(root: ResultsRoot) -> dict[str, str]:
+    """job id -> 'failed' or 'stopped': jobs whose newest recorded state is one of these."""
     if not store.has_rows(root, "status"):
-        return set()
-    table = store.query(root, "SELECT job_id FROM status WHERE status IN ('failed', 'stopped')")
-    return set(table.column("job_id").to_pylist())
+        return {}
+    table = store.query(
+        root, "SELECT job_id, status FROM status WHERE status IN ('failed', 'stopped')"
+    )
+    return dict(zip(table.column("job_id").to_pylist(), table.column("status").to_pylist()))
+
+
+def skipped_runs(plan: Plan, root: ResultsRoot) -> dict[str, str]:
+    """The plan's jobs that --resume skips (module docstring) -> the run whose rows they keep
+    (a sweep's: the trial's record, "" when the trial's jobs wrote no rows)."""
+    runs = completed_runs(root)
+    if plan.sweep is None:
+        return {j.id: runs[j.id] for j in plan.jobs if j.id in runs}
+    from dplbench.results.sweeps import kept_trials
+
+    kept = kept_trials(root, plan.sweep.name)
+    return {j.id: runs.get(j.id, "") for t in plan.sweep.trials if t.key in kept for j in t.jobs}
 
 
 def skipped_ids(plan: Plan, root: ResultsRoot) -> set[str]:
     """The ids of the plan's jobs that --resume skips (module docstring)."""
-    if plan.sweep is None:
-        return completed_job_ids(root) & {j.id for j in plan.jobs}
-    from dplbench.results.sweeps import kept_trials
-
-    kept = kept_trials(root, plan.sweep.name)
-    return {j.id for t in plan.sweep.trials if t.key in kept for j in t.jobs}
+    return set(skipped_runs(plan, root))
