@@ -94,4 +94,4 @@ def test_smoke_ablation_produces_its_table(tmp_path):
     assert "Ablation `rer`" in out.output
     # --resume finds the labelled rows and runs nothing again.
     again = CliRunner().invoke(_app(), [*args, "--resume", "optim.epochs=1"])
-    assert again.exit_code == 0 and "6 jobs already had results" in again.output
+    assert again.exit_code == 0 and "--resume: all 6 jobs already have results" in again.output

@@ -2,8 +2,14 @@
 configs and docs names a file with a `## §N` heading; Markdown links between docs resolve; the
 README stays a newcomer's page."""
 
+import ast
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 CITE = re.compile(r"docs/([\w-]+\.md)(?:\)?\s*§(\d+))?")
@@ -68,3 +74,23 @@ def test_the_readme_lists_every_shared_launch_option():
         if not listed & set(flags):
             missing.append(flags[0])
     assert not missing, f"README.md's option list lacks {missing}"
+
+
+@pytest.mark.slow
+@pytest.mark.cluster
+def test_the_readme_python_example_runs_as_written_and_prints_the_summary(tmp_path):
+    """README "From Python": its block, run as written from a fresh folder (local Ray, the smoke
+    suite), prints one summary row per method with base, novel and HM."""
+    readme = (ROOT / "README.md").read_text()
+    block = readme.split("## From Python", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+    out = subprocess.run([sys.executable, "-c", block], capture_output=True, text=True, env=env,
+                         cwd=tmp_path, timeout=600)  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    rows = [ast.literal_eval(line) for line in out.stdout.splitlines() if line.startswith("{")]
+    assert sorted(r["method"] for r in rows) == ["coop", "dpl", "zsclip"]
+    for r in rows:
+        assert r["seeds"] == 1 and 0 <= r["novel"] <= 100
+        assert r["HM"] == pytest.approx(
+            2 * r["base"] * r["novel"] / (r["base"] + r["novel"]), abs=0.01
+        )

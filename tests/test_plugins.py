@@ -1,75 +1,56 @@
-"""Methods from outside the repository: a package in a temporary folder registers a method (its
-model class, its recipe YAML) and runs the smoke suite through Ray into the results and the
-report, found by --plugin and by its entry point; broken or unknown plug-ins are one line, exit 2.
-And the package itself: `pip install .` (not editable) outside the checkout plans and runs."""
+"""Methods from outside the repository: the worked example of docs/adding-a-method.md §4, its
+files as the page writes them, installed as a package (its recipe as package data, its entry
+point), runs the page's commands through Ray into the results and the report, and its parameter
+trains; broken or unknown plug-ins are one line, exit 2. And the package itself: `pip install .`
+(not editable) outside the checkout plans and runs."""
 
 import json
 import os
+import re
+import shlex
 import shutil
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import pytest
 
 from dplbench.results import store
 from dplbench.results.root import ResultsRoot
-from dplbench.run.prepare import ensure_synthetic
 
 ROOT = Path(__file__).resolve().parents[1]
 IGNORE = shutil.ignore_patterns("__pycache__", "*.egg-info")
 
-PLUGIN = '''
-"""A researcher's method: CoOp with 2 context words and a bias on the logits, in their package."""
-from pathlib import Path
-
-from dpl.config import MethodConfig, PromptConfig
-from dpl.methods import register
-
-register(
-    "coop_biased",
-    MethodConfig(
-        method="coop_biased",
-        prompts=PromptConfig(n_ctx_text=2, depth_text=1, ctx_init="a photo"),
-    ),
-    module="lab_methods.model:BiasedCoOp",
-    plugins=False,
-    recipe=Path(__file__).parent / "coop_biased.yaml",
-)
-'''
-MODEL = """
-import torch
-from torch import nn
-
-from dpl.methods.base import PromptedCLIP
+DOC = ROOT / "docs" / "adding-a-method.md"
 
 
-class BiasedCoOp(PromptedCLIP):
-    def __init__(self, cfg, clip=None):
-        super().__init__(cfg, clip)
-        self.bias = nn.Parameter(torch.zeros(()))
-
-    def logits(self, images):
-        return super().logits(images) + self.bias
-
-    forward = logits
-"""
-RECIPE = "optim: {epochs: 3}  # the method's own recipe: the suite's overrides win over it\n"
+def _doc_blocks() -> list[tuple[str, str]]:
+    """(language, text) of each fenced block of the worked example, docs/adding-a-method.md §4."""
+    section = DOC.read_text().split("\n## §4 ", 1)[1].split("\n## §", 1)[0]
+    return re.findall(r"```(\w*)\n(.*?)```", section, flags=re.S)
 
 
-def _package(root: Path, entry_point: bool = False) -> Path:
-    pkg = root / "lab_methods"
-    pkg.mkdir(parents=True)
-    (pkg / "__init__.py").write_text(textwrap.dedent(PLUGIN))
-    (pkg / "model.py").write_text(textwrap.dedent(MODEL))
-    (pkg / "coop_biased.yaml").write_text(RECIPE)
-    if entry_point:  # what `pip install` of a package declaring the entry point leaves behind
-        info = root / "lab_methods-0.1.dist-info"
-        info.mkdir()
-        (info / "METADATA").write_text("Metadata-Version: 2.1\nName: lab-methods\nVersion: 0.1\n")
-        (info / "entry_points.txt").write_text("[dplbench.methods]\nlab = lab_methods\n")
-    return root
+def _doc_files() -> dict[str, str]:
+    """The page's files: the blocks whose first line is a comment naming their path."""
+    files = {}
+    for _, text in _doc_blocks():
+        first = text.split("\n", 1)[0]
+        if re.fullmatch(r"# lab-methods/[\w./-]+", first):
+            files[first[2:]] = text
+    return files
+
+
+def _installed(tmp_path: Path) -> Path:
+    """The page's package written as its files say and installed (not editable: its package data
+    must ship) into a folder of its own; returns that folder, the PYTHONPATH that imports it."""
+    for name, text in _doc_files().items():
+        (tmp_path / "src" / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "src" / name).write_text(text)
+    site = tmp_path / "site"
+    pip = [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
+           "--no-index", "--target", str(site), str(tmp_path / "src" / "lab-methods")]  # fmt: skip
+    subprocess.run(pip, check=True, capture_output=True, timeout=300)
+    return site
 
 
 def _cli(*args, env=None, cwd=None, exe=None):
@@ -78,45 +59,70 @@ def _cli(*args, env=None, cwd=None, exe=None):
     return subprocess.run(cmd, capture_output=True, text=True, env=full, cwd=cwd, timeout=600)
 
 
+def test_the_worked_example_is_a_whole_package():
+    files = _doc_files()
+    assert set(files) == {
+        "lab-methods/pyproject.toml",
+        "lab-methods/lab_methods/__init__.py",
+        "lab-methods/lab_methods/model.py",
+        "lab-methods/lab_methods/coop_temp.yaml",
+    }
+    commands = [ln for lang, text in _doc_blocks() if lang == "bash" for ln in text.splitlines()]
+    assert commands[0] == "pip install -e ./lab-methods"
+
+
 @pytest.mark.slow
 @pytest.mark.cluster
-def test_a_method_from_outside_the_repo_runs_on_ray_into_results_and_report(tmp_path):
-    path = _package(tmp_path / "site")
-    shards, res = tmp_path / "shards", tmp_path / "results"
-    ensure_synthetic(str(shards))
-    env = {"PYTHONPATH": f"{path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
-    common = ["--data", str(shards), "--results", str(res), "--loader-workers", "0"]
-    dry = _cli("run", "--methods", "coop_biased", "--plugin", "lab_methods", "--dry-run",
-               "--format", "json", *common, "optim.epochs=2", env=env)  # fmt: skip
-    assert dry.returncode == 0, dry.stderr
-    (job,) = [json.loads(line) for line in dry.stdout.splitlines()]
-    assert job["method"] == "coop_biased" and job["config"]["prompts"]["n_ctx_text"] == 2
-    assert job["config"]["optim"]["epochs"] == 2  # recipe (3) < suite < command line (2)
+def test_the_worked_example_runs_as_written_on_ray_and_its_parameter_trains(tmp_path):
+    """docs/adding-a-method.md §4, as a reader runs it: the package installed (here into a
+    folder on PYTHONPATH, where the page says `pip install -e`), each `dplbench` command of the
+    page run as written from a fresh folder, then its check script."""
+    site = _installed(tmp_path)
+    assert (site / "lab_methods" / "coop_temp.yaml").is_file()  # the recipe was installed
+    env = {"PYTHONPATH": f"{site}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    work = tmp_path / "work"
+    work.mkdir()
+    bash = [ln for lang, text in _doc_blocks() if lang == "bash" for ln in text.splitlines()]
+    outputs = []
+    for line in bash[1:]:
+        argv = shlex.split(line)
+        assert argv[0] == "dplbench", line
+        out = _cli(*argv[1:], env=env, cwd=work)
+        assert out.returncode == 0, line + "\n" + out.stdout + out.stderr
+        outputs.append(out.stdout)
+    (job,) = [json.loads(line) for line in outputs[-1].splitlines()]
+    assert job["method"] == "coop_temp" and job["config"]["prompts"]["n_ctx_text"] == 2
+    assert job["config"]["optim"]["epochs"] == 10  # recipe (3) < the smoke suite (10)
 
-    ran = _cli("run", "--methods", "coop_biased,zsclip", "--plugin", "lab_methods", *common,
-               "optim.epochs=2", env=env)  # fmt: skip
-    assert ran.returncode == 0, ran.stdout + ran.stderr
+    res = work / "results"
     rows = store.query(
-        ResultsRoot(res), "SELECT method, job_id, epochs FROM results ORDER BY ALL"
+        ResultsRoot(res), "SELECT method, job_id FROM results ORDER BY ALL"
     ).to_pylist()
-    assert {r["method"] for r in rows} == {"coop_biased", "zsclip"}
-    assert {r["job_id"] for r in rows if r["method"] == "coop_biased"} == {job["job_id"]}
-    state = res / "checkpoints" / job["job_id"] / "final.pt"
+    assert {r["method"] for r in rows} == {"coop_temp", "zsclip"}
+    assert {r["job_id"] for r in rows if r["method"] == "coop_temp"} == {job["job_id"]}
     import torch
 
-    assert "bias" in torch.load(state, weights_only=True)  # its own parameter trained
+    state = torch.load(res / "checkpoints" / job["job_id"] / "final.pt", weights_only=True)
+    assert abs(float(state["log_temperature"])) > 1e-3  # trained: it moved from 0
+
+    (check,) = [text for lang, text in _doc_blocks() if lang == "python" and "check.py" in text]
+    script = work / "check.py"
+    script.write_text(check)
+    printed = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                             cwd=work, check=True).stdout.split()  # fmt: skip
+    assert printed[0].endswith(f"{job['job_id']}/final.pt")
+    assert float(printed[1]) == pytest.approx(float(state["log_temperature"]))
 
     report = _cli("report", "--suite", "smoke", "--results", str(res), env=env)
     assert report.returncode == 0, report.stderr
-    assert "| synthetic | coop_biased |" in (res / "reports" / "smoke" / "report.md").read_text()
+    assert "| synthetic | coop_temp |" in (res / "reports" / "smoke" / "report.md").read_text()
 
 
 def test_an_installed_entry_point_is_found_without_flags(tmp_path):
-    path = _package(tmp_path / "site", entry_point=True)
-    env = {"PYTHONPATH": str(path)}
-    out = _cli("run", "--methods", "coop_biased", "--dry-run", "--format", "json", env=env)
+    env = {"PYTHONPATH": str(_installed(tmp_path))}
+    out = _cli("run", "--methods", "coop_temp", "--dry-run", "--format", "json", env=env)
     assert out.returncode == 0, out.stderr
-    assert json.loads(out.stdout)["method"] == "coop_biased"
+    assert json.loads(out.stdout)["method"] == "coop_temp"
 
 
 @pytest.mark.parametrize(

@@ -13,9 +13,9 @@ from dplbench.cli.common import (
     data_root,
     err,
     exit_after_run,
-    said_nothing_to_do,
     print_rows,
     results_root,
+    said_nothing_to_do,
     user_errors,
 )
 from dplbench.cli.options import launch_options
@@ -87,7 +87,9 @@ def print_outcome(result) -> None:
         )
     rows = result.summary_rows()
     if rows:
-        print_rows(rows, "summary (mean over seeds)")
+        from dplbench.results.summary import as_text
+
+        print_rows(as_text(rows), "summary (mean over seeds)")
     for o in summary.failed:
         label = o.job.params.get("variant") or f"{o.job.method} {o.job.train.dataset}"
         err.print(

@@ -12,8 +12,10 @@ from dplbench.results.aggregate import harmonic_mean
 from dplbench.results.root import ResultsRoot
 
 
-def _num(v: float | None) -> str:
-    return "" if v is None else f"{v:.2f}"
+def as_text(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """`summary_rows` as the console prints them: scores to two decimals, missing ones blank."""
+    text = lambda v: "" if v is None else f"{v:.2f}" if isinstance(v, float) else v  # noqa: E731
+    return [{k: text(v) for k, v in r.items()} for r in rows]
 
 
 def study_label(params: dict[str, Any]) -> tuple[str, str] | None:
@@ -28,10 +30,10 @@ def study_label(params: dict[str, Any]) -> tuple[str, str] | None:
 
 
 def summary_rows(root: ResultsRoot, job_ids: list[str]) -> list[dict[str, Any]]:
-    """Rows of (method, variant or setting, dataset, shots, seeds, base, novel, HM, accuracy),
-    as text: each the mean over the seeds of one method, variant (or sweep setting), dataset and
-    number of shots, never across them. Columns no row fills are left out; empty when none of
-    the jobs has rows."""
+    """Rows of (method, variant or setting, dataset, shots, seeds, base, novel, HM, accuracy):
+    each score (a float, in %; None where a row has none) the mean over the seeds of one method,
+    variant (or sweep setting), dataset and number of shots, never across them. Columns no row
+    fills are left out; empty when none of the jobs has rows."""
     if not job_ids or not store.has_rows(root):
         return []
     rows = store.query(
@@ -64,11 +66,11 @@ def summary_rows(root: ResultsRoot, job_ids: list[str]) -> list[dict[str, Any]]:
             row["shots"] = "–" if shots is None else str(shots)
         row.update(
             seeds=len(c["seeds"]),
-            base=_num(mean.get("base")),
-            novel=_num(mean.get("novel")),
-            HM=_num(hm),
-            accuracy=_num(mean.get("all")),
+            base=mean.get("base"),
+            novel=mean.get("novel"),
+            HM=hm,
+            accuracy=mean.get("all"),
         )
         table.append(row)
-    empty = [k for k in ("base", "novel", "HM", "accuracy") if not any(r[k] for r in table)]
+    empty = [k for k in ("base", "novel", "HM", "accuracy") if all(r[k] is None for r in table)]
     return [{k: v for k, v in r.items() if k not in empty} for r in table]
