@@ -55,13 +55,18 @@ def tiny_llm_cache(recipe: str = "drople") -> str:
     (as `dplbench llm cache --recipe` would; short descriptions, fp32)."""
     from dplbench.data.synth import WORDS
     from dplbench.llm.build import build_cache
+    from dplbench.llm.phrases import write_standin_pipeline
 
     model = Path(tiny_llm())
     names = LLM_TEST_CLASSES + [w.replace("_", " ") for w in WORDS]
     out = model.parent / f"cache-{recipe}"
+    phrases = model.parent / "phrases"  # spaCy's path (spacy.load, noun_chunks), no download
+    if not phrases.is_dir():
+        write_standin_pipeline(str(phrases))
     build_cache(
-        str(model), {"synthetic": names}, out, dtype="fp32", max_new_tokens=6, recipe=recipe
-    )
+        str(model), {"synthetic": names}, out, dtype="fp32", max_new_tokens=6, recipe=recipe,
+        phrases=f"spacy:{phrases}",
+    )  # fmt: skip
     return str(out)
 
 

@@ -4,6 +4,10 @@ A tiny random Llama stands in for Llama-3-8B (conftest.tiny_llm_cache)."""
 
 import json
 import os
+import re
+import shutil
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -84,7 +88,9 @@ def test_cache_manifest_resume_and_refusals(tmp_path):
         cache.knowledge(("dog",), "dtd")
     with pytest.raises(CacheError, match="made from .*the job needs 'meta-llama/Meta-Llama-3"):
         LlmCache(cache_dir, model="meta-llama/Meta-Llama-3-8B-Instruct")
-    with pytest.raises(CacheError, match="made with the drople recipe, the job needs llamp"):
+    with pytest.raises(
+        CacheError, match=r"made with the drople\+dtype=fp32,max_new_tokens=6 recipe, the job needs"
+    ):
         LlmCache(cache_dir, recipe="llamp")
     with pytest.raises(CacheError, match="dplbench llm cache"):
         LlmCache(tmp_path / "none")
@@ -92,17 +98,21 @@ def test_cache_manifest_resume_and_refusals(tmp_path):
     # a second run over the same classes writes nothing; another model may not join the cache
     model = make_tiny_llm(tmp_path / "m", ["dog", "cat"])
     out = tmp_path / "c"
-    build_cache(str(model), {"synthetic": ["dog", "cat"]}, out, dtype="fp32", max_new_tokens=3)
+    few = {"dtype": "fp32", "max_new_tokens": 3, "phrases": "none"}
+    build_cache(str(model), {"synthetic": ["dog", "cat"]}, out, **few)
     stamp = os.stat(out / "synthetic.safetensors").st_mtime_ns
-    build_cache(str(model), {"synthetic": ["dog", "cat"]}, out, dtype="fp32", max_new_tokens=3)
+    build_cache(str(model), {"synthetic": ["dog", "cat"]}, out, **few)
     assert os.stat(out / "synthetic.safetensors").st_mtime_ns == stamp
     other = make_tiny_llm(tmp_path / "m2", ["dog"], seed=1)
     from dplbench.errors import UserError
 
     with pytest.raises(UserError, match="holds a cache of"):
-        build_cache(str(other), {"synthetic": ["dog"]}, out)
-    with pytest.raises(UserError, match="made with the drople recipe, not llamp"):
-        build_cache(str(model), {"synthetic": ["dog"]}, out, recipe="llamp")
+        build_cache(str(other), {"synthetic": ["dog"]}, out, phrases="none")
+    label = r"drople\+dtype=fp32,max_new_tokens=3"
+    with pytest.raises(UserError, match=f"made with the {label} recipe, not llamp;"):
+        build_cache(str(model), {"synthetic": ["dog"]}, out, recipe="llamp", phrases="none")
+    with pytest.raises(UserError, match=f"made with the {label} recipe, not drople;"):
+        build_cache(str(model), {"synthetic": ["dog"]}, out, max_new_tokens=128, phrases="none")
     texts = json.loads((out / "synthetic.json").read_text())
     assert len(texts) == 11 and len(texts[0]["descriptions"]) == 2
 
@@ -294,3 +304,115 @@ def test_the_kv_pass_truncates_the_phrases_where_the_releases_tools_do():
     assert int(mask.sum()) == n_prompt + 128
     _, _, whole = last_layer_kv(llm, prompt, long, batch=1, max_phrase=1024)
     assert int(whole.sum()) > n_prompt + 128
+
+
+def test_the_recipe_label_says_what_dtype_and_max_new_tokens_changed():
+    from dplbench.llm.build import recipe_label
+
+    # DroPLe's tool: fp16, 128 new tokens; LLaMP's: fp32, 64 (dplbench/llm/recipes.py)
+    assert recipe_label("drople", "fp16", 128) == "drople"
+    assert recipe_label("drople", "fp32", 128) == "drople+dtype=fp32"
+    assert recipe_label("llamp", "fp32", 6) == "llamp+max_new_tokens=6"
+    assert recipe_label("llamp", "bf16", 32) == "llamp+dtype=bf16,max_new_tokens=32"
+    manifest = json.loads((Path(tiny_llm_cache("llamp")) / "manifest.json").read_text())
+    assert manifest["recipe"] == "llamp+max_new_tokens=6"  # built with max_new_tokens=6
+    from dpl.llm.manifest import identity
+
+    assert identity(manifest, ["synthetic"])["recipe"] == "llamp+max_new_tokens=6"
+
+
+def _words_of(text: str, n: int = 4) -> list[str]:
+    """The stand-in pipeline's noun chunks by hand: every alphabetic token of >= n letters."""
+    return [w for w in re.findall(r"[^\W\d_]+|\d+|[^\w\s]", text) if w.isalpha() and len(w) >= n]
+
+
+def test_the_phrase_extractor_is_recorded_enters_the_identity_and_is_never_mixed(tmp_path):
+    import spacy
+
+    from dpl.llm.manifest import identity
+    from dplbench.errors import UserError
+    from dplbench.llm.build import build_cache
+    from dplbench.llm.phrases import write_standin_pipeline
+
+    cache = Path(tiny_llm_cache())  # built with the stand-in pipeline (tests/conftest.py)
+    manifest = json.loads((cache / "manifest.json").read_text())
+    assert manifest["phrases"] == {"extractor": "spacy_noun_chunks", "spacy": spacy.__version__,
+                                   "pipeline": "en_standin_phrases", "version": "0.0.0"}  # fmt: skip
+    texts = json.loads((cache / "synthetic.json").read_text())
+    for t in texts:  # the chunks are spaCy's noun chunks of each description, joined as phrases
+        assert t["chunks"] == [_words_of(d) for d in t["descriptions"]]
+        assert t["phrases"] == [", ".join(c) if c else d.strip()
+                                for c, d in zip(t["chunks"], t["descriptions"])]  # fmt: skip
+    assert any(t["chunks"][i] for t in texts for i in range(len(t["chunks"])))
+
+    model = tiny_llm()
+    none = tmp_path / "none"
+    build_cache(model, {"synthetic": ["dog", "cat"]}, none, dtype="fp32", max_new_tokens=3,
+                phrases="none")  # fmt: skip
+    plain = json.loads((none / "manifest.json").read_text())
+    assert plain["phrases"] == "none" and plain["datasets"]["synthetic"]["phrases"] == "none"
+    spacy_made = tmp_path / "spacy"
+    standin = write_standin_pipeline(str(tmp_path / "standin"))
+    build_cache(model, {"synthetic": ["dog", "cat"]}, spacy_made, dtype="fp32", max_new_tokens=3,
+                phrases=f"spacy:{standin}")  # fmt: skip
+    chunked = json.loads((spacy_made / "manifest.json").read_text())
+    assert identity(plain, ["synthetic"]) != identity(chunked, ["synthetic"])
+    with pytest.raises(UserError, match="phrases come from none, not spacy .* en_standin_phrases"):
+        build_cache(model, {"synthetic": ["dog"]}, none, dtype="fp32", max_new_tokens=3,
+                    phrases=f"spacy:{standin}")  # fmt: skip
+
+
+def test_without_spacy_or_its_model_the_cache_step_is_one_line_before_the_llm_loads(
+    tmp_path, monkeypatch
+):
+    from dplbench.errors import UserError
+    from dplbench.llm import build
+
+    monkeypatch.setattr(build, "load_llm", lambda *a: pytest.fail("the LLM loaded first"))
+    with pytest.raises(
+        UserError, match="spaCy has no pipeline 'no_such_pipeline'; python -m spacy"
+    ):
+        build.build_cache("m", {"synthetic": ["dog"]}, tmp_path / "a",
+                          phrases="spacy:no_such_pipeline")  # fmt: skip
+    monkeypatch.setitem(sys.modules, "spacy", None)  # not installed
+    with pytest.raises(UserError, match=r"spaCy is not installed; pip install 'dplbench\[llm\]'"):
+        build.build_cache("m", {"synthetic": ["dog"]}, tmp_path / "b")
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_a_release_job_refuses_a_cache_whose_phrases_are_whole_descriptions_in_one_line(tmp_path):
+    """A cache an older dplbench made without spaCy (each dataset's phrases "description", no
+    extractor recorded): dpl-release refuses it before anything is written; the same cache made
+    with the explicit --phrases none is taken."""
+    from typer.testing import CliRunner
+
+    from dplbench.cli import app
+
+    old = tmp_path / "old"
+    shutil.copytree(tiny_llm_cache(), old)
+    manifest = json.loads((old / "manifest.json").read_text())
+    del manifest["phrases"]
+    for entry in manifest["datasets"].values():
+        entry["phrases"] = "description"
+    (old / "manifest.json").write_text(json.dumps(manifest))
+    res = tmp_path / "results"
+    args = ["run", "--suite", "smoke", "--methods", "dpl-release", "--no-ray", "--results",
+            str(res), "--data", str(tmp_path / "shards"), f"llm.model={tiny_llm()}"]  # fmt: skip
+    out = CliRunner().invoke(app, [*args, "--llm-cache", str(old)])
+    assert out.exit_code == 2, out.output
+    assert len(out.stderr.strip().splitlines()) == 1
+    assert "phrases are whole descriptions, not the releases' noun phrases" in out.stderr
+    assert (
+        "python -m spacy download en_core_web_sm" in out.stderr and "--phrases none" in out.stderr
+    )
+    assert not res.exists()
+    manifest["phrases"] = "none"  # as `llm cache --phrases none` writes it
+    for entry in manifest["datasets"].values():
+        entry["phrases"] = "none"
+    (old / "manifest.json").write_text(json.dumps(manifest))
+    plan = CliRunner().invoke(
+        app, [*args, "--llm-cache", str(old), "--dry-run", "--format", "json"]
+    )
+    assert plan.exit_code == 0, plan.output
+    (job,) = [json.loads(line) for line in plan.stdout.splitlines()]
+    assert job["llm"]["phrases"] == "none"

@@ -115,7 +115,8 @@ def test_job_ids_do_not_change_with_the_llm_cache_path_or_harness_settings(tmp_p
     assert here == there and len(here) == 3
     jobs = load_suite("smoke", sel, llm_cache=[str(m) for m in moved[::-1]]).jobs
     llamp = next(j for j in jobs if j.method == "llamp")  # each reads its own recipe's cache
-    assert llamp.llm["recipe"] == "llamp" and {j.id for j in jobs} == here
+    # the tiny caches generate 6 tokens (LLaMP: 64): the label says so
+    assert llamp.llm["recipe"] == "llamp+max_new_tokens=6" and {j.id for j in jobs} == here
     assert str(moved[1]) not in json.dumps(llamp.describe()) and llamp.config.llm.cache is None
     assert llamp.llm["datasets"]["synthetic"]["classes_sha"]  # what it reads, not where
     # no cache (nothing read yet) is other work

@@ -43,7 +43,18 @@ DEFAULT_RECIPE = "drople"
 
 
 def recipe_of(manifest: dict) -> str:
+    """The recipe's label: its name, plus what `llm cache --dtype / --max-new-tokens` changed
+    ("drople+dtype=fp32")."""
     return manifest.get("recipe") or DEFAULT_RECIPE
+
+
+def base_recipe(label: str) -> str:
+    return label.split("+", 1)[0]
+
+
+# What a dataset's `phrases` says when a cache was made without an extractor that anyone chose:
+# spaCy was missing and older dplbench kept the whole description (dplbench/llm/phrases.py).
+UNCHOSEN_PHRASES = "description"
 
 
 def same_model(manifest: dict, model: str) -> bool:
@@ -56,9 +67,21 @@ def same_model(manifest: dict, model: str) -> bool:
 
 
 def misfit(manifest: dict, model: str | None, recipe: str) -> str | None:
-    """Why a cache does not fit a job that needs `model` (None: any) and `recipe` (None: fits)."""
-    if recipe_of(manifest) != recipe:
+    """Why a cache does not fit a job that needs `model` (None: any) and `recipe` (None: fits):
+    another LLM, another recipe (its label may carry changed values: they enter the job's
+    identity), or descriptions kept whole because spaCy was missing, which nobody asked for."""
+    if base_recipe(recipe_of(manifest)) != base_recipe(recipe):
         return f"it was made with the {recipe_of(manifest)} recipe, the job needs {recipe}"
+    unchosen = [
+        d for d, e in manifest.get("datasets", {}).items() if e.get("phrases") == UNCHOSEN_PHRASES
+    ]
+    if unchosen:
+        return (
+            f"its {', '.join(unchosen)} phrases are whole descriptions, not the releases' noun "
+            "phrases (spaCy was not installed when it was made): pip install 'dplbench[llm]' && "
+            "python -m spacy download en_core_web_sm, then rebuild with `dplbench llm cache ... "
+            "--force`, or make it with --phrases none to train on whole descriptions"
+        )
     if model is not None and not same_model(manifest, model):
         return f"it was made from {manifest['model']!r}, the job needs {model!r}"
     return None
@@ -80,6 +103,8 @@ def identity(manifest: dict, datasets: list[str] | tuple[str, ...]) -> dict:
         "dtype": manifest.get("dtype"),
         "datasets": {},
     }
+    if "phrases" in manifest:  # the extractor (older caches did not record it: their ids stay)
+        out["phrases"] = manifest["phrases"]
     for d in sorted(set(datasets)):
         e = manifest.get("datasets", {}).get(d)
         out["datasets"][d] = (

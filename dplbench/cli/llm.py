@@ -58,9 +58,17 @@ def cache(
     ] = None,
     batch: Annotated[int, Opt(help="prompts per LLM batch")] = 16,
     force: Annotated[bool, Opt(help="rebuild datasets that are cached already")] = False,
+    phrases: Annotated[
+        str,
+        Opt(
+            help="spacy:<pipeline or folder> (the releases': spacy:en_core_web_sm) | none: whole "
+            "descriptions, a deviation (docs/deviations.md §2)"
+        ),
+    ] = "spacy:en_core_web_sm",
 ) -> None:
     """Run the frozen LLM once over every class and template; keep its last layer's keys and
-    values for training. Resumes; refuses to mix models or recipes in one directory.
+    values for training. Resumes; refuses to mix models, recipes or phrase extractors in one
+    directory. A changed --dtype or --max-new-tokens enters the recipe's label.
 
     Example: dplbench llm cache --model meta-llama/Meta-Llama-3-8B-Instruct --datasets dtd,eurosat
     """
@@ -75,7 +83,7 @@ def cache(
         model = str(Path(model).resolve())
     manifest = build_cache(
         model, _class_lists(names, data_root(data)), out, dtype, device, revision, force,
-        max_new_tokens, batch, gpus, recipe,
+        max_new_tokens, batch, gpus, recipe, phrases,
     )  # fmt: skip
     cached = ", ".join(
         f"{d} ({len(e['classes'])} classes)" for d, e in manifest["datasets"].items()
@@ -96,9 +104,12 @@ def tiny(
 
     Example: dplbench llm tiny --out llm-tiny && dplbench llm cache --model llm-tiny --datasets synthetic
     """
+    from dplbench.llm.phrases import write_standin_pipeline
     from dplbench.llm.tiny import make_tiny_llm
 
     lists = _class_lists(csv_list(datasets) or [], data_root(data))
     names = [n for ns in lists.values() for n in ns]
     path = make_tiny_llm(out, names, tuple(lists) or ("synthetic",), seed=seed)
-    console.print(f"tiny LLM in {path}", highlight=False)
+    phrases = write_standin_pipeline(str(Path(path) / "phrases"))
+    console.print(f"tiny LLM in {path}; its stand-in phrase pipeline: --phrases spacy:{phrases}",
+                  highlight=False)  # fmt: skip

@@ -8,8 +8,8 @@ zhaohengz/LLaMP @ 3dec7f3), by the recipe of each (`RECIPES`, `--recipe`):
    assistant.", no generation prompt), then the raw text " The {name} appears as"; tokenised
    with truncation at 256 tokens (LLaMP: 128);
 2. greedy generation (max 128 new tokens; LLaMP: 64) of a description, in fp16 (LLaMP: fp32);
-3. its noun phrases, ", "-joined (spaCy en_core_web_sm noun_chunks, when spaCy and the model are
-   installed; otherwise the description itself: docs/deviations.md §2);
+3. its noun phrases, ", "-joined (spaCy en_core_web_sm noun_chunks; `--phrases none`: the
+   description itself, docs/deviations.md §2; dplbench/llm/phrases.py);
 4. one forward pass over [prompt | phrases] (left-padded each, so the phrase padding sits between
    them, masked) keeping the last layer's keys and values.
 
@@ -22,7 +22,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -31,23 +30,20 @@ from dpl.llm.cache import FORMAT, LAYER_FILE, MANIFEST, classes_sha, dataset_fil
 from dpl.llm.manifest import recipe_of
 from dplbench.errors import ConfigError, UserError
 from dplbench.llm.loaded import LoadedLLM, layer_manifest, layer_tensors, load_llm
+from dplbench.llm.phrases import DEFAULT, Extractor, load_extractor, record_label
 from dplbench.llm.recipes import RECIPES, SYSTEM, Recipe, llm_templates
 from dplbench.storage import write_atomic
 
 log = logging.getLogger(__name__)
 
 
-def _noun_chunks() -> tuple[str, Callable[[str], list[str] | None]]:
-    """The releases' phrase extractor (spaCy en_core_web_sm noun chunks) when installed; without
-    it, None (the description stands in for its phrases: docs/deviations.md §2)."""
-    try:
-        import spacy
-
-        nlp = spacy.load("en_core_web_sm")
-    except (ImportError, OSError):
-        log.warning("spaCy/en_core_web_sm not installed: caching whole descriptions, not phrases")
-        return "description", lambda text: None
-    return "spacy_noun_chunks", lambda text: [c.text for c in nlp(text).noun_chunks]
+def recipe_label(recipe: str, dtype: str, max_new_tokens: int) -> str:
+    """The recipe's name, with what --dtype / --max-new-tokens changed: "drople", or
+    "drople+dtype=fp32,max_new_tokens=6". The manifest and every job's identity carry it."""
+    r = RECIPES[recipe]
+    changed = [f"dtype={dtype}"] if dtype != r.dtype else []
+    changed += [f"max_new_tokens={max_new_tokens}"] if max_new_tokens != r.max_new_tokens else []
+    return recipe + ("+" + ",".join(changed) if changed else "")
 
 
 def prompts_for(
@@ -136,13 +132,15 @@ def build_dataset(
     recipe: Recipe,
     max_new_tokens: int | None = None,
     batch: int = 16,
+    extractor: Extractor | None = None,
 ) -> dict:
     """Write <dataset>.safetensors and .json; return its manifest entry."""
     from safetensors.torch import save_file
 
     max_new_tokens = max_new_tokens or recipe.max_new_tokens
     templates = llm_templates(dataset)
-    phrase_kind, chunks_of = _noun_chunks()
+    extractor = extractor or load_extractor()
+    phrase_kind, chunks_of = extractor.kind, extractor.chunks
     keys, values, masks, texts = [], [], [], []
     for t, template in enumerate(templates):
         prompts = prompts_for(llm, names, template, recipe.instruction)
@@ -187,9 +185,11 @@ def stale_datasets(
     out: Path,
     force: bool = False,
     recipe: str = "drople",
+    phrases: dict | str | None = None,
 ) -> dict[str, list[str]]:
     """The datasets of `classes` the cache at `out` lacks (or holds for other classes/templates).
-    A cache made from another model or with another recipe is refused rather than mixed."""
+    A cache made from another model, with another recipe (label) or another phrase extractor is
+    refused rather than mixed."""
     path = out / MANIFEST
     manifest = json.loads(path.read_text()) if path.is_file() else {}
     if manifest and manifest.get("model") != model:
@@ -200,6 +200,11 @@ def stale_datasets(
         raise UserError(
             f"{out} holds a cache made with the {recipe_of(manifest)} recipe, not {recipe}; "
             "choose another --out"
+        )
+    if manifest and phrases is not None and manifest.get("phrases") != phrases:
+        raise UserError(
+            f"{out} holds a cache whose phrases come from {record_label(manifest.get('phrases'))}, "
+            f"not {record_label(phrases)}; choose another --out"
         )
     todo = {}
     for name, names in classes.items():
@@ -239,6 +244,7 @@ def build_part(
     batch: int,
     recipe: str = "drople",
     merge: bool = False,
+    phrases: str = DEFAULT,
 ) -> tuple[dict, dict[str, dict]]:
     """Load the LLM once, write the layer file (same bytes from every part) and each dataset's
     files; return the manifest head and the datasets' entries. One Ray task runs one part;
@@ -247,6 +253,7 @@ def build_part(
 
     out = Path(out)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    extractor = load_extractor(phrases)
     llm = load_llm(model, dtype, device, revision)
     if not (out / LAYER_FILE).is_file():
         write_atomic(out / LAYER_FILE, lambda p: save_file(layer_tensors(llm), str(p)))
@@ -255,13 +262,16 @@ def build_part(
         "model": model,
         "model_sha256": folder_sha256(model) if Path(model).is_dir() else None,
         "revision": llm.revision,
-        "recipe": recipe,
+        "recipe": recipe_label(recipe, dtype, max_new_tokens or RECIPES[recipe].max_new_tokens),
         "dtype": dtype,
+        "phrases": extractor.record,
         "layer": layer_manifest(llm),
     }
     entries = {}
     for name, names in classes.items():
-        entries[name] = build_dataset(llm, name, names, out, RECIPES[recipe], max_new_tokens, batch)
+        entries[name] = build_dataset(
+            llm, name, names, out, RECIPES[recipe], max_new_tokens, batch, extractor
+        )
         log.info("%s: cached %d classes", name, len(names))
         if merge:
             _merge(out, head, {name: entries[name]})
@@ -288,9 +298,12 @@ def build_cache(
     batch: int = 16,
     gpus: int = 0,
     recipe: str = "drople",
+    phrases: str = DEFAULT,
 ) -> dict:
     """Cache every dataset of `classes` (dataset -> prompt-ready class names) into `out`, as
-    `recipe`'s release does (RECIPES: its precision and generation length unless given).
+    `recipe`'s release does (RECIPES: its precision and generation length unless given; what
+    differs enters the recipe's label), its phrases from the extractor `phrases` names
+    (dplbench/llm/phrases.py).
 
     Resumes: a dataset already cached for the same class list and templates is kept (unless
     force); each dataset lands in the manifest as soon as it is written. gpus > 1: one Ray task
@@ -298,18 +311,23 @@ def build_cache(
     if recipe not in RECIPES:
         raise ConfigError(f"--recipe {recipe!r}: choose one of {', '.join(RECIPES)}")
     out = Path(out)
-    todo = stale_datasets(model, classes, out, force, recipe)
+    dtype = dtype or RECIPES[recipe].dtype
+    label = recipe_label(recipe, dtype, max_new_tokens or RECIPES[recipe].max_new_tokens)
+    extractor = load_extractor(phrases)  # before the LLM loads: a missing spaCy is one line
+    todo = stale_datasets(model, classes, out, force, label, extractor.record)
     if not todo:
         log.info("%s: every dataset is cached already", out)
         return json.loads((out / MANIFEST).read_text())
-    args = (dtype or RECIPES[recipe].dtype, device, revision, max_new_tokens, batch, recipe)
+    args = (dtype, device, revision, max_new_tokens, batch, recipe)
     if gpus <= 1 or len(todo) == 1:
-        build_part(model, todo, out, *args, merge=True)
+        build_part(model, todo, out, *args, merge=True, phrases=phrases)
         return json.loads((out / MANIFEST).read_text())
     import ray
 
     task = ray.remote(num_gpus=1)(build_part)
-    pending = {task.remote(model, {n: c}, str(out), *args): n for n, c in todo.items()}
+    pending = {
+        task.remote(model, {n: c}, str(out), *args, phrases=phrases): n for n, c in todo.items()
+    }
     manifest = None
     while pending:
         done, _ = ray.wait(list(pending))

@@ -88,7 +88,9 @@ def job_config(job: Job, settings: RunSettings) -> MethodConfig:
     if job.llm is None:
         return job.config
     cache = cache_for(job, settings.llm_cache)
-    return replace(job.config, llm=replace(job.config.llm, cache=cache))
+    # cache_for matched the identity the job was planned with, which names the LLM; llm.model
+    # itself may be a folder relative to where the plan was made, not to this worker's folder.
+    return replace(job.config, llm=replace(job.config.llm, cache=cache, model=None))
 
 
 def build_model(jobs: list[Job], settings: RunSettings, ctx: WorkerContext) -> PromptedCLIP:
