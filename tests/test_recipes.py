@@ -6,6 +6,8 @@ CHOICES holds what the releases do not say or say otherwise, each row pointing a
 docs/deviations.md. Neither reads configs/methods: a drift in either shows here.
 """
 
+import math
+
 import pytest
 
 from dplbench.plan.methods import resolve_method
@@ -22,6 +24,134 @@ DASSL = {  # Dassl.pytorch defaults shared by the CoOp family
     "logit_scale.learnable": False,
 }
 OTHER = ["caltech101", "dtd", "eurosat"]
+
+# The 11 base-to-novel datasets both LLM releases ship a config for (their launch.sh reads
+# configs/llava/zero-shot/<dataset>_llama_7b.yml: caltech, dtd, eurosat, fgvc_aircraft, flowers,
+# food, imagenet, pets, stanfordcars, sun397, ucf101)
+RELEASE_DATASETS = ["caltech101", "dtd", "eurosat", "fgvc_aircraft", "oxford_flowers", "food101",
+                    "imagenet", "oxford_pets", "stanford_cars", "sun397", "ucf101"]  # fmt: skip
+
+# dpl-release: JustCoolPig/DroPLe @ 3c2ef2a as scripts/launch/launch.sh runs train_drople.py
+# (shared/spec/RECIPES.md "dpl-release (DroPLe)"). Flags: flags.py defaults, launch.sh overrides,
+# then configs/llava/zero-shot/<dataset>_llama_7b.yml over both (train_drople.py:123 load_args).
+DROPLE = {
+    # optimiser: train_drople.py:225-227 AdamW(lr=args.lr, betas, weight_decay) over the groups of
+    # :94-112 (every trainable non-'lora' parameter at --lr 2e-4, launch.sh:50; 'lora' ones at
+    # --lora_lr 2e-5, launch.sh:57), weight decay 5e-5 (flags.py:18), betas (flags.py:78)
+    "optim.name": "adamw", "optim.lr": 2e-4, "optim.lr_lora": 2e-5,
+    "optim.weight_decay": 5e-5, "optim.betas": [0.9, 0.999],
+    # schedule: --lr_scheduler cosine (launch.sh:41): LambdaLR, 1 warm-up step, max(E, 20) + 1
+    # steps, floors [1e-5, max(lora_lr / lr * 1e-5, 5e-6)] (train_drople.py:40-51, 239-254),
+    # stepped at batch len // 10 of epoch 0 and after every epoch (:369-370, :383-384); its values
+    # per epoch: test_the_release_schedules_lr_by_epoch
+    "optim.schedule": "dpl_release",
+    # batch 4 (configs/llava/zero-shot/*.yml:8 batch_size); the last partial batch is kept
+    # (train_drople.py:230-237: DistributedSampler drop_last=False, DataLoader's default)
+    "optim.batch_size": 4, "optim.last_batch": "keep",
+    # epochs: the ymls' max_epochs is commented out (dtd_llama_7b.yml:7), so --max_epochs 20
+    # (launch.sh:8, 38; flags.py:20); ImageNet's in DROPLE_EPOCHS
+    "optim.epochs": 20,
+    # logit scale: a parameter with requires_grad=True, init log(1 / 0.01) (models/drople.py:410),
+    # clamped to [0, 4.605] before each use (:828)
+    "logit_scale.learnable": True, "logit_scale.init_log": math.log(1 / 0.01),
+    "logit_scale.max_log": 4.605,
+    # loss (models/drople.py:895-927): CE (label_smoothing 0.0, launch.sh:53) + 25 L1 text
+    # (:897-898) + 10 L1 image (:899-900) + 2.5 KL (--distillation_type soft --lambda_dist 2.5,
+    # launch.sh:54-55; :901-905); no KgCoOp term, no GPA
+    "loss.ce": 1.0, "loss.text_l1": 25.0, "loss.image_l1": 10.0, "loss.kl": 2.5,
+    "loss.kg_cos": 0.0, "gpa.enabled": False,
+    # RER: - weight_res (zn_text + zn_vision) (:906-915), --weight_res 0.05 (launch.sh:10, 40),
+    # --lam_res 0.1 (launch.sh:9, 39), annealed unless --fix_lam (FIX_LAM=false, launch.sh:16)
+    "rer.enabled": True, "rer.weight": 0.05, "rer.lambda0": 0.1, "rer.fixed_lambda": False,
+    # MAG: 30 x its loss (:916-927); 64 tokens of width 512 (:418-424), --mag_temperature 1.0
+    # (flags.py:96); the softmax over every text position (utils/multimodal_alignment.py:66-81)
+    "mag.enabled": True, "mag.weight": 30.0, "mag.tokens": 64, "mag.dim": 512, "mag.tau": 1.0,
+    "mag.text_tokens": "all",
+    # IWTD: --token_modification_method importance_based_dropout (launch.sh:67), noise sigma 0.03
+    # (flags.py:100), probabilities 0.5 .. 0.1 (flags.py:102, 104), importance = mean of cls,
+    # self and MAG-cross scores (utils/token_importance.py:63)
+    "iwtd.enabled": True, "iwtd.importance": ["cls", "self", "cross"], "iwtd.p_min": 0.1,
+    "iwtd.p_max": 0.5, "iwtd.sigma": 0.03, "iwtd.drop_mode": "noise",
+    "iwtd.text_layers": None, "iwtd.vision_layers": None,
+    # LoRA: r 8, alpha 16, dropout 0.1 (launch.sh:42-44) on q_proj and v_proj of vision layers
+    # range(--v_lora_start 6, --v_lora_end 12) (launch.sh:60-61; models/drople.py:92-98), peft's
+    # LoraModel over CLIP's vision model only (:185-186; the text config needs --lora_decoding,
+    # not given); peft's scaling alpha / r
+    "lora.rank": 8, "lora.alpha": 16.0, "lora.dropout": 0.1, "lora.layers": "0.5:1",
+    "lora.targets": ["q", "v"], "lora.encoders": ["vision"], "lora.scaling": "rank",
+    # prompts: 4 text ctx (flags.py:61) from "a photo of a" (models/drople.py:231-237), text depth
+    # max(--llm_prompt_depth 9, --text_prompt_depth 9) = 9 of 12 (launch.sh:56; flags.py:73;
+    # drople.py:122-123); 4 vision prompts (flags.py:62) in 6 of 12 layers (flags.py:72); deeper
+    # and visual prompts kaiming_uniform_(a=sqrt 5) (drople.py:225-228, 239-243)
+    "prompts.n_ctx_text": 4, "prompts.ctx_init": "a photo of a", "prompts.depth_text": 0.75,
+    "prompts.n_ctx_vision": 4, "prompts.depth_vision": 0.5, "prompts.init": "kaiming",
+    "prompts.coupling": "none",
+    # LLM source: --num_llm_prompts 24 (launch.sh:51) to --llm_prompt_depth 9 (launch.sh:56),
+    # Meta-Llama-3-8B-Instruct (launch.sh:12, 65), its cache by DroPLe's tool (test_llm_recipes.py)
+    "llm.n_tokens": 24, "llm.depth": 0.75, "llm.model": "meta-llama/Meta-Llama-3-8B-Instruct",
+    "llm.recipe": "drople",
+    # teacher: the 'dw' text target from the LLM's descriptions (models/drople.py:194-202;
+    # tools/extract_clip_text_features_zs.py:105-141), the image tower carrying the current LoRA
+    # (peft injects it into clip_model.vision_model, :185-186, which the teacher runs, :848-851)
+    "teacher.text": "drople", "teacher.adapters": "release",
+    # views: the teacher sees the clean Resize + CenterCrop view, the prompted model the patch
+    # RandAugment one (data/meta_dataset.py:67-92, 205-208; configs/patch_aug.json; launch.sh:68)
+    "frozen_view": "clean", "train_view": "patch_randaugment",
+}  # fmt: skip
+DROPLE_EPOCHS = {"imagenet": 5}  # configs/llava/zero-shot/imagenet_llama_7b.yml:7 max_epochs: 5
+
+# llamp: zhaohengz/LLaMP @ 3dec7f3 as scripts/launch/launch.sh (one line, :1) runs train_llamp.py;
+# flags.py defaults, launch.sh overrides, configs/llava/zero-shot/<dataset>_llama_7b.yml over both
+# (train_llamp.py:123 load_args). Few-shot (launch_fewshot.sh) is not reproduced:
+# docs/deviations.md §2.
+LLAMP = {
+    # optimiser: train_llamp.py:206-208 AdamW(lr=args.lr, betas, weight_decay) over the groups of
+    # :92-114 (non-'lora' parameters at --lr 2e-4, 'lora' ones at --lora_lr 2e-5: launch.sh:1),
+    # weight decay 5e-5 (flags.py:20), betas (flags.py:92)
+    "optim.name": "adamw", "optim.lr": 2e-4, "optim.lr_lora": 2e-5,
+    "optim.weight_decay": 5e-5, "optim.betas": [0.9, 0.999],
+    # schedule: --lr_scheduler cosine (launch.sh:1): train_llamp.py:44-83, 223-238 (1 warm-up
+    # step, max(E, 20) + 1 steps, the same floors), stepped at :307-308 and :327-328
+    "optim.schedule": "dpl_release",
+    # batch 4 (configs/llava/zero-shot/*.yml:11; flags.py:17); partial batch kept
+    # (train_llamp.py:215-221: DistributedSampler drop_last=False, DataLoader's default)
+    "optim.batch_size": 4, "optim.last_batch": "keep",
+    # epochs 20 (configs/llava/zero-shot/*.yml:10); ImageNet's in LLAMP_EPOCHS
+    "optim.epochs": 20,
+    # logit scale: learnable, init log(1 / 0.01) (models/llamp.py:321), clamp [0, 4.605] (:574)
+    "logit_scale.learnable": True, "logit_scale.init_log": math.log(1 / 0.01),
+    "logit_scale.max_log": 4.605,
+    # loss (models/llamp.py:634-644): CE (label_smoothing 0.0, launch.sh:1) + 25 L1 text (:636)
+    # + 10 L1 image (:637) + 2.5 KL (--distillation_type soft --lambda_dist 2.5: launch.sh:1;
+    # :639-640); nothing else: no IWTD, MAG or RER, no GPA
+    "loss.ce": 1.0, "loss.text_l1": 25.0, "loss.image_l1": 10.0, "loss.kl": 2.5,
+    "loss.kg_cos": 0.0, "gpa.enabled": False,
+    "iwtd.enabled": False, "mag.enabled": False, "rer.enabled": False,
+    # LoRA: --lora_rank 8 --lora_alpha 16 --lora_dropout 0.1 --v_lora_start 6 --v_lora_end 12
+    # (launch.sh:1) on q_proj and v_proj (models/llamp.py:59-62) of CLIP's vision model only
+    # (:125-130; the text config needs --lora_decoding, not given); peft's scaling alpha / r
+    "lora.rank": 8, "lora.alpha": 16.0, "lora.dropout": 0.1, "lora.layers": "0.5:1",
+    "lora.targets": ["q", "v"], "lora.encoders": ["vision"], "lora.scaling": "rank",
+    # prompts: 4 text ctx from "a photo of a" (models/llamp.py:176-182), depth max(9, 9) = 9 of 12
+    # (:165, 168; flags.py:79, 88), 4 vision prompts (flags.py:76) in 6 layers (flags.py:87;
+    # llamp.py:167, 171), kaiming_uniform_(a=sqrt 5) (llamp.py:170-172, 184-187)
+    "prompts.n_ctx_text": 4, "prompts.ctx_init": "a photo of a", "prompts.depth_text": 0.75,
+    "prompts.n_ctx_vision": 4, "prompts.depth_vision": 0.5, "prompts.init": "kaiming",
+    "prompts.coupling": "none",
+    # LLM source: --num_llm_prompts 16, --llm_prompt_depth 9 (launch.sh:1), Llama-2-7b-chat
+    # (configs/llava/zero-shot/*.yml:6 model_base; flags.py:30), LLaMP's tool's cache
+    "llm.n_tokens": 16, "llm.depth": 0.75, "llm.model": "meta-llama/Llama-2-7b-chat-hf",
+    "llm.recipe": "llamp",
+    # teacher: text from the LLM's descriptions (tools/extract_clip_text_features_zs.py:73-104,
+    # models/llamp.py:135-142), the image tower with the current LoRA (peft wraps
+    # clip_model.vision_model in place, :130; the teacher runs it, :602-604)
+    "teacher.text": "llamp", "teacher.adapters": "release",
+    # views: one view for both branches (data/meta_dataset.py:220-223 [img_1, img_1, label]),
+    # RandomResizedCrop(224, bicubic) + RandomHorizontalFlip (meta_dataset.py:74-92; --rand_aug
+    # not given)
+    "frozen_view": "same", "train_view": "clip",
+}  # fmt: skip
+LLAMP_EPOCHS = {"imagenet": 10}  # configs/llava/zero-shot/imagenet_llama_7b.yml:10 max_epochs: 10
 
 RELEASE = [
     # coop: 4 ctx "a photo of a", 200 epochs (ImageNet 50) for B2N; FS 16 random ctx, 50/100/200
@@ -117,20 +247,14 @@ RELEASE = [
          "lora.targets": ["q", "v"], "frozen_view": "clean", "train_view": "patch_randaugment"})
         for m in ("dpl", "dpl-release")
     ],
-    # dpl-release's LLM source and teacher: launch.sh (--num_llm_prompts 24, --llm_prompt_depth
-    # 9, --model_base Meta-Llama-3-8B-Instruct), drople.py:194-202 (the 'dw' text target),
-    # :185-186 and :848-851 (the teacher's tower carries LoRA); epochs as dpl
-    ("dpl-release", "base2novel", "dtd", 16, {"llm.n_tokens": 24, "llm.depth": 0.75,
-     "llm.recipe": "drople", "llm.model": "meta-llama/Meta-Llama-3-8B-Instruct",
-     "teacher.text": "drople", "teacher.adapters": "release", "optim.epochs": 20}),
-    ("dpl-release", "base2novel", "imagenet", 16, {"optim.epochs": 5}),
-    # llamp: launch.sh --num_llm_prompts 16, configs/llava/*.yml (Llama-2-7b-chat, ImageNet 10
-    # epochs), tools/extract_clip_text_features_zs.py (its text target), llamp.py:130, 601-604
-    ("llamp", "base2novel", "dtd", 16, {"llm.n_tokens": 16, "llm.recipe": "llamp",
-     "llm.model": "meta-llama/Llama-2-7b-chat-hf", "teacher.text": "llamp",
-     "teacher.adapters": "release", "prompts.init": "kaiming", "optim.epochs": 20,
-     "iwtd.enabled": False, "mag.enabled": False, "rer.enabled": False}),
-    ("llamp", "base2novel", "imagenet", 16, {"optim.epochs": 10}),
+    # dpl-release and llamp: every value of their recipes (DROPLE, LLAMP above), on every dataset
+    # their launchers have a config for (configs/llava/zero-shot/<dataset>_llama_7b.yml)
+    *[
+        (m, "base2novel", d, 16, {**table, "optim.epochs": epochs.get(d, table["optim.epochs"])})
+        for m, table, epochs in (("dpl-release", DROPLE, DROPLE_EPOCHS),
+                                 ("llamp", LLAMP, LLAMP_EPOCHS))
+        for d in RELEASE_DATASETS
+    ],
     # clip_lora: AdamW 2e-4 wd 1e-2, batch 32, 500 x K steps with a per-step cosine to 1e-6
     *[
         ("clip_lora", "fewshot", d, k, {"optim.name": "adamw", "optim.lr_lora": 2e-4,
@@ -182,6 +306,42 @@ def test_resolved_recipe_matches_the_release(method, protocol, dataset, shots, e
     cfg = to_dict(resolve_method(method, protocol=protocol, dataset=dataset, shots=shots))
     got = {k: _get(cfg, k) for k in expected}
     assert got == expected
+
+
+# The releases' learning rates (prompts group, LoRA group) at (epoch, batch of 100), worked out by
+# hand from DroPLe train_drople.py:40-51, 239-254, 369-370, 383-384 (LLaMP train_llamp.py:44-83,
+# 223-238, 307-308, 327-328 is the same): lr x max(min / lr, 1/2 (1 + cos(pi (s - 1) / max(E,
+# 20)))) at scheduler step s (0 until batch 10 of epoch 0, then 1; e + 1 in epoch e >= 1), and
+# max(min / lr, 0) at s = 0; min = 1e-5 and max(2e-5 / 2e-4 * 1e-5, 5e-6) = 5e-6.
+RELEASE_LR_20 = {  # E = 20: every dataset but ImageNet
+    (0, 0): (1e-5, 5e-6), (0, 9): (1e-5, 5e-6),  # the one warm-up step: the floors
+    (0, 10): (2e-4, 2e-5),  # stepped at batch len // 10 of epoch 0
+    (1, 0): (1.9876883e-4, 1.9876883e-5), (10, 50): (1e-4, 1e-5),
+    (13, 0): (5.4600950e-5, 5.4600950e-6), (14, 0): (4.1221475e-5, 5e-6),  # LoRA floor from 14
+    (17, 0): (1.0899348e-5, 5e-6), (18, 0): (1e-5, 5e-6), (19, 99): (1e-5, 5e-6),  # floor from 18
+}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("method", "dataset", "expected"),
+    [
+        ("dpl-release", "dtd", RELEASE_LR_20),
+        ("llamp", "dtd", RELEASE_LR_20),
+        # E = 5 still runs the 21-step cosine: it ends at 0.9045 of the lr (RECIPES.md: 1.81e-4)
+        ("dpl-release", "imagenet", {(0, 0): (1e-5, 5e-6), (4, 0): (1.8090170e-4, 1.8090170e-5)}),
+        # E = 10: cos(pi 9 / 20)
+        ("llamp", "imagenet", {(0, 0): (1e-5, 5e-6), (9, 0): (1.1564345e-4, 1.1564345e-5)}),
+    ],
+)
+def test_the_release_schedules_lr_by_epoch(method, dataset, expected):
+    from dpl.schedules import group_lr
+
+    optim = resolve_method(method, protocol="base2novel", dataset=dataset, shots=16).optim
+    got = {
+        (e, b): (group_lr(optim, "prompts", e, b, 100), group_lr(optim, "lora", e, b, 100))
+        for e, b in expected
+    }
+    assert got == {k: pytest.approx(v, rel=1e-6) for k, v in expected.items()}
 
 
 @pytest.mark.parametrize(("method", "protocol", "dataset", "shots", "expected", "why"), CHOICES)
