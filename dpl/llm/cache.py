@@ -99,6 +99,22 @@ class LlmCache:
             )
         return fits[0]
 
+    def teacher_features(self, classnames: tuple[str, ...], dataset: str) -> torch.Tensor:
+        """The text target t^o [C,E] of `classnames` from a release's own text-embedding file
+        (imported: the dataset's `teacher_file`), normalised, in the asked order."""
+        from safetensors.torch import load_file
+
+        entry = self.manifest["datasets"][dataset]
+        feats = load_file(str(self.dir / entry["teacher_file"]))["features"].float()
+        index = {c: i for i, c in enumerate(entry["classes"])}
+        missing = [c for c in classnames if c not in index]
+        if missing:
+            raise CacheError(
+                f"LLM cache {self.dir}: {dataset}'s teacher has no class {missing[0]!r}"
+            )
+        rows = feats[[index[c] for c in classnames]]
+        return torch.nn.functional.normalize(rows, dim=-1)
+
     def texts(self, dataset: str) -> list[dict]:
         """What the LLM wrote for a dataset, per template: descriptions and noun phrases per
         class in the cache's class order (<dataset>.json)."""

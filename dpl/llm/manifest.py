@@ -49,7 +49,9 @@ def recipe_of(manifest: dict) -> str:
 
 
 def base_recipe(label: str) -> str:
-    return label.split("+", 1)[0]
+    """The recipe a label belongs to: "drople+dtype=fp32" and "llamp-release-files" (a release's
+    own knowledge files, `dplbench llm import`) are caches for the jobs of drople / llamp."""
+    return label.split("+", 1)[0].removesuffix("-release-files")
 
 
 # What a dataset's `phrases` says when a cache was made without an extractor that anyone chose:
@@ -115,6 +117,8 @@ def identity(manifest: dict, datasets: list[str] | tuple[str, ...]) -> dict:
                 "templates_sha": hashlib.sha256("\n".join(e["templates"]).encode()).hexdigest(),
                 "max_new_tokens": e.get("max_new_tokens"),
                 "phrases": e.get("phrases"),
+                # an imported cache: the release's files themselves (dplbench llm import)
+                **({"source_sha256": e["source_sha256"]} if "source_sha256" in e else {}),
             }
         )
     return out

@@ -105,6 +105,15 @@ class LlampCLIP(PromptedCLIP):
         recipe = self.cfg.teacher.text
         name = self.cache.find_dataset(names, dataset)
         entry = self.cache.manifest["datasets"][name]
+        if "teacher_file" in entry:  # a release's own text-embedding file (dplbench llm import)
+            t = self.cache.teacher_features(names, name)
+            width = self.clip.text_projection.shape[1]
+            if t.shape[1] != width:
+                raise CacheError(
+                    f"LLM cache {self.cache.dir}: {name}'s teacher features are {t.shape[1]}-wide, "
+                    f"this CLIP's text features {width}: they were made with another CLIP"
+                )
+            return t
         first = self.cache.texts(name)[0]  # the release's tools read the first template only
         index = {c: i for i, c in enumerate(entry["classes"])}
         kind = entry.get("phrases", "description")

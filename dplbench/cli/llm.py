@@ -91,6 +91,51 @@ def cache(
     console.print(f"LLM cache {out}: {cached}", highlight=False)
 
 
+@app.command("import")
+@user_errors
+def import_(
+    model: Annotated[str, Opt(help="the LLM the release used (its last layer is copied)")],
+    dataset: Annotated[str, Opt(help="the dataset the files belong to")],
+    past_key_values: Annotated[
+        str, Opt(help="the release's past-key-value file (LLaMP: release_past_key_value.pt)")
+    ],
+    text_embeddings: Annotated[
+        str, Opt(help="its CLIP text-embedding file (LLaMP: release_clip_text_embeddings.pt)")
+    ] = None,
+    out: Annotated[str, Opt(help="a new cache directory")] = None,
+    data: Data = None,
+    recipe: Annotated[str, Opt(help="llamp | drople: whose files they are")] = "llamp",
+    dtype: Annotated[str, Opt(help="bf16 | fp16 | fp32 (default: the recipe's)")] = None,
+    device: Annotated[str, Opt(help="cuda | cpu")] = None,
+    revision: Annotated[str, Opt(help="HF revision of the LLM")] = None,
+    phrases: Annotated[
+        str, Opt(help="noun phrases of the descriptions: spacy:<pipeline> | none")
+    ] = "spacy:en_core_web_sm",
+) -> None:
+    """Read a release's published knowledge files into a cache (recipe <name>-release-files),
+    so its jobs train on the knowledge behind the published numbers.
+
+    Example: dplbench llm import --model meta-llama/Llama-2-7b-chat-hf --dataset dtd
+    --past-key-values dtd/release_past_key_value.pt --text-embeddings
+    dtd/release_clip_text_embeddings.pt --out llm-cache/llamp-release
+    """
+    from dplbench.llm.release_files import import_release
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if recipe not in ("llamp", "drople"):
+        raise ConfigError(f"--recipe {recipe!r}: choose llamp or drople")
+    out = cache_dir(out)
+    if Path(model).is_dir():
+        model = str(Path(model).resolve())
+    names = _class_lists([dataset], data_root(data))[dataset]
+    manifest = import_release(model, dataset, names, past_key_values, out, recipe,
+                              text_embeddings, dtype, device, revision, phrases)  # fmt: skip
+    teacher = "with" if text_embeddings else "without"
+    console.print(f"LLM cache {out}: {dataset} ({len(names)} classes) from {past_key_values}, "
+                  f"{teacher} the release's teacher features; recipe {manifest['recipe']}",
+                  highlight=False, soft_wrap=True)  # fmt: skip
+
+
 @app.command()
 @user_errors
 def tiny(
