@@ -116,8 +116,8 @@ def llamp_config(name: str, n_tokens: int, llm: str, recipe: str, **changes) -> 
 
 
 # LLaMP (CVPR 2024), the base the DPL release forks (docs/dpl.md §7). launch.sh:
-# --num_llm_prompts 16; one augmented view feeds both branches (train_llamp.py: data = [img_1,
-# img_1, label]).
+# --num_llm_prompts 16; one augmented view feeds both branches (data/meta_dataset.py:220-223:
+# data = [img_1, img_1, label]).
 register(
     "llamp",
     # its teacher: text from the LLM's descriptions (tools/extract_clip_text_features_zs.py), the
