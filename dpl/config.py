@@ -9,6 +9,7 @@ recipe and planning a suite never import torch or open_clip.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import types
 import typing
@@ -423,10 +424,15 @@ def _convert(tp: Any, value: Any, where: str) -> Any:
     return value
 
 
+@functools.cache
+def _fields_of(cls: type) -> tuple[dict[str, Any], frozenset[str]]:
+    """A dataclass's field types and names (typing.get_type_hints is slow; classes don't change)."""
+    return typing.get_type_hints(cls), frozenset(f.name for f in dataclasses.fields(cls))
+
+
 def from_dict(cls: type, data: dict[str, Any], where: str = "") -> Any:
     """Build dataclass `cls` from a nested mapping; unknown keys raise with the valid ones."""
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
+    hints, names = _fields_of(cls)
     unknown = set(data) - names
     if unknown:
         prefix = f"{where}." if where else ""
@@ -438,9 +444,23 @@ def from_dict(cls: type, data: dict[str, Any], where: str = "") -> Any:
     return cls(**kwargs)
 
 
+_AS_DICT: dict[int, tuple[Any, dict[str, Any]]] = {}
+
+
+def _as_dict(config: Any) -> dict[str, Any]:
+    """dataclasses.asdict of a frozen config, once per object (a method's defaults are merged
+    with every job's overrides); the caller must not change it."""
+    hit = _AS_DICT.get(id(config))
+    if hit is None or hit[0] is not config:
+        if len(_AS_DICT) > 4096:
+            _AS_DICT.clear()
+        hit = _AS_DICT[id(config)] = (config, dataclasses.asdict(config))
+    return hit[1]
+
+
 def merge(config: Any, updates: dict[str, Any]) -> Any:
     """A copy of dataclass `config` with nested `updates` applied (strict)."""
-    base = dataclasses.asdict(config)
+    base = _as_dict(config)
 
     def deep(a: dict, b: dict) -> dict:
         out = dict(a)

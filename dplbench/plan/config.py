@@ -8,6 +8,7 @@ errors wherever they appear (typed specs are built with the strict `from_dict` o
 
 from __future__ import annotations
 
+import copy
 import re
 from collections.abc import Iterable, Mapping
 from importlib import resources
@@ -26,17 +27,30 @@ T = TypeVar("T")
 _NUMBER = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+$")
 
 
+# Parsed files by (path, mtime, size): a plan of 10^4 jobs reads each recipe once, not per job.
+_PARSED: dict[tuple[str, int, int], dict[str, Any]] = {}
+
+
 def load_yaml(path: str | Path) -> dict[str, Any]:
+    """A YAML file's top-level mapping (a fresh copy: callers may change it), parsed once per
+    version of the file."""
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file not found: {path}")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a mapping at the top level")
-    return data
+        st = path.stat()
+    except OSError:
+        st = None
+    if st is None or not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    key = (str(path.resolve()), st.st_mtime_ns, st.st_size)
+    if key not in _PARSED:
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: expected a mapping at the top level")
+        _PARSED[key] = data
+    return copy.deepcopy(_PARSED[key])
 
 
 def typed(cls: type[T], data: Mapping[str, Any], where: str) -> T:

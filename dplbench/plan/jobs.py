@@ -12,6 +12,7 @@ prompts it loads (`source`) and never trains.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -69,14 +70,15 @@ class Job:
     params: dict[str, Any] = field(default_factory=dict)  # sweep / ablation labels
     llm: dict[str, Any] | None = None  # the LLM cache's identity (plan/llm.py), LLM methods only
 
-    @property
+    @functools.cached_property
     def id(self) -> str:
+        """The hash of the work (computed once: a Job and its fields are never changed)."""
         work = {
             "method": self.method,
             "seed": self.seed,
             "config": work_config(self.config),
-            "train": asdict(self.train),
-            "evals": [asdict(e) for e in self.evals],
+            "train": _plain(self.train),
+            "evals": [_plain(e) for e in self.evals],
             "workers": self.workers,
             "source": self.source,
         }
@@ -152,11 +154,32 @@ RETIRED = ("eval_every_epoch",)
 
 
 def work_config(config: MethodConfig) -> dict[str, Any]:
-    """The resolved config as a job's id hashes it."""
+    """The resolved config as a job's id hashes it (read-only: jobs that differ only in seed
+    share one config object, and its dict is computed once)."""
+    hit = _WORK.get(id(config))
+    if hit is not None and hit[0] is config:
+        return hit[1]
     out = to_dict(config)
     for section, keys in NOT_WORK.items():
         out[section] = {k: v for k, v in out[section].items() if k not in keys}
+    if len(_WORK) > 65536:  # bounded; an entry holds its config, so its id is not reused
+        _WORK.clear()
+    _WORK[id(config)] = (config, out)
     return out
+
+
+_WORK: dict[int, tuple[MethodConfig, dict[str, Any]]] = {}
+_PLAIN: dict[int, tuple[Any, dict[str, Any]]] = {}
+
+
+def _plain(data: TrainData | EvalTarget) -> dict[str, Any]:
+    """asdict of a job's data, once per object (sweeps copy jobs that share them); read-only."""
+    hit = _PLAIN.get(id(data))
+    if hit is None or hit[0] is not data:
+        if len(_PLAIN) > 65536:
+            _PLAIN.clear()
+        hit = _PLAIN[id(data)] = (data, asdict(data))
+    return hit[1]
 
 
 def _migrate(config: dict[str, Any]) -> tuple[dict[str, Any], bool]:

@@ -17,6 +17,7 @@ shot section: CoOp trains ImageNet 50 epochs at every K.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +49,20 @@ def recipe_layers(
     name: str, protocol: str | None, dataset: str | None, shots: int | None
 ) -> list[dict[str, Any]]:
     """The layers of the method's recipe that apply, in order: configs/methods/<name>.yaml, or
-    the YAML a plug-in method registered (`register(..., recipe=PATH)`)."""
+    the YAML a plug-in method registered (`register(..., recipe=PATH)`). Read-only: they are
+    computed once per (method, protocol, dataset, shots) and version of the file."""
+    key = (name, id(METHODS.get(name)), protocol, dataset, shots, _recipe_version(name))
+    if key not in _LAYERS:
+        _LAYERS[key] = _recipe_layers(name, protocol, dataset, shots)
+    return _LAYERS[key]
+
+
+_LAYERS: dict[tuple, list[dict[str, Any]]] = {}
+
+
+def _recipe_layers(
+    name: str, protocol: str | None, dataset: str | None, shots: int | None
+) -> list[dict[str, Any]]:
     spec = METHODS.get(name)
     path = Path(spec.recipe) if spec.recipe else METHOD_DIR / f"{name}.yaml"
     if spec.recipe and not path.is_file():
@@ -77,10 +91,31 @@ def resolve_method(
     shots: int | None = None,
 ) -> MethodConfig:
     check_method(name)
-    merged: dict[str, Any] = {}
-    for layer in (*recipe_layers(name, protocol, dataset, shots), *layers):
-        merged = deep_merge(merged, layer or {})
+    spec = METHODS.get(name)
+    # Jobs that differ only in seed share one resolution (a MethodConfig is frozen); the key
+    # holds everything the result depends on, the registered spec (a plug-in may re-register)
+    # and the recipe file's version included.
+    key = (name, id(spec), protocol, dataset, shots, _recipe_version(name),
+           json.dumps(layers, sort_keys=True, default=repr))  # fmt: skip
+    if key not in _RESOLVED:
+        merged: dict[str, Any] = {}
+        for layer in (*recipe_layers(name, protocol, dataset, shots), *layers):
+            merged = deep_merge(merged, layer or {})
+        try:
+            _RESOLVED[key] = method_config(name, merged)
+        except (ValueError, KeyError) as e:
+            raise ConfigError(f"method {name}: {e.args[0] if e.args else e}") from None
+    return _RESOLVED[key]
+
+
+_RESOLVED: dict[tuple, MethodConfig] = {}
+
+
+def _recipe_version(name: str) -> tuple | None:
+    spec = METHODS.get(name)
+    path = Path(spec.recipe) if spec.recipe else METHOD_DIR / f"{name}.yaml"
     try:
-        return method_config(name, merged)
-    except (ValueError, KeyError) as e:
-        raise ConfigError(f"method {name}: {e.args[0] if e.args else e}") from None
+        st = path.stat()
+    except OSError:
+        return None
+    return (str(path), st.st_mtime_ns, st.st_size)
