@@ -1,11 +1,17 @@
 """The job-status table: what every job of a driver run is doing, written as it changes.
 
-    R/status/suite=<suite>/<run_id>.parquet    one row per job of that run
+    R/status/suite=<suite>/<run_id>.parquet          one row per job of that run
+    R/status/suite=<suite>/<run_id>.<seq>.parquet    the rows that changed since the last write
 
-The driver rewrites its run's file (atomically) whenever a job changes state, so a reader always
-sees a whole table: queued, running, done, failed or stopped, with attempts, the error line, the
-log path, start and end times and the node. The `status` view of `dplbench results query` keeps
-the newest row of each job across runs.
+A write's cost must not grow with the run: a driver of 10^4 jobs whose every state change
+rewrote all of its rows would write 4·10^4 files of 10^4 rows. So changes are batched: at most
+every `interval` seconds the jobs that changed since the last write go to a small new file, and
+every `consolidate_every` such files (and when the run ends) the run's file is rewritten whole
+and the small ones removed, after it is published. Every file is published whole (written to a
+temporary name and renamed), and a reader that sees a row twice sees it equal; the `status` view
+of `dplbench results query` keeps the newest row of each job (by updated_at) across runs and
+files, as the `results` view does for rows. A reader sees the driver's state at most `interval`
+seconds late.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from dplbench import storage
 from dplbench.results.root import ResultsRoot
 from dplbench.results.store import STATUS_SCHEMA, write_parquet
 
@@ -42,17 +49,36 @@ class JobStatus:
 
 class StatusBook:
     """The driver's record of its run's jobs. `update` is called from Tune's callback thread
-    and the driver's; each call rewrites the file under a lock."""
+    and the driver's; it changes memory only. A timer thread writes what changed (module
+    docstring); `close` writes the run's whole file and stops it."""
 
-    def __init__(self, root: ResultsRoot, suite: str, run_id: str, jobs: Iterable[Any]) -> None:
+    def __init__(
+        self,
+        root: ResultsRoot,
+        suite: str,
+        run_id: str,
+        jobs: Iterable[Any],
+        interval: float = 2.0,
+        consolidate_every: int = 64,
+    ) -> None:
         self.path = root.status_file(suite, run_id)
         self.jobs: dict[str, JobStatus] = {}
         for j in jobs:
             dataset = j.train.dataset if j.source is None else j.evals[0].dataset
             self.jobs[j.id] = JobStatus(j.id, run_id, j.method, j.protocol, dataset, j.seed)
+        self.interval, self.consolidate_every = interval, consolidate_every
+        self.writes = 0  # files written (tools/bench/bench_driver.py counts them)
+        self._dirty: set[str] = set()
+        self._deltas: list[str] = []
+        self._seq = 0
         self._lock = threading.Lock()
+        self._closed = threading.Event()
+        self._thread: threading.Thread | None = None
         if self.jobs:
-            self.flush()
+            with self._lock:
+                self._write_whole()
+            self._thread = threading.Thread(target=self._flusher, name="status", daemon=True)
+            self._thread.start()
 
     def update(self, job_id: str, **fields: Any) -> None:
         if job_id not in self.jobs:
@@ -70,13 +96,47 @@ class StatusBook:
                 if v is not None:
                     setattr(st, k, v)
             st.updated_at = now
-            self._write()
+            self._dirty.add(job_id)
 
     def flush(self) -> None:
+        """Write what changed since the last write (a small file), now."""
         with self._lock:
-            self._write()
+            self._write_changes()
 
-    def _write(self) -> None:
+    def close(self) -> None:
+        """The run's whole file, every change in it; the small files removed; the timer stopped."""
+        self._closed.set()
+        if self._thread is not None:
+            self._thread.join()
+        with self._lock:
+            if self.jobs and (self._dirty or self._deltas):
+                self._write_whole()
+
+    def _flusher(self) -> None:
+        while not self._closed.wait(self.interval):
+            self.flush()
+
+    def _rows(self, ids: Iterable[str]) -> pa.Table:
         now = datetime.now(timezone.utc)
-        rows = [{**asdict(s), "updated_at": s.updated_at or now} for s in self.jobs.values()]
-        write_parquet(pa.Table.from_pylist(rows, schema=STATUS_SCHEMA), self.path)
+        rows = [{**asdict(s), "updated_at": s.updated_at or now} for s in map(self.jobs.get, ids)]
+        return pa.Table.from_pylist(rows, schema=STATUS_SCHEMA)
+
+    def _write_changes(self) -> None:
+        if not self._dirty:
+            return
+        self._seq += 1
+        path = self.path.removesuffix(".parquet") + f".{self._seq:06d}.parquet"
+        write_parquet(self._rows(sorted(self._dirty)), path)
+        self.writes += 1
+        self._dirty.clear()
+        self._deltas.append(path)
+        if len(self._deltas) >= self.consolidate_every:
+            self._write_whole()
+
+    def _write_whole(self) -> None:
+        write_parquet(self._rows(self.jobs), self.path)  # published before the parts go
+        self.writes += 1
+        self._dirty.clear()
+        for path in self._deltas:
+            storage.remove(path)
+        self._deltas = []

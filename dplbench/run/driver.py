@@ -100,6 +100,7 @@ class Driver:
         if self.book is not None:  # the final word of each job, whatever the events said
             for o in self.summary.outcomes:
                 self.book.update(o.job.id, status=o.status, error=o.error, log=log_line(o.error))
+            self.book.close()
 
     def take(self, jobs: list[Job]) -> dict[str, str]:
         """Take the leases of `jobs`; returns those another driver holds (job id -> who)."""
