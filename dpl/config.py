@@ -444,41 +444,54 @@ def from_dict(cls: type, data: dict[str, Any], where: str = "") -> Any:
     return cls(**kwargs)
 
 
-_AS_DICT: dict[int, tuple[Any, dict[str, Any]]] = {}
+def merge(config: Any, updates: dict[str, Any], where: str = "") -> Any:
+    """A copy of dataclass `config` with nested `updates` applied (strict). Sections the updates
+    do not touch are kept as they are (already checked); those they touch are rebuilt and
+    checked, as is `config` itself."""
+    names = _field_names(type(config))
+    unknown = set(updates) - set(names)
+    if unknown:
+        prefix = f"{where}." if where else ""
+        raise ValueError(
+            f"unknown config key {prefix}{sorted(unknown)[0]}; valid keys: "
+            + ", ".join(f"{prefix}{n}" for n in sorted(names))
+        )
+    data = {n: getattr(config, n) for n in names}
+    for k, v in updates.items():
+        cur, at = data[k], f"{where}.{k}" if where else k
+        if isinstance(v, dict) and dataclasses.is_dataclass(cur) and not isinstance(cur, type):
+            data[k] = merge(cur, v, at)
+        elif isinstance(v, dict) and isinstance(cur, dict):
+            data[k] = _deep(cur, v)
+        else:
+            data[k] = v
+    return from_dict(type(config), data, where)
 
 
-def _as_dict(config: Any) -> dict[str, Any]:
-    """dataclasses.asdict of a frozen config, once per object (a method's defaults are merged
-    with every job's overrides); the caller must not change it."""
-    hit = _AS_DICT.get(id(config))
-    if hit is None or hit[0] is not config:
-        if len(_AS_DICT) > 4096:
-            _AS_DICT.clear()
-        hit = _AS_DICT[id(config)] = (config, dataclasses.asdict(config))
-    return hit[1]
-
-
-def merge(config: Any, updates: dict[str, Any]) -> Any:
-    """A copy of dataclass `config` with nested `updates` applied (strict)."""
-    base = _as_dict(config)
-
-    def deep(a: dict, b: dict) -> dict:
-        out = dict(a)
-        for k, v in b.items():
-            out[k] = deep(a[k], v) if isinstance(v, dict) and isinstance(a.get(k), dict) else v
-        return out
-
-    return from_dict(type(config), deep(base, updates))
+def _deep(a: dict, b: dict) -> dict:
+    out = dict(a)
+    for k, v in b.items():
+        out[k] = _deep(a[k], v) if isinstance(v, dict) and isinstance(a.get(k), dict) else v
+    return out
 
 
 def to_dict(config: Any) -> dict[str, Any]:
-    """Plain nested dict (tuples as lists), e.g. for YAML or a results row."""
+    """Plain nested dict (dataclasses as dicts in field order, tuples as lists), e.g. for YAML, a
+    results row or a job's id: what `plain(dataclasses.asdict(config))` gives, without its
+    copies (a 10^4-job plan converts thousands of configs)."""
 
     def plain(v: Any) -> Any:
+        if dataclasses.is_dataclass(v) and not isinstance(v, type):
+            return {n: plain(getattr(v, n)) for n in _field_names(type(v))}
         if isinstance(v, dict):
             return {k: plain(x) for k, x in v.items()}
         if isinstance(v, (list, tuple)):
             return [plain(x) for x in v]
         return v
 
-    return plain(dataclasses.asdict(config))
+    return plain(config)
+
+
+@functools.cache
+def _field_names(cls: type) -> tuple[str, ...]:
+    return tuple(f.name for f in dataclasses.fields(cls))

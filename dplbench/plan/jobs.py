@@ -178,7 +178,7 @@ def _plain(data: TrainData | EvalTarget) -> dict[str, Any]:
     if hit is None or hit[0] is not data:
         if len(_PLAIN) > 65536:
             _PLAIN.clear()
-        hit = _PLAIN[id(data)] = (data, asdict(data))
+        hit = _PLAIN[id(data)] = (data, to_dict(data))  # flat: as asdict gives it
     return hit[1]
 
 
