@@ -9,7 +9,6 @@ OpenAI release are QuickGELU, and any other local file must say which it is (`qu
 from __future__ import annotations
 
 import functools
-import hashlib
 import logging
 import os
 import re
@@ -21,6 +20,7 @@ import torch
 from torch import nn
 
 from dpl.config import BackboneConfig
+from dpl.files import sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -51,14 +51,6 @@ def _is_torchscript_archive(path: str) -> bool:
         return any(n.endswith("constants.pkl") or "/code/" in n for n in z.namelist())
 
 
-def _sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def resolve_quick_gelu(cfg: BackboneConfig) -> bool:
     """Whether the model must use QuickGELU for these weights (raises when it cannot tell)."""
     if cfg.quick_gelu is not None:
@@ -69,7 +61,10 @@ def resolve_quick_gelu(cfg: BackboneConfig) -> bool:
     if tag_cfg:
         return bool(tag_cfg.get("quick_gelu", False))
     if os.path.isfile(cfg.pretrained):
-        if _is_torchscript_archive(cfg.pretrained) or _sha256(cfg.pretrained) in _openai_sha256s():
+        if (
+            _is_torchscript_archive(cfg.pretrained)
+            or sha256_file(cfg.pretrained) in _openai_sha256s()
+        ):
             return True
         raise ValueError(
             f"backbone.pretrained={cfg.pretrained}: cannot tell whether these weights use QuickGELU; "

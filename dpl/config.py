@@ -1,18 +1,13 @@
 """Every typed config a method is built from, in one torch-free module: the frozen backbone, the
 prompts, DPL's plug-ins (IWTD, MAG, RER), LoRA, the LLM prompt source, losses, optimiser and the
-`MethodConfig` that holds them; and the strict nested construction (`from_dict`, `merge`,
-`to_dict`: unknown keys are errors). Each method registers its defaults (dpl/methods/catalog.py);
-the modules that build models import their config from here, so naming a method, resolving its
+`MethodConfig` that holds them (built strictly by dpl/typed.py: unknown keys are errors). Each
+method registers its defaults (dpl/methods/catalog.py); the modules that build models import their config from here, so naming a method, resolving its
 recipe and planning a suite never import torch or open_clip.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import functools
 import math
-import types
-import typing
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -369,129 +364,3 @@ class MethodConfig:
         for key, allowed in checks.items():
             if getattr(self, key) not in allowed:
                 raise ValueError(f"{key}={getattr(self, key)!r}: choose one of {allowed}")
-
-
-# --- strict nested construction: unknown keys are errors -----------------------------------------
-
-
-def _convert(tp: Any, value: Any, where: str) -> Any:
-    origin = typing.get_origin(tp)
-    if dataclasses.is_dataclass(tp):
-        if isinstance(value, tp):
-            return value
-        if not isinstance(value, dict):
-            raise ValueError(f"{where}: expected a mapping, got {value!r}")
-        return from_dict(tp, value, where)
-    if origin in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(tp) if a is not type(None)]
-        if value is None:
-            return None
-        if str in args and isinstance(value, str):  # "all", "0.5:1": a string stays one
-            return value
-        errors = []
-        for arg in (a for a in args if a is not str):  # the first type the value converts to
-            try:
-                return _convert(arg, value, where)
-            except ValueError as e:
-                errors.append(str(e))
-        raise ValueError(errors[-1] if errors else f"{where}: cannot read {value!r}")
-    if origin is tuple:
-        if isinstance(value, str):
-            value = [v for v in value.split(",") if v]
-        if not isinstance(value, (list, tuple)):
-            value = [value]
-        args = typing.get_args(tp)
-        inner = args[0]
-        return tuple(_convert(inner, v, where) for v in value)
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in ("true", "false"):
-            return value.lower() == "true"
-        raise ValueError(f"{where}: expected true/false, got {value!r}")
-    if tp in (int, float):
-        if isinstance(value, bool):
-            raise ValueError(f"{where}: expected a number, got {value!r}")
-        try:
-            out = tp(value)
-        except (TypeError, ValueError):
-            raise ValueError(f"{where}: expected {tp.__name__}, got {value!r}") from None
-        if tp is int and float(value) != out:
-            raise ValueError(f"{where}: expected an integer, got {value!r}")
-        return out
-    if tp is str:
-        return str(value)
-    return value
-
-
-@functools.cache
-def _fields_of(cls: type) -> tuple[dict[str, Any], frozenset[str]]:
-    """A dataclass's field types and names (typing.get_type_hints is slow; classes don't change)."""
-    return typing.get_type_hints(cls), frozenset(f.name for f in dataclasses.fields(cls))
-
-
-def from_dict(cls: type, data: dict[str, Any], where: str = "") -> Any:
-    """Build dataclass `cls` from a nested mapping; unknown keys raise with the valid ones."""
-    hints, names = _fields_of(cls)
-    unknown = set(data) - names
-    if unknown:
-        prefix = f"{where}." if where else ""
-        raise ValueError(
-            f"unknown config key {prefix}{sorted(unknown)[0]}; valid keys: "
-            + ", ".join(f"{prefix}{n}" for n in sorted(names))
-        )
-    kwargs = {k: _convert(hints[k], v, f"{where}.{k}" if where else k) for k, v in data.items()}
-    return cls(**kwargs)
-
-
-def merge(config: Any, updates: dict[str, Any], where: str = "") -> Any:
-    """A copy of dataclass `config` with nested `updates` applied (strict). Sections the updates
-    do not touch are kept as they are (already checked); those they touch are rebuilt and
-    checked, as is `config` itself."""
-    names = _field_names(type(config))
-    unknown = set(updates) - set(names)
-    if unknown:
-        prefix = f"{where}." if where else ""
-        raise ValueError(
-            f"unknown config key {prefix}{sorted(unknown)[0]}; valid keys: "
-            + ", ".join(f"{prefix}{n}" for n in sorted(names))
-        )
-    data = {n: getattr(config, n) for n in names}
-    for k, v in updates.items():
-        cur, at = data[k], f"{where}.{k}" if where else k
-        if isinstance(v, dict) and dataclasses.is_dataclass(cur) and not isinstance(cur, type):
-            data[k] = merge(cur, v, at)
-        elif isinstance(v, dict) and isinstance(cur, dict):
-            data[k] = _deep(cur, v)
-        else:
-            data[k] = v
-    return from_dict(type(config), data, where)
-
-
-def _deep(a: dict, b: dict) -> dict:
-    out = dict(a)
-    for k, v in b.items():
-        out[k] = _deep(a[k], v) if isinstance(v, dict) and isinstance(a.get(k), dict) else v
-    return out
-
-
-def to_dict(config: Any) -> dict[str, Any]:
-    """Plain nested dict (dataclasses as dicts in field order, tuples as lists), e.g. for YAML, a
-    results row or a job's id: what `plain(dataclasses.asdict(config))` gives, without its
-    copies (a 10^4-job plan converts thousands of configs)."""
-
-    def plain(v: Any) -> Any:
-        if dataclasses.is_dataclass(v) and not isinstance(v, type):
-            return {n: plain(getattr(v, n)) for n in _field_names(type(v))}
-        if isinstance(v, dict):
-            return {k: plain(x) for k, x in v.items()}
-        if isinstance(v, (list, tuple)):
-            return [plain(x) for x in v]
-        return v
-
-    return plain(config)
-
-
-@functools.cache
-def _field_names(cls: type) -> tuple[str, ...]:
-    return tuple(f.name for f in dataclasses.fields(cls))

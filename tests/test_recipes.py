@@ -301,7 +301,7 @@ CHOICES = [
 
 @pytest.mark.parametrize(("method", "protocol", "dataset", "shots", "expected"), RELEASE)
 def test_resolved_recipe_matches_the_release(method, protocol, dataset, shots, expected):
-    from dpl.config import to_dict
+    from dpl.typed import to_dict
 
     cfg = to_dict(resolve_method(method, protocol=protocol, dataset=dataset, shots=shots))
     got = {k: _get(cfg, k) for k in expected}
@@ -350,7 +350,7 @@ def test_resolved_recipe_keeps_our_documented_choices(
 ):
     from pathlib import Path
 
-    from dpl.config import to_dict
+    from dpl.typed import to_dict
 
     cfg = to_dict(resolve_method(method, protocol=protocol, dataset=dataset, shots=shots))
     assert {k: _get(cfg, k) for k in expected} == expected

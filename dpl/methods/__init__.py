@@ -7,7 +7,7 @@ them (registry.py), and the built-ins declared in the field's order (catalog.py)
 A plug-in registers its own (docs/adding-a-method.md): `from dpl.methods import register`.
 """
 
-from dpl.config import MethodConfig, from_dict, to_dict
+from dpl.config import MethodConfig
 from dpl.methods import catalog  # noqa: F401  (the built-ins register, in the field's order)
 from dpl.methods.registry import (
     METHODS,
@@ -20,6 +20,7 @@ from dpl.methods.registry import (
     plugin_modules,
     register,
 )
+from dpl.typed import from_dict, to_dict
 
 __all__ = [
     "METHODS",

@@ -20,8 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from dpl.config import MethodConfig, merge
+from dpl.config import MethodConfig
 from dpl.registry import Registry, UnknownNameError  # noqa: F401  (re-exported)
+from dpl.typed import merge
 
 log = logging.getLogger(__name__)
 

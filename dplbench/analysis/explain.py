@@ -19,9 +19,10 @@ import numpy as np
 import torch
 
 from dpl import explain as ex
-from dpl.config import MethodConfig, to_dict
+from dpl.config import MethodConfig
 from dpl.methods import build_method, method_config
 from dpl.methods.base import PromptedCLIP
+from dpl.typed import to_dict
 from dplbench import storage
 from dplbench.analysis import figures
 from dplbench.data.shards import eval_loader

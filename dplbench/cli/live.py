@@ -242,7 +242,7 @@ def live(table: JobTable | TrialTable) -> Iterator[Any]:
 def recipe_view(job, checks=None) -> dict:
     """One job as the recipe view shows it: what it trains on, its full resolved config, and how
     it trains (its fused group, or why it trains alone)."""
-    from dpl.config import to_dict
+    from dpl.typed import to_dict
 
     group = next((g for g in (checks.groups if checks else ()) if job in g.jobs), None)
     return {

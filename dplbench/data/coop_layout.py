@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from dpl.files import sha256_file
 from dpl.registry import Registry
 from dplbench.data.datasets import IMAGENET_KEY, DatasetSpec, get_spec
 from dplbench.data.errors import DataError
@@ -37,7 +38,7 @@ class SourceDataset:
 
     def checksums(self, root: Path) -> tuple[dict[str, str], str]:
         """sha256 of each split file, and one checksum over those plus the item lists."""
-        files = {str(p.relative_to(root)): _sha256_file(p) for p in self.files}
+        files = {str(p.relative_to(root)): sha256_file(p) for p in self.files}
         h = hashlib.sha256(json.dumps(files, sort_keys=True).encode())
         for split in sorted(self.splits):
             for it in self.splits[split]:
@@ -56,14 +57,6 @@ def read_source(key: str, root: str | Path) -> SourceDataset:
     root = Path(root)
     _need_dir(spec, root / spec.folder)
     return READERS.get(spec.reader)(spec, root)
-
-
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _need_dir(spec: DatasetSpec, path: Path) -> Path:

@@ -31,6 +31,7 @@ from typing import Any
 
 import torch
 
+from dpl.files import sha256_file
 from dpl.llm.cache import FORMAT, LAYER_FILE, MANIFEST, classes_sha, dataset_file
 from dplbench.data.protocols import subsample_labels
 from dplbench.errors import UserError
@@ -198,12 +199,12 @@ def import_release(
         "seq": S,
         "phrases": extractor.kind,
         "max_new_tokens": None,
-        "source_sha256": {"past_key_values": _sha(pkv_path)},
+        "source_sha256": {"past_key_values": sha256_file(pkv_path)},
     }
     if teacher is not None:
         feats = torch.cat([teacher["base"], teacher["new"]]).contiguous()
         entry["teacher_file"] = f"{dataset}.teacher.safetensors"
-        entry["source_sha256"]["text_embeddings"] = _sha(Path(text_embeddings))
+        entry["source_sha256"]["text_embeddings"] = sha256_file(text_embeddings)
         write_atomic(out / entry["teacher_file"], lambda p: save_file({"features": feats}, str(p)))
     manifest = {
         "format": FORMAT,
@@ -219,13 +220,3 @@ def import_release(
     write_atomic(out / MANIFEST, json.dumps(manifest, indent=1))
     log.info("%s: imported %d classes from %s", dataset, len(all_names), pkv_path)
     return manifest
-
-
-def _sha(path: Path) -> str:
-    import hashlib
-
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()

@@ -1,7 +1,7 @@
 """Layered YAML configs: typed defaults < YAML file < `key=value` on the command line.
 
 One parser for values (`parse_value`: YAML scalars and lists, so an explicit `false` wins over a
-file's `true`), one helper for dotted keys (`nested`), one merge (`deep_merge`). Unknown keys are
+file's `true`), one helper for dotted keys (`nested`), one merge (`deep_merge`, dpl/typed.py). Unknown keys are
 errors wherever they appear (typed specs are built with the strict `from_dict` of
 `dpl.config`).
 """
@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 
 import yaml
 
-from dpl.config import from_dict
+from dpl.typed import deep_merge, from_dict
 from dplbench.errors import ConfigError
 
 # Suites, recipes, references, sweeps, ablations and LLM templates ship inside the package (the
@@ -118,14 +118,4 @@ def parse_overrides(items: Iterable[str] | None) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, value in flat.items():
         out = deep_merge(out, nested({key: value}, f"override {key}={value}"))
-    return out
-
-
-def deep_merge(base: Mapping[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for k, v in update.items():
-        if isinstance(v, dict) and isinstance(out.get(k), dict):
-            out[k] = deep_merge(out[k], v)
-        else:
-            out[k] = v
     return out

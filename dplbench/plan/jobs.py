@@ -19,7 +19,8 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from dpl.config import MethodConfig, from_dict, to_dict
+from dpl.config import MethodConfig
+from dpl.typed import from_dict, to_dict
 
 
 @dataclass(frozen=True)
