@@ -113,7 +113,7 @@ def is_manifest(entry: Entry) -> bool:
 
 
 def read_manifests(entries: list[Entry]) -> list[Manifest]:
-    return _map(read_manifest, entries)
+    return each(read_manifest, entries)
 
 
 def read_manifest(entry: Entry) -> Manifest:
@@ -208,7 +208,7 @@ def dataset(files: TableFiles, base: pa.Schema, hive: bool = True, entries=None)
     compacted = {e.path for e in entries if e.is_compacted}
     blobs = dict(zip(
         [e.path for e in entries if e.path not in compacted],
-        _map(_fetch, [e for e in entries if e.path not in compacted]),
+        each(_fetch, [e for e in entries if e.path not in compacted]),
     ))  # fmt: skip
     paths = {e.path for e in entries}
     columns = {c for m in files.manifests if _data_paths(m) & paths for c in m.columns}
@@ -251,11 +251,12 @@ def _fetch(entry: Entry) -> bytes:
     return storage.read_bytes(entry.path)
 
 
-def _map(fn, items: Iterable):
+def each(fn, items: Iterable, threads: int = FETCH_THREADS) -> list:
+    """`fn` of every item, concurrently (each is a round trip on an object store), in order."""
     items = list(items)
     if len(items) <= 1:
         return [fn(x) for x in items]
-    with ThreadPoolExecutor(min(FETCH_THREADS, len(items))) as pool:
+    with ThreadPoolExecutor(min(threads, len(items))) as pool:
         return list(pool.map(fn, items))
 
 

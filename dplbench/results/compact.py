@@ -19,12 +19,14 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from functools import partial
 
 from dplbench import storage
 from dplbench.results import catalog, store
 from dplbench.results.root import ResultsRoot
 
 MAX_ROWS = 1_000_000  # rows per compacted file: a year of a lab's rows of one (suite, method)
+PARALLEL = 8  # partitions compacted at once (each fetches its files concurrently too)
 
 
 @dataclass
@@ -82,19 +84,25 @@ def compact(
             try:
                 files = catalog.list_table(root.table(table))
                 schema, _ = store.TABLES[table]
-                for folder, entries in sorted(files.folders().items()):
-                    rel = folder[len(files.folder) :].strip("/").replace("\\", "/")
-                    if partitions is not None and rel not in partitions.get(table, ()):
-                        continue
-                    res = _folder(files, folder, entries, schema, keep_sources, max_rows)
-                    if res is not None:
-                        out.folders.append(res)
+                todo = [
+                    (folder, entries)
+                    for folder, entries in sorted(files.folders().items())
+                    if partitions is None or _relative(files, folder) in partitions.get(table, ())
+                ]
+                one = partial(_folder, files, schema=schema, keep=keep_sources, max_rows=max_rows)
+                # partitions at once: on an object store each is a few round trips
+                done = catalog.each(lambda f, one=one: one(*f), todo, PARALLEL)
+                out.folders += [r for r in done if r is not None]
             finally:
                 leases.release(key)
     finally:
         leases.release_all()
     out.seconds = time.monotonic() - t0
     return out
+
+
+def _relative(files: catalog.TableFiles, folder: str) -> str:
+    return folder[len(files.folder) :].strip("/").replace("\\", "/")
 
 
 def _folder(files, folder, entries, schema, keep, max_rows) -> FolderResult | None:
@@ -141,10 +149,11 @@ def _write_manifest(path: str, manifest: dict) -> None:
 
 
 def _remove(entries: list[catalog.Entry]) -> int:
-    # manifests last: a compaction killed while removing still finds what they held
-    entries = sorted(entries, key=catalog.is_manifest)
-    for e in entries:
-        _remove_file(e.path)
+    """Concurrently (on an object store each is a request); manifests last, so that a compaction
+    killed meanwhile still finds what they held."""
+    data = [e.path for e in entries if not catalog.is_manifest(e)]
+    catalog.each(_remove_file, data)
+    catalog.each(_remove_file, [e.path for e in entries if catalog.is_manifest(e)])
     return len(entries)
 
 

@@ -10,7 +10,8 @@ over one local file holding the same rows. With `--base REV`, the query before c
 with that commit's code (a `git worktree`), for the speed-up over it. No timing asserts
 (docs/benchmarks.md §1).
 
-    .venv/bin/python tools/bench/bench_results.py [--ns 1000,10000] [--stores local,s3] [--base b4eb793]
+    .venv/bin/python tools/bench/bench_results.py [--ns 1000,10000] [--stores local,s3]
+        [--base b4eb793] [--latency-ms 20]
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ DATASETS = (
     "ucf101",
 )  # base2novel.yaml's
 METHODS = ("zsclip", "coop", "cocoop", "kgcoop", "ivlp", "maple", "promptsrc", "clip_lora", "dpl")
+LATENCY = ""  # --latency-ms, as the table shows it
 QUERY = "select count(*), avg(accuracy) from results"
 
 
@@ -133,8 +135,10 @@ def measure(n: int, where: str, tmp: Path, base: Path | None) -> list[dict]:
     write_s = write_root(where, n)
     res = ["--results", where]
     out = tmp / f"report-{n}"
-    row = {"N": n, "store": "s3 (moto)" if where.startswith("s3://") else "local",
-           "write s": write_s}  # fmt: skip
+    kind = "local"
+    if where.startswith("s3://"):
+        kind = f"s3 (moto{', +' + LATENCY + ' ms' if LATENCY else ''})"
+    row = {"N": n, "store": kind, "write s": write_s}
     if base is not None:
         row["query base s"] = cli(base, ["results", "query", QUERY, *res])
     row["query s"] = cli(ROOT, ["results", "query", QUERY, *res])
@@ -157,16 +161,72 @@ def print_row(row: dict, header: bool) -> None:
     print("| " + " | ".join(cells) + " |", flush=True)
 
 
-def moto() -> str:
+def moto(latency_ms: float) -> str:
+    """moto on loopback; with a latency, behind a proxy that holds each request that long first
+    (a real object store answers in tens of milliseconds, many requests at once; moto answers
+    at once, one request at a time)."""
     from moto.server import ThreadedMotoServer
 
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0)
     server.start()
     host, port = server.get_host_and_port()
+    if latency_ms > 0:
+        host, port = delaying_proxy(host, port, latency_ms / 1000)
     os.environ.update({"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
                        "AWS_DEFAULT_REGION": "us-east-1",
                        "AWS_ENDPOINT_URL": f"http://{host}:{port}"})  # fmt: skip
     return f"http://{host}:{port}"
+
+
+def delaying_proxy(host: str, port: int, delay: float) -> tuple[str, int]:
+    """An HTTP proxy on loopback that sleeps `delay` before forwarding each request."""
+    import http.client
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *a):
+            pass
+
+        def _body(self) -> bytes:
+            if "chunked" not in (self.headers.get("Transfer-Encoding") or ""):
+                return self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            out = b""
+            while size := int(self.rfile.readline().split(b";")[0], 16):
+                out += self.rfile.read(size)
+                self.rfile.readline()
+            while self.rfile.readline() not in (b"\r\n", b""):
+                pass  # trailers
+            return out
+
+        def _any(self):
+            body = self._body()
+            time.sleep(delay)
+            conn = http.client.HTTPConnection(host, port)
+            skip = ("transfer-encoding", "expect", "content-length")
+            headers = {k: v for k, v in self.headers.items() if k.lower() not in skip}
+            conn.request(self.command, self.path, body, headers)
+            resp = conn.getresponse()
+            data = resp.read()
+            self.send_response(resp.status)
+            for k, v in resp.getheaders():
+                if k.lower() not in ("transfer-encoding", "connection", "content-length"):
+                    self.send_header(k, v)
+            length = resp.getheader("Content-Length") if self.command == "HEAD" else len(data)
+            self.send_header("Content-Length", str(length or 0))
+            self.end_headers()
+            if self.command != "HEAD":
+                self.wfile.write(data)
+            conn.close()
+
+        do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _any
+
+    proxy = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    proxy.daemon_threads = True
+    threading.Thread(target=proxy.serve_forever, daemon=True).start()
+    return proxy.server_address
 
 
 def main() -> None:
@@ -174,13 +234,21 @@ def main() -> None:
     ap.add_argument("--ns", default="1000,10000")
     ap.add_argument("--stores", default="local,s3")
     ap.add_argument("--base", default=None, help="a commit to time the query before compaction")
+    ap.add_argument(
+        "--latency-ms",
+        type=float,
+        default=0.0,
+        help="s3: hold each request this long (a proxy in front of moto)",
+    )
     args = ap.parse_args()
     import logging
 
     logging.disable(logging.WARNING)
     stores = args.stores.split(",")
+    global LATENCY
+    LATENCY = f"{args.latency_ms:g}" if args.latency_ms else ""
     if "s3" in stores:
-        moto()
+        moto(args.latency_ms)
     with tempfile.TemporaryDirectory(prefix="bench-results-") as tmp:
         tmp = Path(tmp)
         base = None
