@@ -13,6 +13,7 @@ Ray's own storage does.
 
 from __future__ import annotations
 
+import atexit
 import fnmatch
 import functools
 import os
@@ -61,6 +62,9 @@ def _filesystem(uri_head: str) -> pafs.FileSystem:
     import pyarrow.fs as pafs
 
     fs, _ = pafs.FileSystem.from_uri(uri_head)
+    # Registered after pyarrow's own exit handler, so it runs before it: an S3 client still
+    # alive when pyarrow finalizes S3 aborts the process at exit ("terminate called ...").
+    atexit.register(_filesystem.cache_clear)
     return fs
 
 

@@ -7,7 +7,9 @@ from __future__ import annotations
 import contextlib
 import json
 import sys
+import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
 from typing import Any
 
@@ -27,6 +29,8 @@ from dplbench.run.events import (
     TrialStarted,
 )
 
+ROWS = 60  # job lines a live table shows at most (the title counts every job)
+REFRESH_HZ = 4
 STYLE = {"done": "green", "failed": "red", "running": "yellow", "stopped": "cyan", "queued": "dim",
          "not started": "dim", "run": "yellow", "skip": "green", "elsewhere": "cyan"}  # fmt: skip
 
@@ -60,6 +64,8 @@ class JobTable:
         self.groups = groups or {}  # job id -> its fused group's label
         self.jobs = {j.id: j for j in jobs}
         self.state = {j.id: "queued" for j in jobs}
+        self.counts = Counter(self.state.values())  # kept with `state`: no O(jobs) per event
+        self.lock = threading.Lock()  # events arrive on the driver's threads, redraws on Live's
         self.detail = {j.id: "" for j in jobs}
         self.started: dict[str, float] = {}
         self.ended: dict[str, float] = {}
@@ -67,13 +73,22 @@ class JobTable:
         self.most_running = 1
         self.stopping: str | None = None  # the signal that asked the run to stop
 
+    def _set(self, job_id: str, state: str) -> None:
+        self.counts[self.state[job_id]] -= 1
+        self.counts[state] += 1
+        self.state[job_id] = state
+
     def event(self, event: Event) -> None:
+        with self.lock:
+            self._event(event)
+
+    def _event(self, event: Event) -> None:
         if isinstance(event, PlanChecked):  # how jobs are packed and fused; what --resume keeps
             self.packing = event.checks.packing
             self.groups = event.checks.group_of()
             for jid, run in event.checks.kept.items():
                 if jid in self.state:
-                    self.state[jid] = "done"
+                    self._set(jid, "done")
                     self.detail[jid] = f"earlier run {run}".strip()
             return
         if isinstance(event, StopAsked):
@@ -89,12 +104,11 @@ class JobTable:
                 detail += f"  loss {event.loss:.3f}"
             self.detail[job_id] = detail
         elif isinstance(event, JobStarted):
-            self.state[job_id] = "running"
+            self._set(job_id, "running")
             self.started.setdefault(job_id, now)
-            running = sum(1 for s in self.state.values() if s == "running")
-            self.most_running = max(self.most_running, running)
+            self.most_running = max(self.most_running, self.counts["running"])
         elif isinstance(event, JobEnded):
-            self.state[job_id] = event.status
+            self._set(job_id, event.status)
             self.ended[job_id] = now
             if event.status == "done":
                 self.detail[job_id] = scores(event.accuracy)
@@ -107,7 +121,7 @@ class JobTable:
         held = {j.id for j in checks.units.held}
         for jid in self.state:
             run = checks.kept.get(jid)
-            self.state[jid] = "skip" if run is not None else "elsewhere" if jid in held else "run"
+            self._set(jid, "skip" if run is not None else "elsewhere" if jid in held else "run")
             self.detail[jid] = f"rows from run {run}" if run else ""
 
     def eta(self) -> float | None:
@@ -119,9 +133,26 @@ class JobTable:
             return None
         return sum(took) / len(took) * left / self.most_running
 
+    def shown(self) -> list[str]:
+        """The jobs that get a line: all of them up to ROWS; beyond, the failed and stopped,
+        the running, the latest ended, then the next queued, at most ROWS, in plan order."""
+        if len(self.jobs) <= ROWS:
+            return list(self.jobs)
+        order = {jid: k for k, jid in enumerate(self.jobs)}
+        bad = [j for j, s in self.state.items() if s in ("failed", "stopped")]
+        running = [j for j, s in self.state.items() if s == "running"]
+        latest = sorted(self.ended, key=self.ended.get, reverse=True)
+        queued = [j for j, s in self.state.items() if s not in ("failed", "stopped", "running")]
+        pick = dict.fromkeys([*bad, *running, *latest, *queued][:ROWS])
+        return sorted(pick, key=order.get)
+
     def render(self) -> Table:
+        with self.lock:
+            return self._render()
+
+    def _render(self) -> Table:
         states = ("queued", "running", "done", "failed", "stopped", "not started", *STYLE)
-        counts = {s: sum(1 for v in self.state.values() if v == s) for s in dict.fromkeys(states)}
+        counts = {s: self.counts[s] for s in dict.fromkeys(states)}
         planned = any(counts[s] for s in ("run", "skip", "elsewhere"))
         shown = () if planned else states[:4]  # a live table always counts these four
         head = " · ".join(f"{k} {v}" for k, v in counts.items() if v or k in shown)
@@ -141,8 +172,11 @@ class JobTable:
         for col in (*cols, "progress / result"):
             t.add_column(col)
         now = time.monotonic()
-        for jid, j in self.jobs.items():
-            state = self.state[jid]
+        shown = self.shown()
+        if len(shown) < len(self.jobs):
+            t.caption = f"{len(self.jobs) - len(shown):,} more jobs not shown (counted above)"
+        for jid in shown:
+            j, state = self.jobs[jid], self.state[jid]
             evals = ",".join(f"{e.dataset}/{e.subsample}" for e in j.evals)
             train = "–"
             if j.trains:
@@ -224,16 +258,17 @@ def live(table: JobTable | TrialTable) -> Iterator[Any]:
     def on_event(event: Event) -> None:
         nonlocal view
         table.event(event)
-        if view is None:
-            view = Live(table.render(), console=console, auto_refresh=False, transient=False)
+        if view is None:  # then Live redraws it REFRESH_HZ times a second: never per event,
+            # which at thousands of jobs would redraw the table thousands of times
+            view = Live(get_renderable=table.render, console=console,
+                        refresh_per_second=REFRESH_HZ, transient=False)  # fmt: skip
             view.start()
-        view.update(table.render(), refresh=True)
 
     try:
         yield on_event
     finally:
         if view is not None:
-            view.update(table.render(), refresh=True)
+            view.refresh()
             view.stop()
             if not console.is_terminal:  # Live ends a terminal's table with a newline, a log's not
                 console.line()

@@ -21,6 +21,9 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from functools import partial
 
+import duckdb
+import pyarrow as pa
+
 from dplbench import storage
 from dplbench.results import catalog, store
 from dplbench.results.root import ResultsRoot
@@ -117,9 +120,10 @@ def _folder(files, folder, entries, schema, keep, max_rows) -> FolderResult | No
         return res if res.removed else None
     inputs = [e for e in files.read if id(e) in mine]
     try:
-        table = catalog.dataset(files, schema, hive=False, entries=inputs).to_table()
-    except (FileNotFoundError, OSError) as e:  # a status file its driver replaced meanwhile
-        res.skipped = f"a file changed while it was read ({e}); run it again"
+        table = _read(catalog.TableFiles(files.table, files.folder, read=inputs, manifests=sets),
+                      schema)  # fmt: skip
+    except (duckdb.IOException, OSError) as e:  # a status file its driver replaced meanwhile
+        res.skipped = f"a file changed while it was read ({str(e).splitlines()[0]}); run it again"
         return res
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
     base = f"{catalog.COMPACTED}{stamp}-{uuid.uuid4().hex[:8]}"
@@ -142,6 +146,19 @@ def _folder(files, folder, entries, schema, keep, max_rows) -> FolderResult | No
     if not keep:  # only now: the manifest is what makes the new files count
         res.removed = _remove([*held, *(e for e in leftovers if e in files.orphans)])
     return res
+
+
+def _read(files: catalog.TableFiles, schema: pa.Schema) -> pa.Table:
+    """The rows of `files.read`, as readers read them (DuckDB over local files, concurrent
+    fetches on an object store), in the table's own column order and types, then the
+    extra columns (loss_<term>, test_<subsample>) by name."""
+    with duckdb.connect() as con:
+        source = catalog.relation(con, files, "_inputs", schema, hive=False)
+        table = con.sql(f"SELECT * FROM {source}").to_arrow_table()
+    names = [n for n in schema.names if n in table.column_names]
+    extra = sorted(set(table.column_names) - set(names))
+    fields = [schema.field(n) for n in names] + [table.schema.field(n) for n in extra]
+    return table.select(names + extra).cast(pa.schema(fields))
 
 
 def _write_manifest(path: str, manifest: dict) -> None:

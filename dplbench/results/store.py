@@ -275,12 +275,16 @@ def query(root: ResultsRoot, sql: str, params: Mapping[str, Any] | None = None) 
     import duckdb
 
     for attempt in range(READ_ATTEMPTS):
+        con = None
         try:
             con = connect(root, views_in(sql))
             return con.sql(sql, params=dict(params) if params else None).to_arrow_table()
         except (duckdb.IOException, OSError):
             if attempt == READ_ATTEMPTS - 1:
                 raise
+        finally:  # its datasets hold object-store clients, which must go before Python exits
+            if con is not None:
+                con.close()
     raise AssertionError("unreachable")
 
 

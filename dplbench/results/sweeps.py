@@ -145,12 +145,12 @@ def read_trials(root: ResultsRoot, sweep: str) -> list[dict[str, Any]]:
     """The latest record of each (trial, job) of a sweep."""
     import duckdb
 
-    con = duckdb.connect()
-    source = store.parquet_relation(con, root.sweep_files(sweep).trials, "_trials", hive=False)
-    if source is None:
-        return []
-    sql = store.latest_sql(source, ("trial", "job_id")) + " ORDER BY trial, job_id"
-    return con.sql(sql).to_arrow_table().to_pylist()
+    with duckdb.connect() as con:
+        source = store.parquet_relation(con, root.sweep_files(sweep).trials, "_trials", hive=False)
+        if source is None:
+            return []
+        sql = store.latest_sql(source, ("trial", "job_id")) + " ORDER BY trial, job_id"
+        return con.sql(sql).to_arrow_table().to_pylist()
 
 
 def kept_trials(root: ResultsRoot, sweep: str) -> set[str]:

@@ -88,10 +88,61 @@ def measure(n: int, mode: str, folder: Path, data: str) -> dict:
     }  # fmt: skip
 
 
+def live_table(n: int) -> dict:
+    """The live table's cost per unit over N jobs' events (started, an epoch, ended): as it
+    runs (Live redraws a capped table 4 times a second), beside a redraw of the whole table on
+    every event (what it did before), both into a log file."""
+    import io
+    from types import SimpleNamespace
+
+    from rich.console import Console
+
+    from dplbench.cli import live
+    from dplbench.run.events import EpochDone, JobEnded, JobStarted
+
+    ev = SimpleNamespace(dataset="synthetic", subsample="base")
+    jobs = [SimpleNamespace(id=f"{i:016x}", method="noop", protocol="base2novel", evals=[ev],
+                            trains=False, train=ev, seed=i, params={}, epochs=1)
+            for i in range(n)]  # fmt: skip
+    events = [
+        e for j in jobs for e in (JobStarted(j.id), EpochDone(j.id, 0), JobEnded(j.id, "done"))
+    ]
+    out = {}
+    real = live.console
+    live.console = Console(file=io.StringIO(), width=200)
+    try:
+        t0 = time.perf_counter()
+        with live.live(live.JobTable(jobs)) as on_event:
+            for e in events:
+                on_event(e)
+        out["live ms/unit"] = 1e3 * (time.perf_counter() - t0) / n
+        if n <= 300:  # quadratic: 10^3 already takes an hour
+            table = live.JobTable(jobs)
+            t0 = time.perf_counter()
+            for e in events:
+                table.event(e)
+                live.console.print(_whole(table))
+            out["redraw per event ms/unit"] = 1e3 * (time.perf_counter() - t0) / n
+    finally:
+        live.console = real
+    return out
+
+
+def _whole(table):
+    """The table with every job's line (no ROWS cap), as before."""
+    from dplbench.cli import live
+
+    rows, live.ROWS = live.ROWS, len(table.jobs)
+    try:
+        return table.render()
+    finally:
+        live.ROWS = rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--ns", default="100,1000", help="units per run")
-    ap.add_argument("--modes", default="no-ray,ray", help="no-ray and/or ray")
+    ap.add_argument("--modes", default="no-ray,ray", help="no-ray, ray and/or live (the table)")
     args = ap.parse_args()
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     with tempfile.TemporaryDirectory() as tmp:
@@ -106,7 +157,11 @@ def main() -> None:
         print("| mode | N | plan s | wall s | jobs' own s | overhead ms/unit | driver CPU ms/unit "
               "| status writes/job | peak RSS MiB |")  # fmt: skip
         print("|---|---|---|---|---|---|---|---|---|", flush=True)
-        for mode in args.modes.split(","):
+        if "live" in args.modes.split(","):
+            for n in args.ns.split(","):
+                print(f"| live table | {int(n):,} | " + " | ".join(
+                    f"{k} {v:.2f}" for k, v in live_table(int(n)).items()) + " |", flush=True)  # fmt: skip
+        for mode in (m for m in args.modes.split(",") if m != "live"):
             for n in args.ns.split(","):
                 r = measure(int(n), mode, folder, data)
                 print(f"| {r['mode']} | {r['n']:,} | {r['plan_s']:.2f} | {r['wall_s']:.1f} | "
