@@ -12,6 +12,7 @@ from dplbench import storage
 from dplbench.results.aggregate import Row
 from dplbench.results.report import SECTIONS, report_tables, sections_markdown
 from dplbench.results.root import ReportFiles, ResultsRoot
+from dplbench.results.samples import Outcomes, load_outcomes
 
 
 @dataclass(frozen=True)
@@ -29,10 +30,12 @@ def render_report(
     refs: Mapping[str, list[Row]] | None = None,
     bench: Sequence[Row] = (),
     epochs: Sequence[Row] = (),
+    outcomes: Outcomes | None = None,
+    baseline: str | None = None,
 ) -> RenderedReport:
     """Write the report's Markdown and one PNG per section with a figure into `out` (a local
     folder or a URI: dplbench/storage.py)."""
-    tables = report_tables(rows, suite, compare, refs, bench, epochs)
+    tables = report_tables(rows, suite, compare, refs, bench, epochs, outcomes, baseline)
     images, pngs = {}, []
     for name, table in tables.items():
         if SECTIONS[name].plot is None:
@@ -47,9 +50,14 @@ def render_report(
 
 
 def write_report(
-    root: ResultsRoot, suite: str | None = None, compare: bool = True, out: str | None = None
+    root: ResultsRoot,
+    suite: str | None = None,
+    compare: bool = True,
+    out: str | None = None,
+    baseline: str | None = None,
 ) -> RenderedReport:
-    """`dplbench report`: the newest rows under `root`, its calibrations (`bench model
+    """`dplbench report`: the newest rows under `root` with their per-sample outcomes (95%
+    intervals; paired comparisons against `baseline`), its calibrations (`bench model
     --results R`: the cost figure) and per-epoch test scores (`--eval-every-epoch`: the
     selection-gap table), rendered into `out` (default: R/reports/<suite>/)."""
     from dplbench.plan.cost import load_all
@@ -65,4 +73,5 @@ def write_report(
         if any(c.startswith("test_") for c in table.column_names):
             epochs = table.to_pylist()
     files = ReportFiles(out) if out else root.report_files(suite)
-    return render_report(rows, files, suite=suite, compare=compare, bench=bench, epochs=epochs)
+    return render_report(rows, files, suite=suite, compare=compare, bench=bench, epochs=epochs,
+                         outcomes=load_outcomes(root), baseline=baseline)  # fmt: skip

@@ -16,7 +16,7 @@ from typing import Any, NamedTuple
 from dplbench.data.datasets import BENCHMARKS
 from dplbench.plan.suites import protocol_spec
 from dplbench.results import aggregate as agg
-from dplbench.results import plots
+from dplbench.results import comparison, plots, samples
 from dplbench.results.ablations import ablation_tables, pivot_markdown
 from dplbench.results.aggregate import AVERAGE, Row
 from dplbench.results.markdown import MISSING, fmt, md_table
@@ -60,9 +60,12 @@ def _b2n_markdown(table: Sequence[Row]) -> str:
     avg_rows, ds_rows = [], []
     # Per-dataset rows grouped by dataset (methods side by side), as the papers' tables.
     order = {d: i for i, d in enumerate(agg.datasets_in_order(r["dataset"] for r in table))}
+    cis = _has(table, "ci_hm")
     for r in sorted(table, key=lambda r: order[r["dataset"]]):
         ours = [fmt(r.get("base"), r.get("base_std")), fmt(r.get("novel"), r.get("novel_std"))]
         ours.append(fmt(r.get("hm")))
+        if cis:
+            ours += [comparison.fmt_ci(r["ci_hm"]), _base_novel_ci(r)]
         theirs = [fmt(r.get(f"pub_{k}")) for k in pub]
         if r.get("pub_datasets"):
             theirs = [t if t == MISSING else f"{t} †" for t in theirs]
@@ -72,17 +75,24 @@ def _b2n_markdown(table: Sequence[Row]) -> str:
             avg_rows.append([r["method"], *ours, f"{r['datasets']}{done}", *theirs, *delta])
         else:
             ds_rows.append([agg.display_name(r["dataset"]), r["method"], *ours, _seeds(r), *theirs])
-    avg_head = ["Method", "Base", "Novel", "HM", "Datasets", *pub_head]
+    ci_head = ["HM 95% CI", "Base / Novel 95% CI"] if cis else []
+    avg_head = ["Method", "Base", "Novel", "HM", *ci_head, "Datasets", *pub_head]
     avg_head += ["Δ HM"] if "hm" in pub else []
     subset = any(r.get("pub_datasets") for r in table)
+    ds_head = ["Dataset", "Method", "Base", "Novel", "HM", *ci_head, "Seeds", *pub_head]
     return "\n\n".join(
         [
             "**Average over datasets**",
             md_table(avg_head, avg_rows) + (SUBSET_NOTE if subset else ""),
             "**Per dataset**",
-            md_table(["Dataset", "Method", "Base", "Novel", "HM", "Seeds", *pub_head], ds_rows),
+            md_table(ds_head, ds_rows),
+            *([comparison.interval_note([table])] if cis else []),
         ]
     )
+
+
+def _base_novel_ci(row: Row) -> str:
+    return f"{comparison.fmt_ci(row['ci_base'])} / {comparison.fmt_ci(row['ci_novel'])}"
 
 
 def _delta(ours: float | None, published: float | None) -> str:
@@ -173,6 +183,8 @@ class Inputs:
     refs: Mapping[str, list[Row]] | None
     bench: Sequence[Row]
     epochs: Sequence[Row]
+    outcomes: samples.Outcomes | None = None  # per-sample outcomes (None: no intervals)
+    baseline: str | None = None  # the method every other is compared with (paired)
 
 
 class Section(NamedTuple):
@@ -218,13 +230,34 @@ def _cost(inputs: Inputs, done: Mapping[str, Any]) -> list[Row]:
     return cost_table(done.get("base2novel", []), [b for b in inputs.bench if b["model"] in models])
 
 
+def _b2n_with_intervals(inputs: Inputs, done: Mapping[str, Any]) -> list[Row]:
+    """The base-to-novel table; with outcomes loaded (`dplbench report`), its 95% intervals."""
+    table = _protocol("base2novel", agg.base2novel)(inputs, done)
+    if table and inputs.outcomes is not None:
+        comparison.add_b2n_intervals(table, comparison.b2n_parts(inputs.rows, inputs.outcomes))
+    return table
+
+
+def _comparisons(inputs: Inputs) -> tuple[str, dict[str, list[Row]]] | None:
+    """Every base-to-novel method against `inputs.baseline` (paired), when one is asked for."""
+    if inputs.baseline is None or not any(r.get("protocol") == "base2novel" for r in inputs.rows):
+        return None
+    parts = comparison.b2n_parts(inputs.rows, inputs.outcomes)
+    return inputs.baseline, comparison.b2n_comparisons(parts, inputs.baseline)
+
+
 # The report's sections, in order. A section's table may use the tables before it (`done`).
 SECTIONS: dict[str, Section] = {
     "base2novel": Section(
         "Base-to-novel generalisation",
-        _protocol("base2novel", agg.base2novel),
+        _b2n_with_intervals,
         _b2n_markdown,
         plots.b2n_plot,
+    ),
+    "comparison": Section(
+        "Paired comparisons",
+        lambda i, _: _comparisons(i),
+        lambda t: comparison.comparison_markdown(*t),
     ),
     "xd": Section(
         "Cross-dataset transfer (trained on ImageNet)",
@@ -290,13 +323,17 @@ def report_tables(
     refs: Mapping[str, list[Row]] | None = None,
     bench: Sequence[Row] = (),
     epochs: Sequence[Row] = (),
+    outcomes: samples.Outcomes | None = None,
+    baseline: str | None = None,
 ) -> dict[str, Any]:
-    """The non-empty tables of SECTIONS, in that order: the protocols present, `ablations` and
-    `sweeps` ({(name, protocol): pivot table}) when their rows exist, `partial` splits, `cost` (bench
-    rows beside base-to-novel HM) and `selection` (per-epoch test rows)."""
+    """The non-empty tables of SECTIONS, in that order: the protocols present (with 95%
+    intervals when `outcomes` is given, an empty one meaning seeds only), `comparison` (paired,
+    against `baseline`), `ablations` and `sweeps` ({(name, protocol): pivot table}) when their
+    rows exist, `partial` splits, `cost` (bench rows beside base-to-novel HM) and `selection`
+    (per-epoch test rows)."""
     if compare and refs is None:
         refs = agg.reference_tables()
-    inputs = Inputs(_select(rows, suite), compare, refs, bench, epochs)
+    inputs = Inputs(_select(rows, suite), compare, refs, bench, epochs, outcomes, baseline)
     tables: dict[str, Any] = {}
     for name, section in SECTIONS.items():
         table = section.table(inputs, tables)

@@ -1,0 +1,202 @@
+"""Intervals in the report's tables and paired comparisons against a baseline (#29;
+docs/results.md §4): the numbers of results/intervals.py over the parts of results/samples.py,
+as table columns and Markdown."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+from dplbench.errors import ConfigError
+from dplbench.results import aggregate as agg
+from dplbench.results import samples
+from dplbench.results.aggregate import AVERAGE, Row
+from dplbench.results.intervals import (
+    RESAMPLES,
+    Part,
+    b2n_combine,
+    interval,
+    mcnemar,
+    paired_interval,
+    point,
+)
+from dplbench.results.markdown import MISSING, md_table
+
+B2N = ("base", "novel")
+Parts = Mapping[str, Mapping[str, Part]]  # method -> dataset -> Part
+
+
+def b2n_parts(rows: Sequence[Row], outcomes: samples.Outcomes | None) -> dict[str, dict[str, Part]]:
+    """{method: {dataset: Part}} of the base-to-novel rows (no outcomes: seeds only)."""
+    found = outcomes if outcomes is not None else samples.Outcomes({})
+    return samples.parts(rows, "base2novel", B2N, found)
+
+
+def _ci(low, high, k: int) -> tuple[float, float] | None:
+    return None if low is None else (float(low[k]), float(high[k]))
+
+
+def _b2n_datasets(table: Sequence[Row], row: Row) -> list[str]:
+    """The datasets behind a base-to-novel row: itself, or for an Average those with both base
+    and novel (aggregate.hm_average)."""
+    if row["dataset"] != AVERAGE:
+        return [row["dataset"]]
+    return [
+        r["dataset"]
+        for r in table
+        if r["method"] == row["method"] and r["dataset"] != AVERAGE
+        and r.get("base") is not None and r.get("novel") is not None
+    ]  # fmt: skip
+
+
+def add_b2n_intervals(table: list[Row], parts: Parts) -> list[Row]:
+    """Each base-to-novel row (per dataset and Average) with `ci_base`, `ci_novel`, `ci_hm`:
+    (low, high) of the 95% interval, None where nothing can be resampled (one seed and no
+    outcomes); `ci_seeds_only`: the datasets resampled by seeds only."""
+    for r in table:
+        datasets = _b2n_datasets(table, r)
+        mine = {d: parts[r["method"]][d] for d in datasets if d in parts.get(r["method"], {})}
+        r.update(ci_base=None, ci_novel=None, ci_hm=None, ci_seeds_only=())
+        if not datasets or len(mine) < len(datasets):
+            continue
+        iv = interval(mine, b2n_combine(datasets))
+        r.update(
+            {f"ci_{k}": _ci(iv.low, iv.high, i) for i, k in enumerate(("base", "novel", "hm"))}
+        )
+        r["ci_seeds_only"] = iv.seeds_only
+    return table
+
+
+def fmt_ci(ci: tuple[float, float] | None) -> str:
+    return MISSING if ci is None else f"[{ci[0]:.2f}, {ci[1]:.2f}]"
+
+
+def fmt_p(p: float | None) -> str:
+    if p is None:
+        return MISSING
+    # A share of RESAMPLES replicates: 0 of them means below one in RESAMPLES.
+    return f"<{1 / RESAMPLES:.4f}" if p == 0 else f"{p:.4f}"
+
+
+def interval_note(tables: Sequence[Sequence[Row]]) -> str:
+    """What the intervals resample, and the cells that lack per-sample outcomes."""
+    lacking = sorted(
+        {(r["method"], d) for t in tables for r in t for d in r.get("ci_seeds_only", ())}
+    )
+    none = sorted({r["method"] for t in tables for r in t if "ci_hm" in r and r["ci_hm"] is None})
+    text = (
+        "95% CI: percentile bootstrap (2,000 replicates, seeded) resampling the seeds and, "
+        "where per-sample outcomes exist, the test samples (the same draw for every seed); an "
+        "Average resamples each dataset separately (docs/results.md §4)."
+    )
+    if lacking:
+        cells = ", ".join(f"{m} on {agg.display_name(d)}" for m, d in lacking)
+        text += f" Seeds only (no per-sample outcomes): {cells}."
+    if none:
+        text += f" No interval (one seed, no outcomes): {', '.join(none)}."
+    return text
+
+
+# ---------------------------------------------------------------- paired comparisons
+
+
+def _mcnemar(a: Part, b: Part, subsamples: Sequence[str]) -> str:
+    """McNemar's exact test per seed the two share, on all the dataset's scored samples (the
+    subsamples together): `p` with one seed, else how many seeds show p < 0.05."""
+    shared = [s for s in a.seed_ids if s in b.seed_ids]
+    if not shared or any(sub not in a.outcomes or sub not in b.outcomes for sub in subsamples):
+        return MISSING
+    ps = []
+    for s in shared:
+        ia, ib = a.seed_ids.index(s), b.seed_ids.index(s)
+        xa = np.concatenate([a.outcomes[sub][ia] for sub in subsamples])
+        xb = np.concatenate([b.outcomes[sub][ib] for sub in subsamples])
+        keep = ~(np.isnan(xa) | np.isnan(xb))
+        ps.append(mcnemar(xa[keep] > 0, xb[keep] > 0))
+    if len(ps) == 1:
+        return fmt_p(ps[0])
+    return f"p<0.05 in {sum(p < 0.05 for p in ps)}/{len(ps)} seeds"
+
+
+def b2n_comparisons(parts: Parts, baseline: str) -> dict[str, list[Row]]:
+    """{method: rows}: per dataset both methods have, then the Average over those, A − baseline
+    of base, novel and HM: `a`, `b` (their HMs), `delta`, `low`, `high`, `p` ([3] each: base,
+    novel, HM), `mcnemar`, `seeds_only`."""
+    if baseline not in parts:
+        have = ", ".join(agg.methods_in_order(parts)) or "none"
+        raise ConfigError(f"baseline {baseline!r} has no base-to-novel results; methods: {have}")
+    base = parts[baseline]
+    out = {}
+    for method in agg.methods_in_order(m for m in parts if m != baseline):
+        mine = parts[method]
+        common = agg.datasets_in_order(d for d in mine if d in base)
+        rows = []
+        groups = [(d, [d]) for d in common] + ([(AVERAGE, common)] if common else [])
+        for name, ds in groups:
+            a = {d: mine[d] for d in ds}
+            b = {d: base[d] for d in ds}
+            combine = b2n_combine(ds)
+            iv = paired_interval(a, b, combine)
+            rows.append({
+                "dataset": name, "a": float(point(a, combine)[2]), "b": float(point(b, combine)[2]),
+                "delta": iv.value, "low": iv.low, "high": iv.high, "p": iv.p,
+                "mcnemar": _mcnemar(a[ds[0]], b[ds[0]], B2N) if name != AVERAGE else "",
+                "seeds_only": iv.seeds_only,
+            })  # fmt: skip
+        out[method] = rows
+    return out
+
+
+def _holds(r: Row, k: int = 2) -> int:
+    """+1 / −1 when the 95% interval of the difference lies above / below 0, else 0."""
+    if r["low"] is None:
+        return 0
+    return 1 if r["low"][k] > 0 else -1 if r["high"][k] < 0 else 0
+
+
+def summary_line(method: str, baseline: str, rows: Sequence[Row]) -> str:
+    per = [r for r in rows if r["dataset"] != AVERAGE]
+    up = sum(_holds(r) > 0 for r in per)
+    down = sum(_holds(r) < 0 for r in per)
+    line = (
+        f"{method} − {baseline}: the HM difference holds (95% interval excludes 0) on "
+        f"{up + down} of {len(per)} datasets ({up} higher, {down} lower)"
+    )
+    avg = [r for r in rows if r["dataset"] == AVERAGE]
+    if avg:
+        r = avg[0]
+        ci = _ci(r["low"], r["high"], 2)
+        line += f"; Average Δ HM {r['delta'][2]:+.2f} {fmt_ci(ci)}"
+    return line + "."
+
+
+def comparison_markdown(baseline: str, tables: Mapping[str, list[Row]]) -> str:
+    parts = []
+    for method, rows in tables.items():
+        body = []
+        for r in rows:
+            cells = [
+                f"{r['delta'][k]:+.2f} {fmt_ci(_ci(r['low'], r['high'], k))}" for k in range(3)
+            ]
+            holds = {1: "yes (+)", -1: "yes (−)", 0: "no"}[_holds(r)]
+            if r["low"] is None:
+                holds = MISSING
+            mark = " §" if r["seeds_only"] else ""
+            body.append([
+                agg.display_name(r["dataset"]) + mark, f"{r['a']:.2f}", f"{r['b']:.2f}", *cells,
+                fmt_p(None if r["p"] is None else float(r["p"][2])), r["mcnemar"], holds,
+            ])  # fmt: skip
+        head = [
+            "Dataset", f"{method} HM", f"{baseline} HM", "Δ Base [95% CI]", "Δ Novel [95% CI]",
+            "Δ HM [95% CI]", "p (bootstrap, HM)", "McNemar", "Holds",
+        ]  # fmt: skip
+        parts += [f"### {method} − {baseline}", summary_line(method, baseline, rows)]
+        parts.append(md_table(head, body))
+    note = (
+        "Paired: both methods' scores on the same resampled test samples; seeds resampled per "
+        "method. p: the paired bootstrap's two-sided p for Δ HM. McNemar: exact test on the "
+        "dataset's samples (base and novel together), per seed both ran. Holds: the Δ HM "
+        "interval excludes 0. § resampled by seeds only (no per-sample outcomes)."
+    )
+    return "\n\n".join([note, *parts])
