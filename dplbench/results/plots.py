@@ -30,7 +30,8 @@ def bars(
 ):
     """Grouped bars, one group per category and one bar per method; published values as black
     markers on the matching bar."""
-    fig, ax = figure(max(6.0, 0.9 * len(categories) * max(1, len(series)) ** 0.5), 4)
+    # Wider with more bars, up to a page's width (the legend sits right of the axes).
+    fig, ax = figure(min(14.0, max(6.0, 0.9 * len(categories) * max(1, len(series)) ** 0.5)), 4)
     width = 0.8 / max(1, len(series))
     marked = False
     for i, (method, values) in enumerate(series.items()):
@@ -46,7 +47,8 @@ def bars(
     )
     ax.set_ylabel(ylabel)
     ax.set_title(title)
-    ax.legend(fontsize="small", ncols=min(4, len(series) + 1))
+    # Outside the axes: inside, at 9+ methods it covered the last groups of bars (#29).
+    ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1), ncols=1)
     return fig
 
 

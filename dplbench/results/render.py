@@ -33,17 +33,24 @@ def render_report(
     outcomes: Outcomes | None = None,
     baseline: str | None = None,
 ) -> RenderedReport:
-    """Write the report's Markdown and one PNG per section with a figure into `out` (a local
-    folder or a URI: dplbench/storage.py)."""
+    """Write the report's Markdown and one PNG per section with a figure (and one per section
+    with a heatmap, `<section>-heatmap.png`) into `out` (a local folder or a URI:
+    dplbench/storage.py)."""
     tables = report_tables(rows, suite, compare, refs, bench, epochs, outcomes, baseline)
-    images, pngs = {}, []
+    images: dict[str, list[str]] = {}
+    pngs = []
     for name, table in tables.items():
-        if SECTIONS[name].plot is None:
-            continue
-        fig = SECTIONS[name].plot(table)
-        path = storage.write(out.figure(name), partial(fig.savefig, format="png", dpi=120))
-        images[name] = out.figure_name(name)
-        pngs.append(path)
+        section = SECTIONS[name]
+        figures = [(name, section.plot), (f"{name}-heatmap", section.heatmap)]
+        for figure_name, plot in figures:
+            if plot is None:
+                continue
+            fig = plot(table)
+            path = storage.write(
+                out.figure(figure_name), partial(fig.savefig, format="png", dpi=120)
+            )
+            images.setdefault(name, []).append(out.figure_name(figure_name))
+            pngs.append(path)
     text = sections_markdown(tables, suite, images)
     md = storage.write(out.markdown, text)
     return RenderedReport(markdown=md, plots=tuple(pngs), text=text)

@@ -16,7 +16,7 @@ from typing import Any, NamedTuple
 from dplbench.data.datasets import BENCHMARKS
 from dplbench.plan.suites import protocol_spec
 from dplbench.results import aggregate as agg
-from dplbench.results import comparison, plots, samples
+from dplbench.results import comparison, heatmap, plots, samples
 from dplbench.results.ablations import ablation_tables, pivot_markdown
 from dplbench.results.aggregate import AVERAGE, Row
 from dplbench.results.markdown import MISSING, fmt, md_table
@@ -195,6 +195,7 @@ class Section(NamedTuple):
     table: Callable[[Inputs, Mapping[str, Any]], Any]
     markdown: Callable[[Any], str]
     plot: Callable[[Any], Any] | None = None
+    heatmap: Callable[[Any], Any] | None = None  # a second figure: methods x datasets
 
 
 def _protocol(name: str, aggregate: Callable[..., list[Row]]):
@@ -253,6 +254,7 @@ SECTIONS: dict[str, Section] = {
         _b2n_with_intervals,
         _b2n_markdown,
         plots.b2n_plot,
+        heatmap.b2n_heatmap,
     ),
     "comparison": Section(
         "Paired comparisons",
@@ -264,12 +266,14 @@ SECTIONS: dict[str, Section] = {
         _protocol("xd", agg.cross_dataset),
         _target_markdown("xd", "targets"),
         plots.target_plot("xd", "Cross-dataset transfer"),
+        heatmap.target_heatmap("xd", "Cross-dataset transfer"),
     ),
     "dg": Section(
         "Domain generalisation (trained on ImageNet)",
         _protocol("dg", agg.domain_generalization),
         _target_markdown("dg", "ImageNet variants"),
         plots.target_plot("dg", "Domain generalisation"),
+        heatmap.target_heatmap("dg", "Domain generalisation"),
     ),
     "fewshot": Section(
         "Few-shot classification",
@@ -386,7 +390,7 @@ def _partial_markdown(rows: Sequence[Row]) -> str:
 
 
 def sections_markdown(
-    tables: Mapping[str, Any], suite: str | None, images: Mapping[str, str]
+    tables: Mapping[str, Any], suite: str | None, images: Mapping[str, Sequence[str]]
 ) -> str:
     if not tables:
         return _no_results(suite)
@@ -394,8 +398,7 @@ def sections_markdown(
     for name, table in tables.items():
         section = SECTIONS[name]
         parts += [f"## {section.title}", section.markdown(table)]
-        if name in images:
-            parts.append(f"![{section.title}]({images[name]})")
+        parts += [f"![{section.title}]({image})" for image in images.get(name, ())]
     return "\n\n".join(parts) + "\n"
 
 
