@@ -174,3 +174,23 @@ def test_a_root_without_outcomes_says_so_and_falls_back_to_seeds(tmp_path):
     assert "| DTD § | 66.79 | 57.60 | +5.00 – | +10.00 – | +9.19 – | – | – | – |" in text
     bad = CliRunner().invoke(app, ["report", "--results", str(tmp_path), "--baseline", "kgcoop"])
     assert bad.exit_code == 2 and "baseline 'kgcoop'" in bad.output
+
+
+def test_the_run_summary_shows_the_hm_interval_with_two_seeds_or_outcomes(tmp_path):
+    """Base 10, 20, 60 and novel 50 over three seeds, no outcomes: the resampled mean base runs
+    from 10 to 60 (each drawn with probability 1/27 > 2.5%), and HM = 2·B·50/(B + 50) grows
+    with it, so the interval is [HM(10), HM(60)]; with one seed and no outcomes, no column."""
+    from dplbench.results.summary import summary_rows
+
+    root = ResultsRoot(tmp_path)
+    for seed, v in enumerate((10.0, 20.0, 60.0), start=1):
+        store.write_rows(root, [
+            row("coop", "dtd", v, seed, subsample="base", job_id=f"c{seed}", suite="s"),
+            row("coop", "dtd", 50.0, seed, subsample="novel", job_id=f"c{seed}", suite="s"),
+        ])  # fmt: skip
+    (three,) = summary_rows(root, ["c1", "c2", "c3"])
+    hm = lambda b: 2 * b * 50 / (b + 50)  # noqa: E731
+    assert three["HM"] == pytest.approx(hm(30.0))
+    assert three["HM 95% CI"] == f"[{hm(10.0):.2f}, {hm(60.0):.2f}]"
+    (one,) = summary_rows(root, ["c1"])
+    assert "HM 95% CI" not in one

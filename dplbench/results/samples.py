@@ -25,7 +25,7 @@ FROM (
     SELECT o.job_id, o.dataset, o.subsample, o.correct,
            dense_rank() OVER (PARTITION BY o.dataset, o.subsample ORDER BY o.key) - 1 AS i
     FROM outcomes o JOIN results r USING (job_id, run_id, dataset, subsample, split)
-    WHERE o.split = 'test'
+    WHERE o.split = 'test' {jobs}
 )
 GROUP BY ALL ORDER BY job_id, dataset, subsample
 """
@@ -42,13 +42,16 @@ class Outcomes:
         return self.rows.get((job_id, dataset, subsample))
 
 
-def load_outcomes(root: ResultsRoot) -> Outcomes:
-    """The latest runs' outcomes under `root` (none for roots written before #29)."""
+def load_outcomes(root: ResultsRoot, job_ids: Sequence[str] | None = None) -> Outcomes:
+    """The latest runs' outcomes under `root`, of every job or of `job_ids` (none for roots
+    written before #29)."""
     from dplbench.results import store
 
     if not store.has_rows(root, "outcomes"):
         return Outcomes({})
-    table = store.query(root, OUTCOMES_SQL).combine_chunks()
+    jobs = "" if job_ids is None else "AND list_contains($ids, o.job_id)"
+    params = None if job_ids is None else {"ids": list(job_ids)}
+    table = store.query(root, OUTCOMES_SQL.format(jobs=jobs), params).combine_chunks()
     if not table.num_rows:
         return Outcomes({})
     idx_col, ok_col = table.column("idx").chunk(0), table.column("correct").chunk(0)
