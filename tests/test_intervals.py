@@ -194,3 +194,30 @@ def test_the_run_summary_shows_the_hm_interval_with_two_seeds_or_outcomes(tmp_pa
     assert three["HM 95% CI"] == f"[{hm(10.0):.2f}, {hm(60.0):.2f}]"
     (one,) = summary_rows(root, ["c1"])
     assert "HM 95% CI" not in one
+
+
+def test_ablation_variants_are_compared_with_the_default_variant(tmp_path):
+    """rer's default is `annealed` (the variant that changes nothing); `off` scored B's base
+    outcomes, `annealed` A's: off − annealed = −10 base points, McNemar as by hand."""
+    root = ResultsRoot(tmp_path)
+    novel = _outcomes(50, 25)
+    for variant, base in (("annealed", A), ("off", B)):
+        params = f'{{"ablation": "rer", "variant": "{variant}"}}'
+        rows, splits = [], []
+        for sub, o in (("base", base), ("novel", novel)):
+            rows.append(row("dpl", "dtd", 100 * o.mean(), 1, subsample=sub, job_id=variant,
+                            suite="s", params=params))  # fmt: skip
+            splits.append({"dataset": "dtd", "subsample": sub, "split": "test", "seed": 1,
+                           "key": [f"{sub}{i:04d}" for i in range(len(o))],
+                           "label": np.zeros(len(o)), "pred": 1 - o})  # fmt: skip
+        store.write_rows(root, rows)
+        store.write_outcomes(root, "s", "dpl", variant, "r0", splits)
+    res = CliRunner().invoke(app, ["report", "--results", str(tmp_path), "--no-compare"])
+    assert res.exit_code == 0, res.output
+    text = (tmp_path / "reports" / "all" / "report.md").read_text()
+    section = text.split("### rer: against `annealed`")[1]
+    assert "#### off − annealed" in section and "fixed" not in section  # no rows: not shown
+    line = next(x for x in section.splitlines() if x.startswith("| DTD"))
+    cells = [c.strip() for c in line.strip("|").split("|")]
+    hand = 2 * sum(math.comb(40, k) for k in range(11)) / 2**40
+    assert cells[3].startswith("-10.00 [") and cells[7] == f"{hand:.4f}"

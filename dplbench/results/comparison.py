@@ -119,16 +119,19 @@ def _mcnemar(a: Part, b: Part, subsamples: Sequence[str]) -> str:
     return f"p<0.05 in {sum(p < 0.05 for p in ps)}/{len(ps)} seeds"
 
 
-def b2n_comparisons(parts: Parts, baseline: str) -> dict[str, list[Row]]:
+def b2n_comparisons(
+    parts: Parts, baseline: str, order: Sequence[str] | None = None
+) -> dict[str, list[Row]]:
     """{method: rows}: per dataset both methods have, then the Average over those, A − baseline
     of base, novel and HM: `a`, `b` (their HMs), `delta`, `low`, `high`, `p` ([3] each: base,
-    novel, HM), `mcnemar`, `seeds_only`."""
+    novel, HM), `mcnemar`, `seeds_only`. `order`: of the compared labels (default: methods')."""
     if baseline not in parts:
         have = ", ".join(agg.methods_in_order(parts)) or "none"
         raise ConfigError(f"baseline {baseline!r} has no base-to-novel results; methods: {have}")
     base = parts[baseline]
     out = {}
-    for method in agg.methods_in_order(m for m in parts if m != baseline):
+    labels = [m for m in (order or agg.methods_in_order(parts)) if m in parts]
+    for method in [m for m in labels if m != baseline]:
         mine = parts[method]
         common = agg.datasets_in_order(d for d in mine if d in base)
         rows = []
@@ -171,7 +174,7 @@ def summary_line(method: str, baseline: str, rows: Sequence[Row]) -> str:
     return line + "."
 
 
-def comparison_markdown(baseline: str, tables: Mapping[str, list[Row]]) -> str:
+def comparison_markdown(baseline: str, tables: Mapping[str, list[Row]], level: int = 3) -> str:
     parts = []
     for method, rows in tables.items():
         body = []
@@ -191,7 +194,8 @@ def comparison_markdown(baseline: str, tables: Mapping[str, list[Row]]) -> str:
             "Dataset", f"{method} HM", f"{baseline} HM", "Δ Base [95% CI]", "Δ Novel [95% CI]",
             "Δ HM [95% CI]", "p (bootstrap, HM)", "McNemar", "Holds",
         ]  # fmt: skip
-        parts += [f"### {method} − {baseline}", summary_line(method, baseline, rows)]
+        head_line = f"{'#' * level} {method} − {baseline}"
+        parts += [head_line, summary_line(method, baseline, rows)]
         parts.append(md_table(head, body))
     note = (
         "Paired: both methods' scores on the same resampled test samples; seeds resampled per "
@@ -200,3 +204,39 @@ def comparison_markdown(baseline: str, tables: Mapping[str, list[Row]]) -> str:
         "interval excludes 0. § resampled by seeds only (no per-sample outcomes)."
     )
     return "\n\n".join([note, *parts])
+
+
+# ---------------------------------------------------------------- ablations
+
+
+def variant_comparisons(
+    rows: Sequence[Row], outcomes: samples.Outcomes | None
+) -> dict[str, tuple[str, dict[str, list[Row]]]]:
+    """Per base-to-novel ablation in the rows whose YAML names a default variant
+    (plan.ablations.default_variant): {ablation: (default, b2n_comparisons of every other
+    variant against it)}."""
+    from dplbench.plan.ablations import default_variant, load_ablation
+
+    found = samples.Outcomes({}) if outcomes is None else outcomes
+    names = {agg.params_of(r).get("ablation") for r in rows if r.get("protocol") == "base2novel"}
+    out = {}
+    for name in sorted(n for n in names if n):
+        try:
+            ab = load_ablation(name)
+        except ConfigError:  # an ablation from a YAML path elsewhere: no spec to read
+            continue
+        default = default_variant(ab, "base2novel")
+        mine = [r for r in rows if agg.params_of(r).get("ablation") == name]
+        parts = samples.parts(mine, "base2novel", B2N, found, label="variant")
+        if default is None or default not in parts:
+            continue
+        order = [v.name for v in ab.variants]
+        out[name] = (default, b2n_comparisons(parts, default, order))
+    return out
+
+
+def variants_markdown(tables: Mapping[str, tuple[str, dict[str, list[Row]]]]) -> str:
+    return "\n\n".join(
+        f"### {name}: against `{default}`\n\n{comparison_markdown(default, table, 4)}"
+        for name, (default, table) in tables.items()
+    )

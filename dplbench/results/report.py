@@ -288,6 +288,11 @@ SECTIONS: dict[str, Section] = {
         plots.longtail_plot,
     ),
     "ablations": Section("Ablations", _studies("ablation"), _ablations_markdown),
+    "ablation_comparisons": Section(
+        "Ablations: paired against the default variant",
+        lambda i, _: comparison.variant_comparisons(i.rows, i.outcomes) if i.outcomes else {},
+        comparison.variants_markdown,
+    ),
     "sweeps": Section("Sweeps", _studies("sweep"), _ablations_markdown),
     "partial": Section(
         "Partial splits",

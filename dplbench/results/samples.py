@@ -70,14 +70,15 @@ def load_outcomes(root: ResultsRoot, job_ids: Sequence[str] | None = None) -> Ou
     return Outcomes(rows)
 
 
-def test_rows(rows: Iterable[Row], protocol: str) -> list[Row]:
-    """The protocol's test rows as its table aggregates them (sweep and ablation rows left out)."""
+def test_rows(rows: Iterable[Row], protocol: str, studies: bool = False) -> list[Row]:
+    """The protocol's test rows as its table aggregates them (sweep and ablation rows left out,
+    unless `studies`)."""
     return [
         r
         for r in rows
         if r.get("protocol") == protocol
         and r.get("split") in (None, "test")
-        and not agg.is_sweep(r)
+        and (studies or not agg.is_sweep(r))
         and agg.accuracy(r) is not None
     ]
 
@@ -104,13 +105,25 @@ def part(rows: Sequence[Row], subsamples: Sequence[str], outcomes: Outcomes) -> 
 
 
 def parts(
-    rows: Iterable[Row], protocol: str, subsamples: Sequence[str], outcomes: Outcomes
+    rows: Iterable[Row],
+    protocol: str,
+    subsamples: Sequence[str],
+    outcomes: Outcomes,
+    label: str = "method",
 ) -> dict[str, dict[str, Part]]:
-    """{method: {dataset: Part}} of a protocol's test rows."""
+    """{method: {dataset: Part}} of a protocol's test rows; `label="variant"`: of an
+    ablation's rows, {variant: {dataset: Part}}."""
     out: dict[str, dict[str, Part]] = {}
-    by_cell = agg.group(test_rows(rows, protocol), lambda r: (r["method"], r["dataset"]))
+    studies = label != "method"
+    by_cell = agg.group(
+        test_rows(rows, protocol, studies), lambda r: (_label(r, label), r["dataset"])
+    )
     for (method, dataset), rs in by_cell.items():
         p = part(rs, subsamples, outcomes)
         if p is not None:
             out.setdefault(method, {})[dataset] = p
     return out
+
+
+def _label(row: Row, label: str):
+    return row[label] if label == "method" else agg.params_of(row).get(label)
