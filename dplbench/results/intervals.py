@@ -108,6 +108,7 @@ class _Resampling:
         self.arrays: list[np.ndarray] = []
         self.where: dict[tuple, int] = {}
         self.columns: dict[tuple[str, str], np.ndarray] = {}  # samples every side scored
+        self.correct: dict[tuple[int, str, str], np.ndarray] = {}  # those samples' outcomes
         datasets = sorted({d for parts in sides for d in parts})
         self.seeds_only = tuple(d for d in datasets if not self._has_outcomes(d))
         # One seed and no outcomes: that part's noise cannot be estimated, and an interval
@@ -122,6 +123,10 @@ class _Resampling:
                 stacked = np.concatenate([parts[d].outcomes[sub] for parts in sides])
                 keep = np.flatnonzero(~np.isnan(stacked).any(axis=0))
                 self.columns[(d, sub)] = keep
+                for i, parts in enumerate(sides):  # [N, S], contiguous for the products below
+                    self.correct[(i, d, sub)] = np.ascontiguousarray(
+                        parts[d].outcomes[sub][:, keep].T
+                    )
                 self._add(("samples", d, sub), len(keep))
         for i, parts in enumerate(sides):
             for d, part in sorted(parts.items()):
@@ -136,28 +141,31 @@ class _Resampling:
             self.where[key] = len(self.arrays)
             self.arrays.append(np.arange(n))
 
-    def scores(self, side: int, drawn: Sequence[np.ndarray] | None) -> dict:
+    def scores(self, side: int, drawn: Sequence[np.ndarray] | None, cache: dict | None = None):
         """{(dataset, subsample): mean accuracy over the drawn seeds and samples [B]}; `drawn`
-        None: the observed data (every seed and sample once)."""
+        None: the observed data (every seed and sample once). `cache`: the draws' weights of
+        this batch, shared by the sides (both score the same drawn samples)."""
+        cache = {} if cache is None else cache
         out = {}
         size = drawn[0].shape[0] if drawn else 1  # B: every score broadcast to the batch
         for d, part in self.sides[side].items():
-            w_seed = self._draw(drawn, ("seeds", side, d), part.seeds)  # [B, S]
+            w_seed = self._draw(drawn, ("seeds", side, d), part.seeds, cache)  # [B, S]
             for sub, acc in part.accuracies.items():
                 if (d, sub) in self.columns:
-                    cols = self.columns[(d, sub)]
-                    correct = part.outcomes[sub][:, cols]  # [S, N]
-                    w = self._draw(drawn, ("samples", d, sub), len(cols))  # [B, N]
-                    per_seed = 100.0 * (w @ correct.T)  # [B, S]
+                    correct = self.correct[(side, d, sub)]  # [N, S]
+                    w = self._draw(drawn, ("samples", d, sub), len(correct), cache)  # [B, N]
+                    per_seed = 100.0 * (w @ correct)  # [B, S]
                 else:
                     per_seed = np.asarray(acc, float)[None]  # [1, S]
                 out[(d, sub)] = np.broadcast_to((w_seed * per_seed).sum(axis=1), (size,))
         return out
 
-    def _draw(self, drawn, key: tuple, n: int) -> np.ndarray:
+    def _draw(self, drawn, key: tuple, n: int, cache: dict) -> np.ndarray:
         if drawn is None or key not in self.where:
             return np.full((1, n), 1.0 / n)
-        return _weights(drawn[self.where[key]], n)
+        if key not in cache:
+            cache[key] = _weights(drawn[self.where[key]], n)
+        return cache[key]
 
 
 def _bootstrap(sides: Sequence[Parts], statistic: Callable[[Sequence[dict]], np.ndarray]):
@@ -167,8 +175,8 @@ def _bootstrap(sides: Sequence[Parts], statistic: Callable[[Sequence[dict]], np.
         return resampling, observed, None
 
     def replicate(*drawn: np.ndarray, axis: int = -1) -> np.ndarray:
-        batch = [np.atleast_2d(a) for a in drawn]
-        return statistic([resampling.scores(i, batch) for i in range(len(sides))])
+        batch, cache = [np.atleast_2d(a) for a in drawn], {}
+        return statistic([resampling.scores(i, batch, cache) for i in range(len(sides))])
 
     res = stats.bootstrap(
         resampling.arrays, replicate, n_resamples=RESAMPLES, batch=BATCH, vectorized=True,
