@@ -221,3 +221,25 @@ def test_ablation_variants_are_compared_with_the_default_variant(tmp_path):
     cells = [c.strip() for c in line.strip("|").split("|")]
     hand = 2 * sum(math.comb(40, k) for k in range(11)) / 2**40
     assert cells[3].startswith("-10.00 [") and cells[7] == f"{hand:.4f}"
+
+
+def test_wide_tables_carry_an_interval_row_per_method():
+    """xd, seeds only: a target at 10, 20, 60 over three seeds has the interval [10, 60] (as
+    above); a target at 50 in every seed has [50, 50]; the Average's is their mean's."""
+    from dplbench.plan.suites import protocol_spec
+    from dplbench.results.report import report_tables, sections_markdown
+    from dplbench.results.samples import Outcomes
+
+    spec = protocol_spec("xd")
+    a, b = spec.targets[:2]
+    rows = []
+    for seed, v in enumerate((10.0, 20.0, 60.0), start=1):
+        rows.append(row("coop", a, v, seed, protocol="xd", job_id=f"a{seed}"))
+        rows.append(row("coop", b, 50.0, seed, protocol="xd", job_id=f"b{seed}"))
+    tables = report_tables(rows, compare=False, outcomes=Outcomes({}))
+    (coop,) = tables["xd"]
+    assert coop[f"ci_{a}"] == pytest.approx((10.0, 60.0))
+    assert coop[f"ci_{b}"] == pytest.approx((50.0, 50.0))
+    assert coop["ci_average"] == pytest.approx((30.0, 55.0))  # (10 + 50) / 2, (60 + 50) / 2
+    md = sections_markdown(tables, None, {})
+    assert "| *95% CI* | – | [10.00, 60.00] | [50.00, 50.00] |" in md

@@ -15,6 +15,7 @@ from dplbench.results.aggregate import AVERAGE, Row
 from dplbench.results.intervals import (
     RESAMPLES,
     Part,
+    accuracy_combine,
     b2n_combine,
     interval,
     mcnemar,
@@ -240,3 +241,36 @@ def variants_markdown(tables: Mapping[str, tuple[str, dict[str, list[Row]]]]) ->
         f"### {name}: against `{default}`\n\n{comparison_markdown(default, table, 4)}"
         for name, (default, table) in tables.items()
     )
+
+
+# ---------------------------------------------------------------- wide tables (xd, dg, few-shot)
+
+
+def add_wide_intervals(
+    table: list[Row], rows: Sequence[Row], outcomes: samples.Outcomes, protocol: str
+) -> list[Row]:
+    """Each wide row (one method, or method and shots for few-shot) with `ci_<dataset>` for
+    every dataset column it has and `ci_average` over the datasets its Average covers: (low,
+    high) of the accuracy's 95% interval, None where nothing can be resampled."""
+    for r in table:
+        mine = [x for x in rows if x.get("method") == r["method"]]
+        if "shots" in r:
+            mine = [x for x in mine if x.get("shots") == r["shots"]]
+        parts = samples.parts(mine, protocol, ("all",), outcomes).get(r["method"], {})
+        datasets = [d for d in parts if r.get(d) is not None]
+        for d in datasets:
+            iv = interval({d: parts[d]}, accuracy_combine([d]))
+            r[f"ci_{d}"] = _ci(iv.low, iv.high, 0)
+        averaged = [d for d in _averaged(r, protocol) if r.get(d) is not None]
+        if averaged and all(d in parts for d in averaged):
+            iv = interval({d: parts[d] for d in averaged}, accuracy_combine(averaged))
+            r[f"ci_{AVERAGE}"] = _ci(iv.low, iv.high, 0)
+    return table
+
+
+def _averaged(row: Row, protocol: str) -> list[str]:
+    """The datasets a wide row's Average is over: the targets (xd, dg) or every dataset."""
+    from dplbench.plan.suites import protocol_spec
+
+    spec = protocol_spec(protocol)
+    return list(spec.targets) if spec.targets else list(spec.datasets)

@@ -120,6 +120,9 @@ def _wide_markdown(
         cells = [fmt(r.get(c), r.get(f"{c}_std")) for c in columns]
         cells[-1] += average_note(r)
         body.append([str(r[c]) for c in first] + cells)
+        if any(f"ci_{c}" in r for c in columns):
+            cis = [comparison.fmt_ci(r.get(f"ci_{c}")) for c in columns]
+            body.append(["*95% CI*", *[""] * (len(first) - 1), *cis])
         if any(k.startswith("pub_") for k in r):
             pub = [_italic(fmt(r.get(f"pub_{c}"))) for c in columns]
             body.append(["*published*", *[""] * (len(first) - 1), *pub])
@@ -239,6 +242,18 @@ def _b2n_with_intervals(inputs: Inputs, done: Mapping[str, Any]) -> list[Row]:
     return table
 
 
+def _with_intervals(name: str, aggregate: Callable[..., list[Row]]):
+    """A wide table (xd, dg, few-shot); with outcomes loaded, its accuracies' 95% intervals."""
+
+    def table(inputs: Inputs, done: Mapping[str, Any]) -> list[Row]:
+        rows = _protocol(name, aggregate)(inputs, done)
+        if rows and inputs.outcomes is not None:
+            comparison.add_wide_intervals(rows, inputs.rows, inputs.outcomes, name)
+        return rows
+
+    return table
+
+
 def _comparisons(inputs: Inputs) -> tuple[str, dict[str, list[Row]]] | None:
     """Every base-to-novel method against `inputs.baseline` (paired), when one is asked for."""
     if inputs.baseline is None or not any(r.get("protocol") == "base2novel" for r in inputs.rows):
@@ -263,21 +278,21 @@ SECTIONS: dict[str, Section] = {
     ),
     "xd": Section(
         "Cross-dataset transfer (trained on ImageNet)",
-        _protocol("xd", agg.cross_dataset),
+        _with_intervals("xd", agg.cross_dataset),
         _target_markdown("xd", "targets"),
         plots.target_plot("xd", "Cross-dataset transfer"),
         heatmap.target_heatmap("xd", "Cross-dataset transfer"),
     ),
     "dg": Section(
         "Domain generalisation (trained on ImageNet)",
-        _protocol("dg", agg.domain_generalization),
+        _with_intervals("dg", agg.domain_generalization),
         _target_markdown("dg", "ImageNet variants"),
         plots.target_plot("dg", "Domain generalisation"),
         heatmap.target_heatmap("dg", "Domain generalisation"),
     ),
     "fewshot": Section(
         "Few-shot classification",
-        _protocol("fewshot", agg.fewshot),
+        _with_intervals("fewshot", agg.fewshot),
         _fewshot_markdown,
         plots.fewshot_plot,
     ),
