@@ -111,3 +111,32 @@ def test_the_outcomes_view_binds_before_any_run_wrote_outcomes(tmp_path):
     """An older root (or a fresh one): the view exists, empty, with its columns."""
     sql = "SELECT count(*) AS n, sum(correct) AS c, max(key) AS k FROM outcomes"
     assert store.query(ResultsRoot(tmp_path), sql).to_pylist() == [{"n": 0, "c": None, "k": None}]
+
+
+def _gather_worker(rank: int, world: int, init: str, out: str) -> None:
+    import pickle
+
+    from dplbench.run.outcomes import SampleOutcomes, gather
+
+    torch.distributed.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
+    keys = tuple(f"{i:03d}" for i in range(rank, 10, world))  # this rank's share, interleaved
+    label = np.array([int(k) % 3 for k in keys], np.int16)
+    mine = SampleOutcomes(keys, label, (label + rank) % 3)  # rank 0 right, rank 1 wrong
+    merged = gather(mine)
+    with open(f"{out}.{rank}", "wb") as f:
+        pickle.dump(merged, f)
+    torch.distributed.destroy_process_group()
+
+
+def test_gather_brings_every_ranks_share_to_every_rank_in_key_order(tmp_path):
+    """Two gloo ranks, each holding half a split's outcomes: both end with the whole split,
+    sorted by key, each sample's prediction the one its own rank made."""
+    import pickle
+
+    init = f"file://{tmp_path / 'store'}"
+    torch.multiprocessing.spawn(_gather_worker, args=(2, init, str(tmp_path / "out")), nprocs=2)
+    got = [pickle.loads((tmp_path / f"out.{r}").read_bytes()) for r in (0, 1)]
+    assert got[0].key == got[1].key == tuple(f"{i:03d}" for i in range(10))
+    for merged in got:
+        assert np.array_equal(merged.label, [i % 3 for i in range(10)])
+        assert merged.correct.tolist() == [i % 2 == 0 for i in range(10)]  # even keys: rank 0
