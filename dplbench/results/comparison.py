@@ -73,6 +73,31 @@ def fmt_ci(ci: tuple[float, float] | None) -> str:
     return MISSING if ci is None else f"[{ci[0]:.2f}, {ci[1]:.2f}]"
 
 
+def fmt_base_novel_ci(row: Row) -> str:
+    return f"{fmt_ci(row['ci_base'])} / {fmt_ci(row['ci_novel'])}"
+
+
+def with_intervals(
+    table: list[Row], protocol: str, rows: Sequence[Row], outcomes: samples.Outcomes | None
+) -> list[Row]:
+    """A protocol's aggregated table with its 95% intervals (b2n: `add_b2n_intervals`; xd,
+    dg, few-shot: `add_wide_intervals`); as it is when no outcomes were loaded (None)."""
+    if not table or outcomes is None:
+        return table
+    if protocol == "base2novel":
+        return add_b2n_intervals(table, b2n_parts(rows, outcomes))
+    return add_wide_intervals(table, rows, outcomes, protocol)
+
+
+def baseline_comparisons(
+    rows: Sequence[Row], outcomes: samples.Outcomes | None, baseline: str | None
+) -> tuple[str, dict[str, list[Row]]] | None:
+    """Every base-to-novel method against `baseline` (paired), when one is asked for."""
+    if baseline is None or not any(r.get("protocol") == "base2novel" for r in rows):
+        return None
+    return baseline, b2n_comparisons(b2n_parts(rows, outcomes), baseline)
+
+
 def fmt_p(p: float | None) -> str:
     if p is None:
         return MISSING

@@ -65,7 +65,7 @@ def _b2n_markdown(table: Sequence[Row]) -> str:
         ours = [fmt(r.get("base"), r.get("base_std")), fmt(r.get("novel"), r.get("novel_std"))]
         ours.append(fmt(r.get("hm")))
         if cis:
-            ours += [comparison.fmt_ci(r["ci_hm"]), _base_novel_ci(r)]
+            ours += [comparison.fmt_ci(r["ci_hm"]), comparison.fmt_base_novel_ci(r)]
         theirs = [fmt(r.get(f"pub_{k}")) for k in pub]
         if r.get("pub_datasets"):
             theirs = [t if t == MISSING else f"{t} †" for t in theirs]
@@ -89,10 +89,6 @@ def _b2n_markdown(table: Sequence[Row]) -> str:
             *([comparison.interval_note([table])] if cis else []),
         ]
     )
-
-
-def _base_novel_ci(row: Row) -> str:
-    return f"{comparison.fmt_ci(row['ci_base'])} / {comparison.fmt_ci(row['ci_novel'])}"
 
 
 def _delta(ours: float | None, published: float | None) -> str:
@@ -234,46 +230,28 @@ def _cost(inputs: Inputs, done: Mapping[str, Any]) -> list[Row]:
     return cost_table(done.get("base2novel", []), [b for b in inputs.bench if b["model"] in models])
 
 
-def _b2n_with_intervals(inputs: Inputs, done: Mapping[str, Any]) -> list[Row]:
-    """The base-to-novel table; with outcomes loaded (`dplbench report`), its 95% intervals."""
-    table = _protocol("base2novel", agg.base2novel)(inputs, done)
-    if table and inputs.outcomes is not None:
-        comparison.add_b2n_intervals(table, comparison.b2n_parts(inputs.rows, inputs.outcomes))
-    return table
-
-
 def _with_intervals(name: str, aggregate: Callable[..., list[Row]]):
-    """A wide table (xd, dg, few-shot); with outcomes loaded, its accuracies' 95% intervals."""
+    """A protocol's table; with outcomes loaded (`dplbench report`), its 95% intervals."""
 
     def table(inputs: Inputs, done: Mapping[str, Any]) -> list[Row]:
         rows = _protocol(name, aggregate)(inputs, done)
-        if rows and inputs.outcomes is not None:
-            comparison.add_wide_intervals(rows, inputs.rows, inputs.outcomes, name)
-        return rows
+        return comparison.with_intervals(rows, name, inputs.rows, inputs.outcomes)
 
     return table
-
-
-def _comparisons(inputs: Inputs) -> tuple[str, dict[str, list[Row]]] | None:
-    """Every base-to-novel method against `inputs.baseline` (paired), when one is asked for."""
-    if inputs.baseline is None or not any(r.get("protocol") == "base2novel" for r in inputs.rows):
-        return None
-    parts = comparison.b2n_parts(inputs.rows, inputs.outcomes)
-    return inputs.baseline, comparison.b2n_comparisons(parts, inputs.baseline)
 
 
 # The report's sections, in order. A section's table may use the tables before it (`done`).
 SECTIONS: dict[str, Section] = {
     "base2novel": Section(
         "Base-to-novel generalisation",
-        _b2n_with_intervals,
+        _with_intervals("base2novel", agg.base2novel),
         _b2n_markdown,
         plots.b2n_plot,
         heatmap.b2n_heatmap,
     ),
     "comparison": Section(
         "Paired comparisons",
-        lambda i, _: _comparisons(i),
+        lambda i, _: comparison.baseline_comparisons(i.rows, i.outcomes, i.baseline),
         lambda t: comparison.comparison_markdown(*t),
     ),
     "xd": Section(
