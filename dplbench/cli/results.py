@@ -52,12 +52,15 @@ def results_ls(
 @app.command("query")
 @user_errors
 def results_query(
-    sql: Annotated[str, typer.Argument(help="SQL over the views rows, results, epochs")],
+    sql: Annotated[
+        str, typer.Argument(help="SQL over the views rows, results, epochs, status, outcomes")
+    ],
     results: Results = None,
     fmt: Annotated[str, Opt("--format", help="table | csv | json")] = "table",
 ) -> None:
     """DuckDB SQL over the results. `results` = latest run per job and split; `rows` = all runs;
-    `epochs` = per-epoch training metrics.
+    `epochs` = per-epoch training metrics; `outcomes` = per-sample outcomes (which test samples
+    each job run got right, keyed by sample key; docs/results.md §1).
 
     Example: dplbench results query "SELECT method, avg(accuracy) FROM results GROUP BY method"
     """
