@@ -245,6 +245,12 @@ class Policy:
         flags="--llm-cache",
         kind="multi",
     )
+    compact: bool = option(
+        True,
+        "at the end, compact the result tables' partitions this run wrote to (dplbench results "
+        "compact: many small files become one, read in one go); --no-compact leaves them",
+        flags="--compact/--no-compact",
+    )
     eval_every_epoch: bool = option(
         False,
         "also score the test split after every epoch, for the report's selection-gap table only "

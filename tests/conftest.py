@@ -80,3 +80,37 @@ def llm_overrides(name: str) -> dict:
         recipe = spec.defaults.llm.recipe
         return {"llm": {"cache": tiny_llm_cache(recipe), "model": tiny_llm()}}
     return {}
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint():
+    """An S3-compatible server on loopback (moto) for the session; the AWS environment points at
+    it while it runs (pyarrow's and boto3's clients read it)."""
+    moto_server = pytest.importorskip("moto.server")
+    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0)
+    server.start()
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one line per request otherwise
+    host, port = server.get_host_and_port()
+    env = {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_ENDPOINT_URL": f"http://{host}:{port}",
+    }
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    yield env["AWS_ENDPOINT_URL"]
+    server.stop()
+    for k, v in old.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
+def s3_bucket(name: str) -> str:
+    """A new bucket on the session's S3 server (s3_endpoint), as a URI."""
+    import boto3
+
+    boto3.client("s3").create_bucket(Bucket=name)
+    return f"s3://{name}"

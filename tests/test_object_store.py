@@ -1,8 +1,6 @@
 """Results on an object store: a smoke run that fails a job, then `--resume`, `results query` and
 `report`, with the results root on an S3-compatible server started here (moto, on loopback)."""
 
-import os
-
 import pytest
 from typer.testing import CliRunner
 
@@ -15,40 +13,22 @@ from dplbench.plan.suites import load_suite
 from dplbench.results import store
 from dplbench.results.root import ResultsRoot
 from dplbench.run.prepare import ensure_synthetic
+from tests.conftest import s3_bucket
 
 pytestmark = [pytest.mark.slow, pytest.mark.cluster]
 ray = pytest.importorskip("ray")
-moto_server = pytest.importorskip("moto.server")
+pytest.importorskip("moto.server")
 
 BUCKET = "dplbench-results"
 
 
 @pytest.fixture(scope="module")
-def s3():
-    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0)
-    server.start()
-    host, port = server.get_host_and_port()
-    env = {
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_DEFAULT_REGION": "us-east-1",
-        "AWS_ENDPOINT_URL": f"http://{host}:{port}",
-    }
-    old = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)  # before Ray starts: its workers inherit the endpoint
-    import boto3
-
-    boto3.client("s3").create_bucket(Bucket=BUCKET)
+def s3(s3_endpoint):
+    bucket = s3_bucket(BUCKET)  # before Ray starts: its workers inherit the endpoint
     ray.shutdown()
     ray.init(address="local", num_cpus=2, log_to_driver=False)
-    yield f"s3://{BUCKET}"
+    yield bucket
     ray.shutdown()
-    server.stop()
-    for k, v in old.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
 
 
 def test_smoke_run_resume_query_and_report_on_an_object_store(tmp_path, s3):
@@ -65,14 +45,18 @@ def test_smoke_run_resume_query_and_report_on_an_object_store(tmp_path, s3):
     assert first.exit_code == 1
     assert f"failed {coop.id}" in first.stderr and f"(log: {res}/logs/" in first.stderr
     assert not (tmp_path / "s3:").exists()  # nothing went to a local folder named like the URI
-    assert storage.listdir(f"{res}/rows", "*.parquet", recursive=True)  # zsclip's rows
+    # zsclip's rows, compacted at the run's end: the compacted set and its manifest, no job file
+    (rows,) = storage.listdir(f"{res}/rows", "*.parquet", recursive=True)
+    assert "/suite=smoke/method=zsclip/compacted-" in rows
+    assert storage.listdir(f"{res}/rows", "*.manifest.json", recursive=True)
     # the job's checkpoint (a plain trial's) and Ray Tune's experiment state are there too
     assert storage.listdir(f"{res}/checkpoints", "epoch_000.pt", recursive=True)
     assert storage.listdir(f"{res}/ray", "*.json", recursive=True)
 
-    again = CliRunner().invoke(app, [*args, "--resume"])
+    again = CliRunner().invoke(app, [*args, "--resume"])  # what it finds, it finds compacted
     assert again.exit_code == 0, again.output
     assert "1 jobs already had results; ran 1 failed, 0 stopped and 0 missing again" in again.stdout
+    assert "results compacted: " in again.stdout
     rows = store.query(
         ResultsRoot(res), "SELECT job_id, subsample FROM results ORDER BY ALL"
     ).to_pylist()

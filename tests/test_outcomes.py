@@ -140,3 +140,20 @@ def test_gather_brings_every_ranks_share_to_every_rank_in_key_order(tmp_path):
     for merged in got:
         assert np.array_equal(merged.label, [i % 3 for i in range(10)])
         assert merged.correct.tolist() == [i % 2 == 0 for i in range(10)]  # even keys: rank 0
+
+
+def test_compaction_folds_outcomes_and_the_view_reads_the_same(tmp_path):
+    """The outcomes table is compacted like the others (results/compact.py over store.TABLES)."""
+    from dplbench.results import compact
+
+    root = ResultsRoot(tmp_path)
+    for j in range(4):
+        o = np.arange(50) % (j + 2) == 0
+        split = {"dataset": "dtd", "subsample": "base", "split": "test", "seed": j,
+                 "key": [f"{i:03d}" for i in range(50)], "label": np.zeros(50), "pred": 1 - o}  # fmt: skip
+        store.write_outcomes(root, "s", ("coop", "dpl")[j % 2], f"job{j}", "r1", [split])
+    sql = "SELECT * FROM outcomes ORDER BY job_id, key"
+    before = store.query(root, sql).to_pylist()
+    done = compact.compact(root, tables=("outcomes",))
+    assert done.files_in == 4 and store.query(root, sql).to_pylist() == before
+    assert len(before) == 200 and {r["method"] for r in before} == {"coop", "dpl"}

@@ -4,6 +4,8 @@ batched into small files, consolidated), and a reader always sees every job's ne
 import time
 from types import SimpleNamespace
 
+import pyarrow.parquet as pq
+
 from dplbench.results import store
 from dplbench.results.root import ResultsRoot
 from dplbench.results.status import StatusBook
@@ -48,7 +50,7 @@ def test_writes_per_job_stay_small_and_readers_see_the_newest_state(tmp_path):
             assert seen[jobs[990].id] == "failed" and seen[jobs[999].id] == "done"
             assert seen[jobs[1000].id] == "queued"  # changed after the last beat
     book.close()
-    assert book.writes <= 1 + 20 + 20 // 8 + 1  # 22: not the 6,000 of a rewrite per change
+    assert book.writes <= 1 + 20 + 1  # 22: not the 6,000 of a rewrite per change
     assert book.writes / len(jobs) < 0.02
     assert _files(tmp_path) == ["run1.parquet"]  # the small files are folded in, then removed
     final = _status(root)
@@ -61,13 +63,15 @@ def test_small_files_are_folded_into_the_runs_file_every_few(tmp_path):
     for j in jobs[:2]:
         book.update(j.id, status="running")
         book.flush()
-    assert _files(tmp_path) == ["run2.000001.parquet", "run2.000002.parquet", "run2.parquet"]
+    assert _files(tmp_path) == [f"run2.00000{k}.parquet" for k in range(3)]  # all, then changes
     assert _status(root)[jobs[1].id] == "running"
     book.update(jobs[2].id, status="done")
-    book.flush()  # the third: the run's file is rewritten whole, the parts removed after it
-    assert _files(tmp_path) == ["run2.parquet"]
+    book.flush()  # the third write holds every job; the earlier files are removed after it
+    assert _files(tmp_path) == ["run2.000003.parquet"]
     assert [_status(root)[j.id] for j in jobs] == ["running", "running", "done", *["queued"] * 3]
+    assert pq.read_table(tmp_path / "status/suite=smoke/run2.000003.parquet").num_rows == 6
     book.close()
+    assert _files(tmp_path) == ["run2.parquet"]
 
 
 def test_the_timer_writes_changes_without_being_asked(tmp_path):

@@ -127,3 +127,45 @@ def results_show(
             [{k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()} for r in ep],
             "epochs",
         )
+
+
+@app.command("compact")
+@user_errors
+def results_compact(
+    results: Results = None,
+    table: Annotated[
+        str, Opt(help="comma list of tables to compact: rows, epochs, status, outcomes")
+    ] = "rows,epochs,status,outcomes",
+    keep_sources: Annotated[
+        bool, Opt(help="leave the compacted files' sources in place (readers skip them)")
+    ] = False,
+) -> None:
+    """Each table partition's many small files become one (or a few), named with their sources
+    by a manifest; readers then read a handful of files instead of one per job run. Safe while
+    runs write and if killed; run it again to finish (docs/results.md §1).
+
+    Example: dplbench results compact --results s3://lab/results
+    """
+    from dplbench.cli.common import csv_list
+    from dplbench.results import store
+    from dplbench.results.compact import compact
+
+    tables = tuple(csv_list(table) or ())
+    unknown = sorted(set(tables) - set(store.TABLES))
+    if unknown or not tables:
+        raise ConfigError(f"--table {table!r}: choose from {', '.join(store.TABLES)} (comma list)")
+    root = results_root(results)
+    store.require_results(root, tables=tables)
+    done = compact(root, tables, keep_sources=keep_sources)
+    rows = [
+        {"table": f.table, "partition": f.folder[len(root.table(f.table)) :].strip("/"),
+         "files in": f.files_in, "files out": f.files_out, "rows": f.rows, "removed": f.removed,
+         "note": f.skipped or ""}
+        for f in done.folders
+    ]  # fmt: skip
+    if rows:
+        print_rows(rows, f"compacted in {done.seconds:.1f} s")
+    for t, who in done.held.items():
+        console.print(f"{t}: another compaction is running ({who}); left alone", highlight=False)
+    if not rows and not done.held:
+        console.print(f"nothing to compact under {root}", highlight=False)

@@ -88,10 +88,6 @@ class SweepFiles:
     def trials(self) -> str:
         return storage.join(self.folder, "trials")
 
-    @property
-    def trials_glob(self) -> str:
-        return storage.join(self.trials, "*.parquet")
-
     def trial_record(self, trial: str, run_id: str) -> str:
         return storage.join(self.trials, f"{trial}-{run_id}.parquet")
 
@@ -134,10 +130,6 @@ class ResultsRoot:
 
     def table(self, table: str) -> str:
         return self._join(table)
-
-    def table_glob(self, table: str) -> str:
-        """Every Parquet file of a table (its hive partitions included), as a glob."""
-        return str(Path(self._join(table)) / "**" / "*.parquet")
 
     def table_file(self, table: str, suite: str, method: str, job_id: str, run_id: str) -> str:
         return self._join(table, f"suite={suite}", f"method={method}", f"{job_id}-{run_id}.parquet")

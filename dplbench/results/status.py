@@ -1,17 +1,18 @@
 """The job-status table: what every job of a driver run is doing, written as it changes.
 
-    R/status/suite=<suite>/<run_id>.parquet          one row per job of that run
-    R/status/suite=<suite>/<run_id>.<seq>.parquet    the rows that changed since the last write
+    R/status/suite=<suite>/<run_id>.<seq>.parquet    while the run goes: what changed, or all
+    R/status/suite=<suite>/<run_id>.parquet          when it ended: one row per job of the run
 
 A write's cost must not grow with the run: a driver of 10^4 jobs whose every state change
 rewrote all of its rows would write 4·10^4 files of 10^4 rows. So changes are batched: at most
 every `interval` seconds the jobs that changed since the last write go to a small new file, and
-every `consolidate_every` such files (and when the run ends) the run's file is rewritten whole
-and the small ones removed, after it is published. Every file is published whole (written to a
-temporary name and renamed), and a reader that sees a row twice sees it equal; the `status` view
-of `dplbench results query` keeps the newest row of each job (by updated_at) across runs and
-files, as the `results` view does for rows. A reader sees the driver's state at most `interval`
-seconds late.
+every `consolidate_every`-th write holds every job instead, after which the earlier files are
+removed; when the run ends its whole state goes to `<run_id>.parquet` and the numbered files
+are removed. Every name is written once (a compaction, results/compact.py, may hold any of them)
+and every file is published whole; a reader that sees a job's row twice sees it equal or older,
+and the `status` view of `dplbench results query` keeps the newest row of each job (by
+updated_at) across runs and files, as the `results` view does for rows. A reader sees the
+driver's state at most `interval` seconds late.
 """
 
 from __future__ import annotations
@@ -69,8 +70,8 @@ class StatusBook:
         self.interval, self.consolidate_every = interval, consolidate_every
         self.writes = 0  # files written (tools/bench/bench_driver.py counts them)
         self._dirty: set[str] = set()
-        self._deltas: list[str] = []
-        self._seq = 0
+        self._parts: list[str] = []  # the numbered files written so far
+        self._seq = -1
         self._lock = threading.Lock()
         self._closed = threading.Event()
         self._thread: threading.Thread | None = None
@@ -104,13 +105,14 @@ class StatusBook:
             self._write_changes()
 
     def close(self) -> None:
-        """The run's whole file, every change in it; the small files removed; the timer stopped."""
+        """The run's whole file, every change in it; the numbered files removed; the timer
+        stopped."""
         self._closed.set()
         if self._thread is not None:
             self._thread.join()
         with self._lock:
-            if self.jobs and (self._dirty or self._deltas):
-                self._write_whole()
+            if self.jobs and not storage.exists(self.path):  # once: every name is written once
+                self._write_whole(final=True)
 
     def _flusher(self) -> None:
         while not self._closed.wait(self.interval):
@@ -124,19 +126,24 @@ class StatusBook:
     def _write_changes(self) -> None:
         if not self._dirty:
             return
-        self._seq += 1
-        path = self.path.removesuffix(".parquet") + f".{self._seq:06d}.parquet"
-        write_parquet(self._rows(sorted(self._dirty)), path)
-        self.writes += 1
-        self._dirty.clear()
-        self._deltas.append(path)
-        if len(self._deltas) >= self.consolidate_every:
+        if len(self._parts) >= self.consolidate_every:  # the last whole one and the changes
             self._write_whole()
+            return
+        self._write(self._part(), sorted(self._dirty))
 
-    def _write_whole(self) -> None:
-        write_parquet(self._rows(self.jobs), self.path)  # published before the parts go
+    def _write_whole(self, final: bool = False) -> None:
+        earlier, self._parts = self._parts, []
+        self._write(self.path if final else self._part(), self.jobs)
+        for path in earlier:  # removed after the whole state is published
+            storage.remove(path)
+
+    def _part(self) -> str:
+        self._seq += 1
+        return self.path.removesuffix(".parquet") + f".{self._seq:06d}.parquet"
+
+    def _write(self, path: str, ids: Iterable[str]) -> None:
+        write_parquet(self._rows(ids), path)
         self.writes += 1
         self._dirty.clear()
-        for path in self._deltas:
-            storage.remove(path)
-        self._deltas = []
+        if path != self.path:
+            self._parts.append(path)

@@ -14,6 +14,7 @@ run's file; readers take the newest run (`latest_sql`, the one "newest run wins"
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ import pyarrow.parquet as pq
 
 from dplbench import storage
 from dplbench.errors import ConfigError
+from dplbench.results import catalog
 from dplbench.results.root import ResultsRoot
 
 # One row per (job, evaluated split). Partition columns (suite, method) live in the path.
@@ -207,47 +209,15 @@ def keep_epochs(
     for run_id in dict.fromkeys(r["run_id"] for r in rows):
         mine = [{**r, "run_status": "stopped"} for r in rows if r["run_id"] == run_id]
         path = root.table_file("epochs", suite, method, mine[0]["job_id"], run_id)
-        if not storage.exists(path):
+        if not catalog.published(path):  # there, or held by a compaction (results/catalog.py)
             write_epochs(root, suite, method, mine)
 
 
-def sql_string(value: str | os.PathLike) -> str:
-    """A SQL string literal (for paths in views, which take no parameters)."""
-    return "'" + str(value).replace("'", "''") + "'"
-
-
-def parquet_relation(con, folder: str, glob: str, name: str, hive: bool = True) -> str:
-    """A SQL source over the Parquet files under `folder` (`glob`: all of them, as
-    ResultsRoot.table_glob names them): DuckDB's own reader for a local folder; on an object
-    store a pyarrow dataset registered in `con` as `name` (DuckDB's httpfs extension would be a
-    download at run time)."""
-    if not storage.is_uri(folder):
-        pattern = sql_string(glob)
-        return f"read_parquet({pattern}, hive_partitioning={str(hive).lower()}, union_by_name=true)"
-    import pyarrow.dataset as ds
-
-    fs, inner = storage.filesystem(folder)
-    files = [storage.filesystem(f)[1] for f in storage.listdir(folder, "*.parquet", True)]
-    # union_by_name: files of one table may differ (loss_<term> columns by method)
-    schema = pa.unify_schemas([pq.read_schema(f, filesystem=fs) for f in files])
-    keys = dict.fromkeys(
-        part.split("=", 1)[0]
-        for f in files
-        for part in f[len(inner) :].strip("/").split("/")[:-1]
-        if "=" in part
-    )
-    keys = [k for k in keys if hive and k not in schema.names]
-    parts = pa.schema([(k, pa.string()) for k in keys])
-    dataset = ds.dataset(
-        files,
-        schema=pa.unify_schemas([schema, parts]),
-        filesystem=fs,
-        format="parquet",
-        partitioning=ds.partitioning(parts, flavor="hive") if keys else None,
-        partition_base_dir=inner,
-    )
-    con.register(name, dataset)
-    return name
+def parquet_relation(con, folder: str, name: str, hive: bool = True) -> str | None:
+    """A SQL source over the Parquet files under `folder` that a reader reads
+    (results/catalog.py), their schema read from the files; None when there are none."""
+    files = catalog.list_table(folder)
+    return catalog.relation(con, files, name, pa.schema([]), hive) if files else None
 
 
 def latest_sql(source: str, keys: Sequence[str], order: str = "created_at") -> str:
@@ -260,6 +230,7 @@ def latest_sql(source: str, keys: Sequence[str], order: str = "created_at") -> s
 
 
 def has_rows(root: ResultsRoot, table: str = "rows") -> bool:
+    """Whether `table` has any file (one listing; nothing is read)."""
     return bool(storage.listdir(root.table(table), "*.parquet", recursive=True))
 
 
@@ -288,27 +259,44 @@ def require_results(
         )
 
 
-def connect(root: ResultsRoot):
+# table -> (its files' schema, its hive partition columns)
+TABLES = {
+    "rows": (FILE_SCHEMA, PARTITIONS),
+    "epochs": (EPOCH_SCHEMA_FIXED, PARTITIONS),
+    "status": (STATUS_SCHEMA, ("suite",)),
+    "outcomes": (OUTCOME_SCHEMA, PARTITIONS),
+}
+# view -> the table it reads
+VIEWS = {"rows": "rows", "results": "rows", "epochs": "epochs", "status_all": "status",
+         "status": "status", "outcomes": "outcomes"}  # fmt: skip
+
+
+def connect(root: ResultsRoot, views: Sequence[str] | None = None):
     """A DuckDB connection with views `rows` (every run), `results` (latest run per job and
-    split), `epochs` (every run's per-epoch metrics) and `status` (each job's newest state,
-    results/status.py)."""
+    split), `epochs` (every run's per-epoch metrics), `status` (each job's newest state,
+    results/status.py) and `outcomes` (per-sample outcomes, every run); `views`: only these (and
+    what they read), each table listed once."""
     import duckdb
 
     con = duckdb.connect()
-    _view(con, root, "rows", ROW_SCHEMA, "rows")
-    _view(con, root, "epochs", EPOCH_SCHEMA_FIXED, "epochs", ("suite", "method"))
-    _view(con, root, "status", STATUS_SCHEMA, "status_all", ("suite",))
-    _view(con, root, "outcomes", OUTCOME_SCHEMA, "outcomes", ("suite", "method"))
-    con.sql(f"CREATE VIEW results AS {latest_sql('rows', LATEST_KEYS)}")
-    con.sql(f"CREATE VIEW status AS {latest_sql('status_all', ('job_id',), 'updated_at')}")
+    tables = dict.fromkeys(VIEWS[v] for v in (VIEWS if views is None else views))
+    for table in tables:
+        _view(con, root, table, "status_all" if table == "status" else table)
+    if "rows" in tables:
+        con.sql(f"CREATE VIEW results AS {latest_sql('rows', LATEST_KEYS)}")
+    if "status" in tables:
+        con.sql(f"CREATE VIEW status AS {latest_sql('status_all', ('job_id',), 'updated_at')}")
     return con
 
 
-def _view(con, root, table: str, schema: pa.Schema, name: str, partitions=()) -> None:
-    """View `name` over R/<table>/**/*.parquet, or an empty one with the schema and the
-    partition columns, so that queries still bind before anything was written."""
-    if has_rows(root, table):
-        source = parquet_relation(con, root.table(table), root.table_glob(table), f"_{table}_files")
+def _view(con, root, table: str, name: str) -> None:
+    """View `name` over what a reader reads of R/<table> (results/catalog.py), or an empty one
+    with the schema and the partition columns, so that queries still bind before anything was
+    written."""
+    schema, partitions = TABLES[table]
+    files = catalog.list_table(root.table(table))
+    if files:
+        source = catalog.relation(con, files, f"_{table}_files", schema)
         con.sql(f"CREATE VIEW {name} AS SELECT * FROM {source}")
     else:
         cols = [f"NULL::{_duck(f.type)} AS {f.name}" for f in schema]
@@ -326,9 +314,29 @@ def _duck(t: pa.DataType) -> str:
     return "TIMESTAMP"
 
 
+def views_in(sql: str) -> list[str]:
+    """The views a query names (a word of its text): only their tables are listed and read."""
+    words = set(re.findall(r"[a-z_]+", sql.lower()))
+    return [v for v in VIEWS if v in words]
+
+
 def query(root: ResultsRoot, sql: str, params: Mapping[str, Any] | None = None) -> pa.Table:
-    """Run SQL over the views of `connect`; values go in as `$name` parameters, never as text."""
-    return connect(root).sql(sql, params=dict(params) if params else None).to_arrow_table()
+    """Run SQL over the views of `connect`; values go in as `$name` parameters, never as text.
+    A file listed and then removed before it was read (a compaction finishing meanwhile removed
+    what its manifest holds) fails the read: then the tables are listed again, twice at most."""
+    import duckdb
+
+    for attempt in range(READ_ATTEMPTS):
+        try:
+            con = connect(root, views_in(sql))
+            return con.sql(sql, params=dict(params) if params else None).to_arrow_table()
+        except (duckdb.IOException, OSError):
+            if attempt == READ_ATTEMPTS - 1:
+                raise
+    raise AssertionError("unreachable")
+
+
+READ_ATTEMPTS = 3
 
 
 def latest_rows(root: ResultsRoot) -> pa.Table:

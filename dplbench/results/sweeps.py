@@ -145,13 +145,10 @@ def read_trials(root: ResultsRoot, sweep: str) -> list[dict[str, Any]]:
     """The latest record of each (trial, job) of a sweep."""
     import duckdb
 
-    folder = root.sweep_files(sweep).trials
-    files = storage.listdir(folder, "*.parquet")
-    if not files:
-        return []
     con = duckdb.connect()
-    glob = root.sweep_files(sweep).trials_glob
-    source = store.parquet_relation(con, folder, glob, "_trials", hive=False)
+    source = store.parquet_relation(con, root.sweep_files(sweep).trials, "_trials", hive=False)
+    if source is None:
+        return []
     sql = store.latest_sql(source, ("trial", "job_id")) + " ORDER BY trial, job_id"
     return con.sql(sql).to_arrow_table().to_pylist()
 

@@ -114,12 +114,32 @@ def execute(
     with interrupt.catching(asked), _ray(plan, opts, settings) as ray:
         result.summary = run_plan(plan, settings, opts, fan(on_event, tracker))
     result.stopped_local_cluster = ray is not None and ray.stopped_local_cluster
+    if request.policy.compact and not result.summary.interrupted:
+        _compact(plan, settings.root, result.checks.notes)
     finish = FINISH.get(plan.kind)
     if finish is not None:
         result.finished = finish(plan, settings.root, result.summary.skipped)
     if tracker is not None:
         result.checks.notes.append(f"tracked in {tracker.kind}: {tracker.where}")
     return result
+
+
+def _compact(plan: Plan, root: Any, notes: list[str]) -> None:
+    """The partitions this run wrote to, compacted (results/compact.py). The run's results are
+    published already: a compaction that fails says so and leaves them readable as they are."""
+    from dplbench.errors import ConfigError
+    from dplbench.results.compact import compact
+
+    mine = {f"suite={plan.suite}/method={m}" for m in {j.method for j in plan.jobs}}
+    parts = {"rows": mine, "epochs": mine, "outcomes": mine, "status": {f"suite={plan.suite}"}}
+    try:
+        done = compact(root, partitions=parts)
+    except (OSError, ConfigError) as e:
+        notes.append(f"results not compacted ({e}); dplbench results compact --results {root}")
+        return
+    if done.files_in:
+        notes.append(f"results compacted: {done.files_in} files into {done.files_out} "
+                     f"({done.seconds:.1f} s; dplbench results compact)")  # fmt: skip
 
 
 def _ray(plan: Plan, opts: Any, settings: Any) -> Any:
