@@ -80,5 +80,7 @@ def write_report(
         if any(c.startswith("test_") for c in table.column_names):
             epochs = table.to_pylist()
     files = ReportFiles(out) if out else root.report_files(suite)
+    # Only the reported jobs' outcomes: a suite's report need not read the whole root's.
+    jobs = None if suite is None else sorted({r["job_id"] for r in rows if r["suite"] == suite})
     return render_report(rows, files, suite=suite, compare=compare, bench=bench, epochs=epochs,
-                         outcomes=load_outcomes(root), baseline=baseline)  # fmt: skip
+                         outcomes=load_outcomes(root, jobs), baseline=baseline)  # fmt: skip
