@@ -63,3 +63,11 @@ def test_bar_legend_sits_outside_the_bars():
     legend = ax.get_legend().get_window_extent()
     assert legend.x0 >= ax.get_window_extent().x1  # right of the axes, over no bar
     assert fig.get_size_inches()[0] <= 14
+
+
+def test_bars_give_every_one_of_twelve_methods_its_own_colour():
+    cats = list(BENCHMARKS)[:3]
+    series = {m: [50.0, 60.0, 70.0] for m in METHODS}
+    fig = plots.bars(cats, series, {}, "HM (%)", "t")
+    handles = fig.axes[0].get_legend().legend_handles
+    assert len({tuple(h.get_facecolor()) for h in handles}) == len(METHODS)

@@ -32,11 +32,16 @@ def bars(
     markers on the matching bar."""
     # Wider with more bars, up to a page's width (the legend sits right of the axes).
     fig, ax = figure(min(14.0, max(6.0, 0.9 * len(categories) * max(1, len(series)) ** 0.5)), 4)
+    from matplotlib import colormaps
+
     width = 0.8 / max(1, len(series))
     marked = False
+    # tab10 repeats its colours from the 11th method on: then tab20, one colour each up to 20.
+    colors = colormaps["tab20" if len(series) > 10 else "tab10"]
     for i, (method, values) in enumerate(series.items()):
         xs = [j + (i - (len(series) - 1) / 2) * width for j in range(len(categories))]
-        ax.bar(xs, [v if v is not None else 0 for v in values], width, label=method)
+        ax.bar(xs, [v if v is not None else 0 for v in values], width, label=method,
+               color=colors(i % colors.N))  # fmt: skip
         pub = [(x, p) for x, p in zip(xs, published.get(method, [])) if p is not None]
         if pub:
             legend = None if marked else "published"
