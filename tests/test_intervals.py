@@ -243,3 +243,23 @@ def test_wide_tables_carry_an_interval_row_per_method():
     assert coop["ci_average"] == pytest.approx((30.0, 55.0))  # (10 + 50) / 2, (60 + 50) / 2
     md = sections_markdown(tables, None, {})
     assert "| *95% CI* | – | [10.00, 60.00] | [50.00, 50.00] |" in md
+
+
+def test_longtail_tables_get_their_ratio_own_intervals():
+    """Two imbalance ratios of the same method and dataset: each ratio's HM interval comes
+    from its own seeds (base 10, 20, 60 and novel 50 at ratio 10; a constant 40 at ratio 100)."""
+    from dplbench.results.report import report_tables
+    from dplbench.results.samples import Outcomes
+
+    rows = []
+    for seed, b in enumerate((10.0, 20.0, 60.0), start=1):
+        for ratio, base, novel in ((10.0, b, 50.0), (100.0, 40.0, 40.0)):
+            for sub, v in (("base", base), ("novel", novel)):
+                rows.append(row("coop", "dtd", v, seed, protocol="longtail", subsample=sub,
+                                imbalance=ratio, job_id=f"c{seed}-{ratio}"))  # fmt: skip
+    table = report_tables(rows, compare=False, outcomes=Outcomes({}))["longtail"]
+    ci = {(r["imbalance"], r["dataset"]): r["ci_hm"] for r in table}
+    hm = lambda b: 2 * b * 50 / (b + 50)  # noqa: E731
+    assert ci[(10.0, "dtd")] == pytest.approx((hm(10.0), hm(60.0)))
+    assert ci[(100.0, "dtd")] == pytest.approx((40.0, 40.0))
+    assert ci[(10.0, "average")] == ci[(10.0, "dtd")]

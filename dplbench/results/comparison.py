@@ -80,12 +80,19 @@ def fmt_base_novel_ci(row: Row) -> str:
 def with_intervals(
     table: list[Row], protocol: str, rows: Sequence[Row], outcomes: samples.Outcomes | None
 ) -> list[Row]:
-    """A protocol's aggregated table with its 95% intervals (b2n: `add_b2n_intervals`; xd,
-    dg, few-shot: `add_wide_intervals`); as it is when no outcomes were loaded (None)."""
+    """A protocol's aggregated table with its 95% intervals (b2n, long-tail per ratio:
+    `add_b2n_intervals`; xd, dg, few-shot: `add_wide_intervals`); as it is when no outcomes
+    were loaded (None)."""
     if not table or outcomes is None:
         return table
     if protocol == "base2novel":
         return add_b2n_intervals(table, b2n_parts(rows, outcomes))
+    if protocol == "longtail":  # base-to-novel tables, one per imbalance ratio
+        for ratio in {r.get("imbalance") for r in table}:
+            mine = [r for r in rows if r.get("imbalance") == ratio]
+            parts = samples.parts(mine, "longtail", B2N, outcomes)
+            add_b2n_intervals([r for r in table if r.get("imbalance") == ratio], parts)
+        return table
     return add_wide_intervals(table, rows, outcomes, protocol)
 
 

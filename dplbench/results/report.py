@@ -276,7 +276,7 @@ SECTIONS: dict[str, Section] = {
     ),
     "longtail": Section(
         "Long-tail base-to-novel",
-        _protocol("longtail", agg.longtail),
+        _with_intervals("longtail", agg.longtail),
         _longtail_markdown,
         plots.longtail_plot,
     ),
