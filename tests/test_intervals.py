@@ -263,3 +263,9 @@ def test_longtail_tables_get_their_ratio_own_intervals():
     assert ci[(10.0, "dtd")] == pytest.approx((hm(10.0), hm(60.0)))
     assert ci[(100.0, "dtd")] == pytest.approx((40.0, 40.0))
     assert ci[(10.0, "average")] == ci[(10.0, "dtd")]
+
+
+def test_a_baseline_without_base_to_novel_results_is_one_line(tmp_path):
+    store.write_rows(ResultsRoot(tmp_path), [row("coop", "dtd", 50.0, protocol="xd", suite="s")])
+    res = CliRunner().invoke(app, ["report", "--results", str(tmp_path), "--baseline", "coop"])
+    assert res.exit_code == 2 and "compares base-to-novel results; none here" in res.output

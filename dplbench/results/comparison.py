@@ -100,8 +100,10 @@ def baseline_comparisons(
     rows: Sequence[Row], outcomes: samples.Outcomes | None, baseline: str | None
 ) -> tuple[str, dict[str, list[Row]]] | None:
     """Every base-to-novel method against `baseline` (paired), when one is asked for."""
-    if baseline is None or not any(r.get("protocol") == "base2novel" for r in rows):
+    if baseline is None:
         return None
+    if not any(r.get("protocol") == "base2novel" for r in rows):
+        raise ConfigError(f"--baseline {baseline}: it compares base-to-novel results; none here")
     return baseline, b2n_comparisons(b2n_parts(rows, outcomes), baseline)
 
 
