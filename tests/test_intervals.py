@@ -265,7 +265,30 @@ def test_longtail_tables_get_their_ratio_own_intervals():
     assert ci[(10.0, "average")] == ci[(10.0, "dtd")]
 
 
-def test_a_baseline_without_base_to_novel_results_is_one_line(tmp_path):
-    store.write_rows(ResultsRoot(tmp_path), [row("coop", "dtd", 50.0, protocol="xd", suite="s")])
-    res = CliRunner().invoke(app, ["report", "--results", str(tmp_path), "--baseline", "coop"])
-    assert res.exit_code == 2 and "compares base-to-novel results; none here" in res.output
+def test_baseline_compares_cross_dataset_results_too(tmp_path):
+    """xd, seeds only: coop at 10, 20, 60 and dpl at 50 in every seed on one target. dpl − coop
+    = 50 − (mean of 3 coop draws), whose 95% interval is [50 − 60, 50 − 10] (as above)."""
+    from dplbench.plan.suites import protocol_spec
+
+    target = protocol_spec("xd").targets[0]
+    root = ResultsRoot(tmp_path)
+    for seed, v in enumerate((10.0, 20.0, 60.0), start=1):
+        store.write_rows(root, [row("coop", target, v, seed, protocol="xd", suite="s",
+                                    job_id=f"c{seed}")])  # fmt: skip
+        store.write_rows(root, [row("dpl", target, 50.0, seed, protocol="xd", suite="s",
+                                    job_id=f"d{seed}")])  # fmt: skip
+    res = CliRunner().invoke(
+        app, ["report", "--results", str(tmp_path), "--baseline", "coop", "--no-compare"]
+    )
+    assert res.exit_code == 0, res.output
+    text = (tmp_path / "reports" / "all" / "report.md").read_text()
+    section = text.split("### Cross-dataset transfer\n")[1].split("#### dpl − coop")[1]
+    assert "the Accuracy difference holds (95% interval excludes 0) on 0 of 1 datasets" in section
+    line = next(x for x in section.splitlines() if x.startswith("| Average"))
+    cells = [c.strip() for c in line.strip("|").split("|")]
+    assert cells[1:4] == ["50.00", "30.00", "+20.00 [-10.00, 40.00]"] and cells[-1] == "no"
+    # One method only: nothing to compare with is one line, exit code 2.
+    alone = tmp_path / "alone"
+    store.write_rows(ResultsRoot(alone), [row("coop", target, 50.0, protocol="xd", suite="s")])
+    res = CliRunner().invoke(app, ["report", "--results", str(alone), "--baseline", "coop"])
+    assert res.exit_code == 2 and "results of it and another method" in res.output

@@ -4,16 +4,19 @@ as table columns and Markdown."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
 from dplbench.errors import ConfigError
+from dplbench.plan.suites import protocol_spec
 from dplbench.results import aggregate as agg
 from dplbench.results import samples
 from dplbench.results.aggregate import AVERAGE, Row
 from dplbench.results.intervals import (
     RESAMPLES,
+    Combine,
     Part,
     accuracy_combine,
     b2n_combine,
@@ -96,17 +99,6 @@ def with_intervals(
     return add_wide_intervals(table, rows, outcomes, protocol)
 
 
-def baseline_comparisons(
-    rows: Sequence[Row], outcomes: samples.Outcomes | None, baseline: str | None
-) -> tuple[str, dict[str, list[Row]]] | None:
-    """Every base-to-novel method against `baseline` (paired), when one is asked for."""
-    if baseline is None:
-        return None
-    if not any(r.get("protocol") == "base2novel" for r in rows):
-        raise ConfigError(f"--baseline {baseline}: it compares base-to-novel results; none here")
-    return baseline, b2n_comparisons(b2n_parts(rows, outcomes), baseline)
-
-
 def fmt_p(p: float | None) -> str:
     if p is None:
         return MISSING
@@ -154,12 +146,32 @@ def _mcnemar(a: Part, b: Part, subsamples: Sequence[str]) -> str:
     return f"p<0.05 in {sum(p < 0.05 for p in ps)}/{len(ps)} seeds"
 
 
-def b2n_comparisons(
-    parts: Parts, baseline: str, order: Sequence[str] | None = None
+@dataclass(frozen=True)
+class Metrics:
+    """What a paired comparison reports: the scores' names, the subsamples they read, which
+    score decides "holds" (`headline`), and the statistic over a list of datasets."""
+
+    names: tuple[str, ...]
+    subsamples: tuple[str, ...]
+    headline: int
+    combine: Callable[[list[str]], Combine]
+
+
+B2N_METRICS = Metrics(("Base", "Novel", "HM"), B2N, 2, b2n_combine)
+ACCURACY = Metrics(("Accuracy",), ("all",), 0, accuracy_combine)
+
+
+def paired_comparisons(
+    parts: Parts,
+    baseline: str,
+    metrics: Metrics = B2N_METRICS,
+    order: Sequence[str] | None = None,
+    averaged: Callable[[list[str]], list[str]] = list,
 ) -> dict[str, list[Row]]:
-    """{method: rows}: per dataset both methods have, then the Average over those, A − baseline
-    of base, novel and HM: `a`, `b` (their HMs), `delta`, `low`, `high`, `p` ([3] each: base,
-    novel, HM), `mcnemar`, `seeds_only`. `order`: of the compared labels (default: methods')."""
+    """{method: rows}: per dataset both methods have, then the Average (over `averaged` of
+    those), A − baseline of each score: `a`, `b` (their headline scores), `delta`, `low`,
+    `high`, `p` ([k] each), `mcnemar`, `seeds_only`. `order`: of the compared labels (default:
+    methods')."""
     if baseline not in parts:
         have = ", ".join(agg.methods_in_order(parts)) or "none"
         raise ConfigError(f"baseline {baseline!r} has no base-to-novel results; methods: {have}")
@@ -169,76 +181,133 @@ def b2n_comparisons(
     for method in [m for m in labels if m != baseline]:
         mine = parts[method]
         common = agg.datasets_in_order(d for d in mine if d in base)
+        over = averaged(common)
         rows = []
-        groups = [(d, [d]) for d in common] + ([(AVERAGE, common)] if common else [])
+        groups = [(d, [d]) for d in common] + ([(AVERAGE, over)] if over else [])
         for name, ds in groups:
             a = {d: mine[d] for d in ds}
             b = {d: base[d] for d in ds}
-            combine = b2n_combine(ds)
+            combine = metrics.combine(ds)
             iv = paired_interval(a, b, combine)
+            k = metrics.headline
             rows.append({
-                "dataset": name, "a": float(point(a, combine)[2]), "b": float(point(b, combine)[2]),
+                "dataset": name, "a": float(point(a, combine)[k]), "b": float(point(b, combine)[k]),
                 "delta": iv.value, "low": iv.low, "high": iv.high, "p": iv.p,
-                "mcnemar": _mcnemar(a[ds[0]], b[ds[0]], B2N) if name != AVERAGE else "",
+                "mcnemar": "" if name == AVERAGE else _mcnemar(a[ds[0]], b[ds[0]], metrics.subsamples),
                 "seeds_only": iv.seeds_only,
             })  # fmt: skip
         out[method] = rows
     return out
 
 
-def _holds(r: Row, k: int = 2) -> int:
+def b2n_comparisons(
+    parts: Parts, baseline: str, order: Sequence[str] | None = None
+) -> dict[str, list[Row]]:
+    """`paired_comparisons` of base, novel and HM."""
+    return paired_comparisons(parts, baseline, B2N_METRICS, order)
+
+
+def _holds(r: Row, k: int) -> int:
     """+1 / −1 when the 95% interval of the difference lies above / below 0, else 0."""
     if r["low"] is None:
         return 0
     return 1 if r["low"][k] > 0 else -1 if r["high"][k] < 0 else 0
 
 
-def summary_line(method: str, baseline: str, rows: Sequence[Row]) -> str:
+def summary_line(method: str, baseline: str, rows: Sequence[Row], metrics: Metrics) -> str:
+    k, name = metrics.headline, metrics.names[metrics.headline]
     per = [r for r in rows if r["dataset"] != AVERAGE]
-    up = sum(_holds(r) > 0 for r in per)
-    down = sum(_holds(r) < 0 for r in per)
+    up = sum(_holds(r, k) > 0 for r in per)
+    down = sum(_holds(r, k) < 0 for r in per)
     line = (
-        f"{method} − {baseline}: the HM difference holds (95% interval excludes 0) on "
+        f"{method} − {baseline}: the {name} difference holds (95% interval excludes 0) on "
         f"{up + down} of {len(per)} datasets ({up} higher, {down} lower)"
     )
     avg = [r for r in rows if r["dataset"] == AVERAGE]
     if avg:
         r = avg[0]
-        ci = _ci(r["low"], r["high"], 2)
-        line += f"; Average Δ HM {r['delta'][2]:+.2f} {fmt_ci(ci)}"
+        line += f"; Average Δ {name} {r['delta'][k]:+.2f} {fmt_ci(_ci(r['low'], r['high'], k))}"
     return line + "."
 
 
-def comparison_markdown(baseline: str, tables: Mapping[str, list[Row]], level: int = 3) -> str:
+def comparison_markdown(
+    baseline: str, tables: Mapping[str, list[Row]], level: int = 3, metrics: Metrics = B2N_METRICS
+) -> str:
+    k, name = metrics.headline, metrics.names[metrics.headline]
     parts = []
     for method, rows in tables.items():
         body = []
         for r in rows:
             cells = [
-                f"{r['delta'][k]:+.2f} {fmt_ci(_ci(r['low'], r['high'], k))}" for k in range(3)
+                f"{r['delta'][i]:+.2f} {fmt_ci(_ci(r['low'], r['high'], i))}"
+                for i in range(len(metrics.names))
             ]
-            holds = {1: "yes (+)", -1: "yes (−)", 0: "no"}[_holds(r)]
+            holds = {1: "yes (+)", -1: "yes (−)", 0: "no"}[_holds(r, k)]
             if r["low"] is None:
                 holds = MISSING
             mark = " §" if r["seeds_only"] else ""
             body.append([
                 agg.display_name(r["dataset"]) + mark, f"{r['a']:.2f}", f"{r['b']:.2f}", *cells,
-                fmt_p(None if r["p"] is None else float(r["p"][2])), r["mcnemar"], holds,
+                fmt_p(None if r["p"] is None else float(r["p"][k])), r["mcnemar"], holds,
             ])  # fmt: skip
         head = [
-            "Dataset", f"{method} HM", f"{baseline} HM", "Δ Base [95% CI]", "Δ Novel [95% CI]",
-            "Δ HM [95% CI]", "p (bootstrap, HM)", "McNemar", "Holds",
+            "Dataset", f"{method} {name}", f"{baseline} {name}",
+            *(f"Δ {n} [95% CI]" for n in metrics.names), f"p (bootstrap, {name})", "McNemar",
+            "Holds",
         ]  # fmt: skip
-        head_line = f"{'#' * level} {method} − {baseline}"
-        parts += [head_line, summary_line(method, baseline, rows)]
+        parts += [f"{'#' * level} {method} − {baseline}", summary_line(method, baseline, rows,
+                                                                        metrics)]  # fmt: skip
         parts.append(md_table(head, body))
+    together = " (base and novel together)" if len(metrics.subsamples) > 1 else ""
     note = (
         "Paired: both methods' scores on the same resampled test samples; seeds resampled per "
-        "method. p: the paired bootstrap's two-sided p for Δ HM. McNemar: exact test on the "
-        "dataset's samples (base and novel together), per seed both ran. Holds: the Δ HM "
-        "interval excludes 0. § resampled by seeds only (no per-sample outcomes)."
+        f"method. p: the paired bootstrap's two-sided p for Δ {name}. McNemar: exact test on "
+        f"the dataset's samples{together}, per seed both ran. Holds: the Δ {name} interval "
+        "excludes 0. § resampled by seeds only (no per-sample outcomes)."
     )
     return "\n\n".join([note, *parts])
+
+
+# The protocols `--baseline` compares: title, metrics, and the datasets an Average is over.
+COMPARED = {
+    "base2novel": ("Base-to-novel", B2N_METRICS),
+    "xd": ("Cross-dataset transfer", ACCURACY),
+    "dg": ("Domain generalisation", ACCURACY),
+}
+
+
+def baseline_comparisons(
+    rows: Sequence[Row], outcomes: samples.Outcomes | None, baseline: str | None
+) -> tuple[str, list[tuple[str, Metrics, dict[str, list[Row]]]]] | None:
+    """Every method against `baseline` (paired) in each protocol of COMPARED where it ran:
+    (baseline, [(title, metrics, paired_comparisons)]); None when no baseline is asked for."""
+    if baseline is None:
+        return None
+    found = outcomes if outcomes is not None else samples.Outcomes({})
+    sections = []
+    for protocol, (title, metrics) in COMPARED.items():
+        parts = samples.parts(rows, protocol, metrics.subsamples, found)
+        if baseline not in parts or len(parts) < 2:
+            continue
+        targets = protocol_spec(protocol).targets
+        averaged = (lambda c: c) if not targets else (lambda c, t=targets: [d for d in c if d in t])
+        sections.append(
+            (title, metrics, paired_comparisons(parts, baseline, metrics, None, averaged))
+        )
+    if not sections:
+        have = sorted({r["method"] for r in rows if r.get("method")})
+        raise ConfigError(
+            f"baseline {baseline!r}: no base-to-novel, cross-dataset or domain generalisation "
+            f"results of it and another method; methods: {', '.join(have) or 'none'}"
+        )
+    return baseline, sections
+
+
+def comparisons_markdown(baseline: str, sections) -> str:
+    return "\n\n".join(
+        f"### {title}\n\n{comparison_markdown(baseline, tables, 4, metrics)}"
+        for title, metrics, tables in sections
+    )
 
 
 # ---------------------------------------------------------------- ablations
@@ -304,7 +373,5 @@ def add_wide_intervals(
 
 def _averaged(row: Row, protocol: str) -> list[str]:
     """The datasets a wide row's Average is over: the targets (xd, dg) or every dataset."""
-    from dplbench.plan.suites import protocol_spec
-
     spec = protocol_spec(protocol)
     return list(spec.targets) if spec.targets else list(spec.datasets)

@@ -252,7 +252,7 @@ SECTIONS: dict[str, Section] = {
     "comparison": Section(
         "Paired comparisons",
         lambda i, _: comparison.baseline_comparisons(i.rows, i.outcomes, i.baseline),
-        lambda t: comparison.comparison_markdown(*t),
+        lambda t: comparison.comparisons_markdown(*t),
     ),
     "xd": Section(
         "Cross-dataset transfer (trained on ImageNet)",
