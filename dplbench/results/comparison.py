@@ -174,7 +174,7 @@ def paired_comparisons(
     methods')."""
     if baseline not in parts:
         have = ", ".join(agg.methods_in_order(parts)) or "none"
-        raise ConfigError(f"baseline {baseline!r} has no base-to-novel results; methods: {have}")
+        raise ConfigError(f"baseline {baseline!r} has no results here; compared: {have}")
     base = parts[baseline]
     out = {}
     labels = [m for m in (order or agg.methods_in_order(parts)) if m in parts]
