@@ -73,10 +73,12 @@ def test_smoke_ablation_produces_its_table(tmp_path):
         cells[1]: cells
         for line in out.output.splitlines()
         if (cells := [c.strip() for c in line.strip("│ ").split("│")])[0] == "dpl"
-        and len(cells) == 7
+        and len(cells) == 8
     }
     assert sorted(printed) == ["annealed", "fixed", "off"]
-    for variant, (_, _, dataset, seeds, base, novel, hm) in printed.items():
+    for variant, (_, _, dataset, seeds, base, novel, hm, ci) in printed.items():
+        low, high = map(float, ci.strip("[]").split(","))
+        assert low <= float(hm) <= high  # the HM's 95% interval (two seeds and outcomes)
         mine = [r for r in rows if json.loads(r["params"])["variant"] == variant]
         assert dataset == "synthetic" and seeds == "2" and len(mine) == 4
         means = {}

@@ -103,6 +103,16 @@ def test_two_ddp_workers_evaluate_like_one(tmp_path, shards, local_ray):
     for one, two in (rows[0:2], rows[2:4]):
         assert (one["correct"], one["total"]) == (two["correct"], two["total"])
         assert one["total"] == 30
+    # The per-sample outcomes too (#29): two ranks' shares gathered are the one rank's pass.
+    per_sample = {
+        job.id: results.query(
+            settings.root,
+            "SELECT subsample, key, label, pred FROM outcomes WHERE job_id = $job ORDER BY ALL",
+            {"job": job.id},
+        ).to_pylist()
+        for job in evals
+    }
+    assert len(per_sample[evals[0].id]) == 60 and per_sample[evals[0].id] == per_sample[evals[1].id]
 
 
 def test_jobs_spread_over_a_two_node_cluster(tmp_path, shards):

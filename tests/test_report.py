@@ -269,6 +269,7 @@ def test_render_report_writes_markdown_and_pngs(tmp_path):
     assert md == files.text and files.markdown == str(tmp_path / "out" / "report.md")
     assert {Path(p).name for p in files.plots} == {
         "base2novel.png", "xd.png", "dg.png", "fewshot.png", "longtail.png",
+        "base2novel-heatmap.png", "xd-heatmap.png", "dg-heatmap.png",
     }  # fmt: skip
     for png in map(Path, files.plots):
         assert png.read_bytes().startswith(PNG_SIGNATURE)

@@ -94,7 +94,7 @@ def test_the_library_runs_a_suite_without_typer(tmp_path):
     assert kinds[0] == "PlanChecked" and {"JobStarted", "EpochDone", "JobEnded"} <= set(kinds)
     assert {e.status for e in events if isinstance(e, JobEnded)} == {"done"}
     (coop,) = [r for r in result.summary_rows() if r["method"] == "coop"]
-    assert set(coop) == {"method", "dataset", "seeds", "base", "novel", "HM"}
+    assert set(coop) == {"method", "dataset", "seeds", "base", "novel", "HM", "HM 95% CI"}
     # the pre-run checks are the library's: a missing LLM cache fails before anything runs
     llm = load_suite("smoke", {"methods": ["llamp"]}, llm_cache=str(tmp_path / "none"))
     with pytest.raises(ConfigError, match="no LLM cache for synthetic .* dplbench llm cache"):

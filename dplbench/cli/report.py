@@ -24,14 +24,18 @@ def report(
     ] = True,
     results: Results = None,
     out: Annotated[str, Opt(help="folder for report.md and the PNG plots")] = None,
+    baseline: Annotated[
+        str, Opt(help="compare every method with this one: paired differences, intervals, tests")
+    ] = None,
 ) -> None:
-    """The paper's tables from the results, next to the published numbers; Markdown + PNG.
+    """The paper's tables from the results, next to the published numbers, with 95% intervals;
+    Markdown + PNG. With --baseline, each method minus the baseline per dataset, paired.
 
-    Example: dplbench report --suite base2novel --out reports/b2n
+    Example: dplbench report --suite base2novel --baseline kgcoop --out reports/b2n
     """
     from dplbench.results.render import write_report
 
-    print_report(write_report(results_root(results), suite, compare, out))
+    print_report(write_report(results_root(results), suite, compare, out, baseline))
 
 
 def print_report(files) -> None:

@@ -52,12 +52,15 @@ def results_ls(
 @app.command("query")
 @user_errors
 def results_query(
-    sql: Annotated[str, typer.Argument(help="SQL over the views rows, results, epochs")],
+    sql: Annotated[
+        str, typer.Argument(help="SQL over the views rows, results, epochs, status, outcomes")
+    ],
     results: Results = None,
     fmt: Annotated[str, Opt("--format", help="table | csv | json")] = "table",
 ) -> None:
     """DuckDB SQL over the results. `results` = latest run per job and split; `rows` = all runs;
-    `epochs` = per-epoch training metrics.
+    `epochs` = per-epoch training metrics; `outcomes` = per-sample outcomes (which test samples
+    each job run got right, keyed by sample key; docs/results.md §1).
 
     Example: dplbench results query "SELECT method, avg(accuracy) FROM results GROUP BY method"
     """
@@ -131,8 +134,8 @@ def results_show(
 def results_compact(
     results: Results = None,
     table: Annotated[
-        str, Opt(help="comma list of tables to compact: rows, epochs, status")
-    ] = "rows,epochs,status",
+        str, Opt(help="comma list of tables to compact: rows, epochs, status, outcomes")
+    ] = "rows,epochs,status,outcomes",
     keep_sources: Annotated[
         bool, Opt(help="leave the compacted files' sources in place (readers skip them)")
     ] = False,

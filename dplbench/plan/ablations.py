@@ -123,3 +123,18 @@ def ablation_plan(
                 )
             jobs[j.id] = replace(j, params={"ablation": ab.name, "variant": v.name})
     return Plan(Path(name).stem, tuple(jobs.values()), data, ablation=ab)
+
+
+def default_variant(ab: Ablation, protocol: str | None = None) -> str | None:
+    """The variant that changes nothing: its method's config with the variant's overrides is
+    the config without them (e.g. `annealed` in rer.yaml). What the report compares every
+    other variant with (docs/results.md §4); None when no variant is the default."""
+    from dplbench.plan.methods import resolve_method
+
+    plain = resolve_method(ab.method, ab.overrides, protocol=protocol)
+    for v in ab.variants:
+        if (v.method or ab.method) != ab.method:
+            continue
+        if resolve_method(ab.method, ab.overrides, v.overrides, protocol=protocol) == plain:
+            return v.name
+    return None

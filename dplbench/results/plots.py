@@ -30,12 +30,18 @@ def bars(
 ):
     """Grouped bars, one group per category and one bar per method; published values as black
     markers on the matching bar."""
-    fig, ax = figure(max(6.0, 0.9 * len(categories) * max(1, len(series)) ** 0.5), 4)
+    # Wider with more bars, up to a page's width (the legend sits right of the axes).
+    fig, ax = figure(min(14.0, max(6.0, 0.9 * len(categories) * max(1, len(series)) ** 0.5)), 4)
+    from matplotlib import colormaps
+
     width = 0.8 / max(1, len(series))
     marked = False
+    # tab10 repeats its colours from the 11th method on: then tab20, one colour each up to 20.
+    colors = colormaps["tab20" if len(series) > 10 else "tab10"]
     for i, (method, values) in enumerate(series.items()):
         xs = [j + (i - (len(series) - 1) / 2) * width for j in range(len(categories))]
-        ax.bar(xs, [v if v is not None else 0 for v in values], width, label=method)
+        ax.bar(xs, [v if v is not None else 0 for v in values], width, label=method,
+               color=colors(i % colors.N))  # fmt: skip
         pub = [(x, p) for x, p in zip(xs, published.get(method, [])) if p is not None]
         if pub:
             legend = None if marked else "published"
@@ -46,7 +52,8 @@ def bars(
     )
     ax.set_ylabel(ylabel)
     ax.set_title(title)
-    ax.legend(fontsize="small", ncols=min(4, len(series) + 1))
+    # Outside the axes: inside, at 9+ methods it covered the last groups of bars (#29).
+    ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1), ncols=1)
     return fig
 
 

@@ -12,6 +12,7 @@ from dplbench import storage
 from dplbench.results.aggregate import Row
 from dplbench.results.report import SECTIONS, report_tables, sections_markdown
 from dplbench.results.root import ReportFiles, ResultsRoot
+from dplbench.results.samples import Outcomes, load_outcomes
 
 
 @dataclass(frozen=True)
@@ -29,27 +30,41 @@ def render_report(
     refs: Mapping[str, list[Row]] | None = None,
     bench: Sequence[Row] = (),
     epochs: Sequence[Row] = (),
+    outcomes: Outcomes | None = None,
+    baseline: str | None = None,
 ) -> RenderedReport:
-    """Write the report's Markdown and one PNG per section with a figure into `out` (a local
-    folder or a URI: dplbench/storage.py)."""
-    tables = report_tables(rows, suite, compare, refs, bench, epochs)
-    images, pngs = {}, []
+    """Write the report's Markdown and one PNG per section with a figure (and one per section
+    with a heatmap, `<section>-heatmap.png`) into `out` (a local folder or a URI:
+    dplbench/storage.py)."""
+    tables = report_tables(rows, suite, compare, refs, bench, epochs, outcomes, baseline)
+    images: dict[str, list[str]] = {}
+    pngs = []
     for name, table in tables.items():
-        if SECTIONS[name].plot is None:
-            continue
-        fig = SECTIONS[name].plot(table)
-        path = storage.write(out.figure(name), partial(fig.savefig, format="png", dpi=120))
-        images[name] = out.figure_name(name)
-        pngs.append(path)
+        section = SECTIONS[name]
+        figures = [(name, section.plot), (f"{name}-heatmap", section.heatmap)]
+        for figure_name, plot in figures:
+            if plot is None:
+                continue
+            fig = plot(table)
+            path = storage.write(
+                out.figure(figure_name), partial(fig.savefig, format="png", dpi=120)
+            )
+            images.setdefault(name, []).append(out.figure_name(figure_name))
+            pngs.append(path)
     text = sections_markdown(tables, suite, images)
     md = storage.write(out.markdown, text)
     return RenderedReport(markdown=md, plots=tuple(pngs), text=text)
 
 
 def write_report(
-    root: ResultsRoot, suite: str | None = None, compare: bool = True, out: str | None = None
+    root: ResultsRoot,
+    suite: str | None = None,
+    compare: bool = True,
+    out: str | None = None,
+    baseline: str | None = None,
 ) -> RenderedReport:
-    """`dplbench report`: the newest rows under `root`, its calibrations (`bench model
+    """`dplbench report`: the newest rows under `root` with their per-sample outcomes (95%
+    intervals; paired comparisons against `baseline`), its calibrations (`bench model
     --results R`: the cost figure) and per-epoch test scores (`--eval-every-epoch`: the
     selection-gap table), rendered into `out` (default: R/reports/<suite>/)."""
     from dplbench.plan.cost import load_all
@@ -65,4 +80,7 @@ def write_report(
         if any(c.startswith("test_") for c in table.column_names):
             epochs = table.to_pylist()
     files = ReportFiles(out) if out else root.report_files(suite)
-    return render_report(rows, files, suite=suite, compare=compare, bench=bench, epochs=epochs)
+    # Only the reported jobs' outcomes: a suite's report need not read the whole root's.
+    jobs = None if suite is None else sorted({r["job_id"] for r in rows if r["suite"] == suite})
+    return render_report(rows, files, suite=suite, compare=compare, bench=bench, epochs=epochs,
+                         outcomes=load_outcomes(root, jobs), baseline=baseline)  # fmt: skip

@@ -16,7 +16,7 @@ from typing import Any, NamedTuple
 from dplbench.data.datasets import BENCHMARKS
 from dplbench.plan.suites import protocol_spec
 from dplbench.results import aggregate as agg
-from dplbench.results import plots
+from dplbench.results import comparison, heatmap, plots, samples
 from dplbench.results.ablations import ablation_tables, pivot_markdown
 from dplbench.results.aggregate import AVERAGE, Row
 from dplbench.results.markdown import MISSING, fmt, md_table
@@ -60,9 +60,12 @@ def _b2n_markdown(table: Sequence[Row]) -> str:
     avg_rows, ds_rows = [], []
     # Per-dataset rows grouped by dataset (methods side by side), as the papers' tables.
     order = {d: i for i, d in enumerate(agg.datasets_in_order(r["dataset"] for r in table))}
+    cis = _has(table, "ci_hm")
     for r in sorted(table, key=lambda r: order[r["dataset"]]):
         ours = [fmt(r.get("base"), r.get("base_std")), fmt(r.get("novel"), r.get("novel_std"))]
         ours.append(fmt(r.get("hm")))
+        if cis:
+            ours += [comparison.fmt_ci(r["ci_hm"]), comparison.fmt_base_novel_ci(r)]
         theirs = [fmt(r.get(f"pub_{k}")) for k in pub]
         if r.get("pub_datasets"):
             theirs = [t if t == MISSING else f"{t} †" for t in theirs]
@@ -72,15 +75,18 @@ def _b2n_markdown(table: Sequence[Row]) -> str:
             avg_rows.append([r["method"], *ours, f"{r['datasets']}{done}", *theirs, *delta])
         else:
             ds_rows.append([agg.display_name(r["dataset"]), r["method"], *ours, _seeds(r), *theirs])
-    avg_head = ["Method", "Base", "Novel", "HM", "Datasets", *pub_head]
+    ci_head = ["HM 95% CI", "Base / Novel 95% CI"] if cis else []
+    avg_head = ["Method", "Base", "Novel", "HM", *ci_head, "Datasets", *pub_head]
     avg_head += ["Δ HM"] if "hm" in pub else []
     subset = any(r.get("pub_datasets") for r in table)
+    ds_head = ["Dataset", "Method", "Base", "Novel", "HM", *ci_head, "Seeds", *pub_head]
     return "\n\n".join(
         [
             "**Average over datasets**",
             md_table(avg_head, avg_rows) + (SUBSET_NOTE if subset else ""),
             "**Per dataset**",
-            md_table(["Dataset", "Method", "Base", "Novel", "HM", "Seeds", *pub_head], ds_rows),
+            md_table(ds_head, ds_rows),
+            *([comparison.interval_note([table])] if cis else []),
         ]
     )
 
@@ -110,6 +116,9 @@ def _wide_markdown(
         cells = [fmt(r.get(c), r.get(f"{c}_std")) for c in columns]
         cells[-1] += average_note(r)
         body.append([str(r[c]) for c in first] + cells)
+        if any(f"ci_{c}" in r for c in columns):
+            cis = [comparison.fmt_ci(r.get(f"ci_{c}")) for c in columns]
+            body.append(["*95% CI*", *[""] * (len(first) - 1), *cis])
         if any(k.startswith("pub_") for k in r):
             pub = [_italic(fmt(r.get(f"pub_{c}"))) for c in columns]
             body.append(["*published*", *[""] * (len(first) - 1), *pub])
@@ -173,6 +182,8 @@ class Inputs:
     refs: Mapping[str, list[Row]] | None
     bench: Sequence[Row]
     epochs: Sequence[Row]
+    outcomes: samples.Outcomes | None = None  # per-sample outcomes (None: no intervals)
+    baseline: str | None = None  # the method every other is compared with (paired)
 
 
 class Section(NamedTuple):
@@ -183,6 +194,7 @@ class Section(NamedTuple):
     table: Callable[[Inputs, Mapping[str, Any]], Any]
     markdown: Callable[[Any], str]
     plot: Callable[[Any], Any] | None = None
+    heatmap: Callable[[Any], Any] | None = None  # a second figure: methods x datasets
 
 
 def _protocol(name: str, aggregate: Callable[..., list[Row]]):
@@ -218,39 +230,62 @@ def _cost(inputs: Inputs, done: Mapping[str, Any]) -> list[Row]:
     return cost_table(done.get("base2novel", []), [b for b in inputs.bench if b["model"] in models])
 
 
+def _with_intervals(name: str, aggregate: Callable[..., list[Row]]):
+    """A protocol's table; with outcomes loaded (`dplbench report`), its 95% intervals."""
+
+    def table(inputs: Inputs, done: Mapping[str, Any]) -> list[Row]:
+        rows = _protocol(name, aggregate)(inputs, done)
+        return comparison.with_intervals(rows, name, inputs.rows, inputs.outcomes)
+
+    return table
+
+
 # The report's sections, in order. A section's table may use the tables before it (`done`).
 SECTIONS: dict[str, Section] = {
     "base2novel": Section(
         "Base-to-novel generalisation",
-        _protocol("base2novel", agg.base2novel),
+        _with_intervals("base2novel", agg.base2novel),
         _b2n_markdown,
         plots.b2n_plot,
+        heatmap.b2n_heatmap,
+    ),
+    "comparison": Section(
+        "Paired comparisons",
+        lambda i, _: comparison.baseline_comparisons(i.rows, i.outcomes, i.baseline),
+        lambda t: comparison.comparisons_markdown(*t),
     ),
     "xd": Section(
         "Cross-dataset transfer (trained on ImageNet)",
-        _protocol("xd", agg.cross_dataset),
+        _with_intervals("xd", agg.cross_dataset),
         _target_markdown("xd", "targets"),
         plots.target_plot("xd", "Cross-dataset transfer"),
+        heatmap.target_heatmap("xd", "Cross-dataset transfer"),
     ),
     "dg": Section(
         "Domain generalisation (trained on ImageNet)",
-        _protocol("dg", agg.domain_generalization),
+        _with_intervals("dg", agg.domain_generalization),
         _target_markdown("dg", "ImageNet variants"),
         plots.target_plot("dg", "Domain generalisation"),
+        heatmap.target_heatmap("dg", "Domain generalisation"),
     ),
     "fewshot": Section(
         "Few-shot classification",
-        _protocol("fewshot", agg.fewshot),
+        _with_intervals("fewshot", agg.fewshot),
         _fewshot_markdown,
         plots.fewshot_plot,
     ),
     "longtail": Section(
         "Long-tail base-to-novel",
-        _protocol("longtail", agg.longtail),
+        _with_intervals("longtail", agg.longtail),
         _longtail_markdown,
         plots.longtail_plot,
     ),
     "ablations": Section("Ablations", _studies("ablation"), _ablations_markdown),
+    "ablation_comparisons": Section(
+        "Ablations: paired against the default variant",
+        lambda i, _: comparison.variant_comparisons(i.rows, i.outcomes) if i.outcomes else {},
+        comparison.variants_markdown,
+    ),
     "sweeps": Section("Sweeps", _studies("sweep"), _ablations_markdown),
     "partial": Section(
         "Partial splits",
@@ -290,13 +325,17 @@ def report_tables(
     refs: Mapping[str, list[Row]] | None = None,
     bench: Sequence[Row] = (),
     epochs: Sequence[Row] = (),
+    outcomes: samples.Outcomes | None = None,
+    baseline: str | None = None,
 ) -> dict[str, Any]:
-    """The non-empty tables of SECTIONS, in that order: the protocols present, `ablations` and
-    `sweeps` ({(name, protocol): pivot table}) when their rows exist, `partial` splits, `cost` (bench
-    rows beside base-to-novel HM) and `selection` (per-epoch test rows)."""
+    """The non-empty tables of SECTIONS, in that order: the protocols present (with 95%
+    intervals when `outcomes` is given, an empty one meaning seeds only), `comparison` (paired,
+    against `baseline`), `ablations` and `sweeps` ({(name, protocol): pivot table}) when their
+    rows exist, `partial` splits, `cost` (bench rows beside base-to-novel HM) and `selection`
+    (per-epoch test rows)."""
     if compare and refs is None:
         refs = agg.reference_tables()
-    inputs = Inputs(_select(rows, suite), compare, refs, bench, epochs)
+    inputs = Inputs(_select(rows, suite), compare, refs, bench, epochs, outcomes, baseline)
     tables: dict[str, Any] = {}
     for name, section in SECTIONS.items():
         table = section.table(inputs, tables)
@@ -349,7 +388,7 @@ def _partial_markdown(rows: Sequence[Row]) -> str:
 
 
 def sections_markdown(
-    tables: Mapping[str, Any], suite: str | None, images: Mapping[str, str]
+    tables: Mapping[str, Any], suite: str | None, images: Mapping[str, Sequence[str]]
 ) -> str:
     if not tables:
         return _no_results(suite)
@@ -357,8 +396,7 @@ def sections_markdown(
     for name, table in tables.items():
         section = SECTIONS[name]
         parts += [f"## {section.title}", section.markdown(table)]
-        if name in images:
-            parts.append(f"![{section.title}]({images[name]})")
+        parts += [f"![{section.title}]({image})" for image in images.get(name, ())]
     return "\n\n".join(parts) + "\n"
 
 

@@ -2,6 +2,7 @@
 
     R/rows/suite=<s>/method=<m>/<job>-<run>.parquet      result rows (results/store.py)
     R/epochs/suite=<s>/method=<m>/<job>-<run>.parquet    per-epoch metrics
+    R/outcomes/suite=<s>/method=<m>/<job>-<run>.parquet  per-sample outcomes of the evaluation
     R/status/suite=<s>/<run>.parquet                     job states of one driver run
     R/checkpoints/<job>/<job>-<run>/epoch_NNN.pt         the newest epoch of each run of a job
     R/checkpoints/<job>/final.pt                         the trained state (xd/dg evaluation, explain)
@@ -33,7 +34,7 @@ from pathlib import Path
 from dplbench import storage
 
 CHECKPOINT_PATTERN = "epoch_[0-9][0-9][0-9].pt"
-TABLES = ("rows", "epochs", "status")
+TABLES = ("rows", "epochs", "status", "outcomes")
 
 
 def calibration_file(folder: str | os.PathLike, device: str) -> str:

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from dplbench import storage
@@ -95,6 +96,24 @@ STATUS_SCHEMA = pa.schema(
         ("updated_at", pa.timestamp("us", tz="UTC")),
     ]
 )
+# One row per (job run, evaluated split, test sample): which samples it got right (#29;
+# docs/results.md §1). Read with the job's `rows` row by (job_id, run_id, dataset, subsample,
+# split). Partitioned like `rows`. Small ints compress to a few bytes per sample.
+OUTCOME_SCHEMA = pa.schema(
+    [
+        ("job_id", pa.string()),
+        ("run_id", pa.string()),
+        ("dataset", pa.string()),
+        ("subsample", pa.string()),
+        ("split", pa.string()),
+        ("seed", pa.int32()),
+        ("key", pa.string()),  # the sample's key in the dataset's shards: the same for every job
+        ("label", pa.int16()),  # view class index (the subsample's classes)
+        ("pred", pa.int16()),  # predicted view class index
+        # 1 when pred == label (int8, not bool: `_view`'s empty-table types have no boolean)
+        ("correct", pa.int8()),
+    ]
+)
 PARTITIONS = ("suite", "method")  # in the path only (hive style), not inside the files
 FILE_SCHEMA = pa.schema([f for f in ROW_SCHEMA if f.name not in PARTITIONS])
 # The "newest run wins" keys of each table.
@@ -130,6 +149,37 @@ def write_rows(root: ResultsRoot, rows: Sequence[Mapping[str, Any]]) -> Path:
         "rows", first["suite"], first["method"], first["job_id"], first["run_id"]
     )
     return write_parquet(table, path)
+
+
+def write_outcomes(
+    root: ResultsRoot,
+    suite: str,
+    method: str,
+    job_id: str,
+    run_id: str,
+    splits: Sequence[Mapping[str, Any]],
+) -> str | None:
+    """One job run's per-sample outcomes, every evaluated split in one file (`splits`: per split
+    its dataset, subsample, split, seed and key / label / pred sequences of equal length)."""
+    splits = [s for s in splits if len(s["key"])]
+    if not splits:
+        return None
+    columns: dict[str, list] = {name: [] for name in OUTCOME_SCHEMA.names}
+    for s in splits:
+        n = len(s["key"])
+        for name in ("dataset", "subsample", "split", "seed"):
+            columns[name].append(pa.repeat(s[name], n).cast(OUTCOME_SCHEMA.field(name).type))
+        columns["job_id"].append(pa.repeat(job_id, n))
+        columns["run_id"].append(pa.repeat(run_id, n))
+        columns["key"].append(pa.array(list(s["key"]), pa.string()))
+        label, pred = pa.array(s["label"], pa.int16()), pa.array(s["pred"], pa.int16())
+        columns["label"].append(label)
+        columns["pred"].append(pred)
+        columns["correct"].append(pc.equal(label, pred).cast(pa.int8()))
+    table = pa.Table.from_arrays(
+        [pa.concat_arrays(columns[n]) for n in OUTCOME_SCHEMA.names], schema=OUTCOME_SCHEMA
+    )
+    return write_parquet(table, root.table_file("outcomes", suite, method, job_id, run_id))
 
 
 def write_epochs(
@@ -214,16 +264,18 @@ TABLES = {
     "rows": (FILE_SCHEMA, PARTITIONS),
     "epochs": (EPOCH_SCHEMA_FIXED, PARTITIONS),
     "status": (STATUS_SCHEMA, ("suite",)),
+    "outcomes": (OUTCOME_SCHEMA, PARTITIONS),
 }
 # view -> the table it reads
 VIEWS = {"rows": "rows", "results": "rows", "epochs": "epochs", "status_all": "status",
-         "status": "status"}  # fmt: skip
+         "status": "status", "outcomes": "outcomes"}  # fmt: skip
 
 
 def connect(root: ResultsRoot, views: Sequence[str] | None = None):
     """A DuckDB connection with views `rows` (every run), `results` (latest run per job and
-    split), `epochs` (every run's per-epoch metrics) and `status` (each job's newest state,
-    results/status.py); `views`: only these (and what they read), each table listed once."""
+    split), `epochs` (every run's per-epoch metrics), `status` (each job's newest state,
+    results/status.py) and `outcomes` (per-sample outcomes, every run); `views`: only these (and
+    what they read), each table listed once."""
     import duckdb
 
     con = duckdb.connect()

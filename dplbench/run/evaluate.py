@@ -16,6 +16,7 @@ from dplbench.data.transforms import ViewConfig
 from dplbench.data.view import DatasetView
 from dplbench.plan.jobs import Job
 from dplbench.run.context import WorkerContext
+from dplbench.run.outcomes import PassRecorder, SampleOutcomes, gather
 from dplbench.run.settings import RunSettings
 
 log = logging.getLogger(__name__)
@@ -32,7 +33,8 @@ def image_size(model: PromptedCLIP) -> int:
 
 
 def _pass(model: PromptedCLIP, view: DatasetView, settings: RunSettings, ctx: WorkerContext):
-    """One pass over `view`: (correct per member, total, skipped) of this rank."""
+    """One pass over `view`: (correct per member, total, skipped, the pass's recorded
+    predictions) of this rank."""
     loader = eval_loader(
         view,
         settings.how.eval_batch_size,
@@ -44,41 +46,60 @@ def _pass(model: PromptedCLIP, view: DatasetView, settings: RunSettings, ctx: Wo
     )
     correct = [0] * model.members
     total = 0
+    recorder = PassRecorder(model.members)
     with torch.no_grad(), autocast(ctx.device, settings.bf16):
         for batch in loader:
             pred = model.member_logits(batch["image"].to(ctx.device)).argmax(-1).cpu()  # [K,B]
             hits = (pred == batch["label"][None]).sum(1).tolist()
             correct = [c + h for c, h in zip(correct, hits)]
             total += pred.shape[1]
+            recorder.add(batch["key"], batch["label"], pred)
     if loader.skipped.value:
         log.warning(
             "%s/%s: skipped %d corrupt samples", view.dataset, view.split, loader.skipped.value
         )
-    return correct, total, loader.skipped.value
+    return correct, total, loader.skipped.value, recorder
+
+
+Counts = tuple[int, int, int]  # (correct, total, skipped)
+
+
+def member_results(
+    model: PromptedCLIP,
+    views: list[DatasetView],
+    settings: RunSettings,
+    ctx: WorkerContext,
+    outcomes: bool = False,
+) -> list[tuple[Counts, SampleOutcomes | None]]:
+    """(correct, total, skipped) of each member on its view (one per member), each rank reading
+    its share, summed over ranks; `skipped` counts corrupt samples left out
+    (on_data_error=skip). With `outcomes`, also each member's per-sample outcomes, gathered
+    from every rank in key order (run/outcomes.py). Members that share a view (a test split:
+    the same for every seed) are scored in one pass over it, the images read once and run
+    through every member's prompts and LoRA at once; a view of fewer members (few-shot val sets
+    differ by seed) is one pass too, of which those members' counts are kept."""
+    was_training = model.training
+    model.set_classes(views[0].classnames, views[0].template, views[0].dataset)
+    model.eval()
+    out: list[tuple[Counts, SampleOutcomes | None] | None] = [None] * len(views)
+    for k, view in enumerate(views):
+        if out[k] is not None:
+            continue
+        correct, total, skipped, recorder = _pass(model, view, settings, ctx)
+        for j, other in enumerate(views):
+            if out[j] is None and other == view:
+                counts = all_reduce_counts(correct[j], total, skipped)
+                out[j] = (counts, gather(recorder.member(j)) if outcomes else None)
+    model.train(was_training)
+    return out
 
 
 def member_counts(
     model: PromptedCLIP, views: list[DatasetView], settings: RunSettings, ctx: WorkerContext
-) -> list[tuple[int, int, int]]:
-    """(correct, total, skipped) of each member on its view (one per member), each rank reading
-    its share, summed over ranks; `skipped` counts corrupt samples left out
-    (on_data_error=skip). Members that share a view (a test split: the same for every seed) are
-    scored in one pass over it, the images read once and run through every member's prompts
-    and LoRA at once; a view of fewer members (few-shot val sets differ by seed) is one pass
-    too, of which those members' counts are kept."""
-    was_training = model.training
-    model.set_classes(views[0].classnames, views[0].template, views[0].dataset)
-    model.eval()
-    out: list[tuple[int, int, int] | None] = [None] * len(views)
-    for k, view in enumerate(views):
-        if out[k] is not None:
-            continue
-        correct, total, skipped = _pass(model, view, settings, ctx)
-        for j, other in enumerate(views):
-            if out[j] is None and other == view:
-                out[j] = all_reduce_counts(correct[j], total, skipped)
-    model.train(was_training)
-    return out
+) -> list[Counts]:
+    """(correct, total, skipped) of each member on its view (`member_results` without the
+    per-sample outcomes)."""
+    return [counts for counts, _ in member_results(model, views, settings, ctx)]
 
 
 def count_correct(
@@ -89,10 +110,16 @@ def count_correct(
 
 
 def evaluate_members(
-    model: PromptedCLIP, jobs: list[Job], settings: RunSettings, ctx: WorkerContext
+    model: PromptedCLIP,
+    jobs: list[Job],
+    settings: RunSettings,
+    ctx: WorkerContext,
+    outcomes: bool = True,
 ) -> list[list[dict]]:
-    """Per member (job), (correct, total) per evaluation target, summed over ranks. The members
-    of a group share their targets: one pass over each test split serves them all."""
+    """Per member (job), (correct, total, skipped) and the per-sample outcomes (every rank's, in
+    key order) per evaluation target, summed over ranks. The members of a group share their
+    targets: one pass over each test split serves them all. `outcomes=False` (per-epoch test
+    scores) leaves the outcomes out (None)."""
     out: list[list[dict]] = [[] for _ in jobs]
     for i, target in enumerate(jobs[0].evals):
         views = []
@@ -102,11 +129,12 @@ def evaluate_members(
                 settings.data, target.dataset, target.split, t.shots, t.seed, target.subsample
             ))  # fmt: skip
         tic = time.perf_counter()
-        counts = member_counts(model, views, settings, ctx)
+        results = member_results(model, views, settings, ctx, outcomes)
         seconds = time.perf_counter() - tic
-        for k, (correct, total, skipped) in enumerate(counts):
+        for k, ((correct, total, skipped), outcomes) in enumerate(results):
             out[k].append({"target": jobs[k].evals[i], "correct": correct, "total": total,
-                           "skipped": skipped, "seconds": seconds / len(jobs)})  # fmt: skip
+                           "skipped": skipped, "seconds": seconds / len(jobs),
+                           "outcomes": outcomes})  # fmt: skip
     return out
 
 

@@ -131,7 +131,7 @@ def _compact(plan: Plan, root: Any, notes: list[str]) -> None:
     from dplbench.results.compact import compact
 
     mine = {f"suite={plan.suite}/method={m}" for m in {j.method for j in plan.jobs}}
-    parts = {"rows": mine, "epochs": mine, "status": {f"suite={plan.suite}"}}
+    parts = {"rows": mine, "epochs": mine, "outcomes": mine, "status": {f"suite={plan.suite}"}}
     try:
         done = compact(root, partitions=parts)
     except (OSError, ConfigError) as e:

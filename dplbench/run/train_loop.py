@@ -357,7 +357,9 @@ class Training:
                 counts = member_counts(model, views, settings, ctx)
                 val = {k: 100.0 * counts[k][0] / max(counts[k][1], 1) for k in ks}
             if settings.policy.eval_every_epoch:  # the selection-gap table's data, nothing else
-                evals = evaluate_members(model, [m.job for m in self.members], settings, ctx)
+                evals = evaluate_members(
+                    model, [m.job for m in self.members], settings, ctx, outcomes=False
+                )
                 tests = {k: {f"test_{e['target'].subsample}": 100.0 * e["correct"] / max(e["total"], 1)
                              for e in evals[k]} for k in ks}  # fmt: skip
             if val or tests:

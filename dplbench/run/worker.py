@@ -4,8 +4,9 @@ Ray Train worker or a trial's process, and it runs in-process too (local mode, t
 `LocalContext`.
 
 Rank 0 writes the final trainable state (`R/checkpoints/<job_id>/final.pt`, what xd/dg evaluation
-jobs load), the result rows and the epoch rows (results/store.py). A job that fails writes its
-epochs so far (marked failed) and its traceback (`R/logs/<job>-<run>.log`), then raises
+jobs load), the result rows, the per-sample outcomes (gathered from every rank) and the epoch
+rows (results/store.py). A job that fails writes its epochs so far (marked failed) and its
+traceback (`R/logs/<job>-<run>.log`), then raises
 `JobFailed` with one line saying what failed and how to fix it.
 """
 
@@ -282,8 +283,18 @@ def record_job(
     ]
     done = [{**r, "run_status": "done"} for r in epoch_rows]
     store.write_epochs(settings.root, settings.suite, job.method, done)
+    # Outcomes before rows: a job run whose rows exist has its outcomes too.
+    store.write_outcomes(settings.root, settings.suite, job.method, job.id, settings.run_id,
+                         [_outcome_split(job, e) for e in evals if e.get("outcomes")])  # fmt: skip
     store.write_rows(settings.root, rows)
     return rows
+
+
+def _outcome_split(job: Job, evaluated: dict) -> dict:
+    """One evaluated split's outcomes as `store.write_outcomes` takes them."""
+    target, o = evaluated["target"], evaluated["outcomes"]
+    return {"dataset": target.dataset, "subsample": target.subsample, "split": target.split,
+            "seed": job.seed, "key": o.key, "label": o.label, "pred": o.pred}  # fmt: skip
 
 
 def _json(obj: Any) -> str:
