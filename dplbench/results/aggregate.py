@@ -11,6 +11,7 @@ mean of those means; for base-to-novel, HM of the averaged base and novel, never
 from __future__ import annotations
 
 import csv
+import functools
 import json
 import statistics
 from collections import defaultdict
@@ -86,7 +87,13 @@ def params_of(row: Row) -> dict[str, Any]:
     raw = row.get("params")
     if not raw:
         return {}
-    return raw if isinstance(raw, dict) else json.loads(raw)
+    return raw if isinstance(raw, dict) else dict(_parsed(raw))
+
+
+@functools.lru_cache(maxsize=4096)
+def _parsed(raw: str) -> dict[str, Any]:
+    """A `params` column's JSON, parsed once: report tables ask of every row several times."""
+    return json.loads(raw)
 
 
 def is_sweep(row: Row) -> bool:

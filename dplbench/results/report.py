@@ -226,7 +226,8 @@ def _ablations_markdown(table: Mapping[tuple[str, str], list[Row]]) -> str:
 
 
 def _cost(inputs: Inputs, done: Mapping[str, Any]) -> list[Row]:
-    models = {json_model(r) for r in inputs.rows if r.get("protocol") == "base2novel"}
+    configs = {r.get("config") for r in inputs.rows if r.get("protocol") == "base2novel"}
+    models = {json_model(c) for c in configs}  # each job's config once (a job has 3+ rows)
     return cost_table(done.get("base2novel", []), [b for b in inputs.bench if b["model"] in models])
 
 
@@ -344,11 +345,10 @@ def report_tables(
     return tables
 
 
-def json_model(row: Row) -> str | None:
-    """The backbone a result row's job ran on (its `config` column)."""
+def json_model(config: str | None) -> str | None:
+    """The backbone a result row's job ran on, from its `config` column."""
     import json
 
-    config = row.get("config")
     if not config:
         return None
     return (json.loads(config).get("config") or {}).get("backbone", {}).get("model")
