@@ -27,7 +27,14 @@ def _probe(config):
 
     spec = config["spec"]
     start = time.time()
-    time.sleep(4)
+    # Stay alive until eight trials have started (or 60 s): on a loaded machine Ray may start
+    # them seconds apart, and a fixed sleep would then measure the machine, not the packing.
+    started = Path(spec.settings.root.path) / "started"
+    started.mkdir(parents=True, exist_ok=True)
+    (started / spec.key).touch()
+    while len(list(started.iterdir())) < 8 and time.time() - start < 60:
+        time.sleep(0.1)
+    time.sleep(0.5)
     gpus = ray.get_runtime_context().get_assigned_resources().get("GPU")
     record = {"key": spec.key, "start": start, "end": time.time(), "gpu": gpus}
     log = Path(spec.settings.root.path) / "probe" / f"{spec.key}.json"
