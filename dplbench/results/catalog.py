@@ -68,10 +68,14 @@ class TableFiles:
     table: str
     folder: str
     read: list[Entry] = field(default_factory=list)  # live files and committed compacted files
-    plain: list[Entry] = field(default_factory=list)  # live files no manifest holds (of `read`)
     manifests: list[Manifest] = field(default_factory=list)  # committed, not superseded
     covered: list[Entry] = field(default_factory=list)  # held by a present manifest: not read
     orphans: list[Entry] = field(default_factory=list)  # compacted data no manifest names
+
+    @property
+    def plain(self) -> list[Entry]:
+        """The files of `read` that no manifest holds (a writer's, not a compaction's)."""
+        return [e for e in self.read if not e.is_compacted]
 
     def __bool__(self) -> bool:
         return bool(self.read)
@@ -165,7 +169,6 @@ def sort_files(folder: str, entries: list[Entry], manifests: list[Manifest]) -> 
             out.orphans.append(e)
         elif e.name.endswith(".parquet") and not e.is_compacted:
             out.read.append(e)
-            out.plain.append(e)
     return out
 
 
